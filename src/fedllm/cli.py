@@ -1,0 +1,213 @@
+"""The `fedllm` command line: run | resume | eval | generate | export | report | config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fedllm.config import ConfigError, load_config
+from fedllm.federation.rundir import RunDir, RunDirError
+from fedllm.registry import UnknownComponentError
+
+EPILOG = """examples:
+  fedllm run configs/demo.toml --set server.rounds=3 --out runs/my-run
+  fedllm resume runs/my-run
+  fedllm eval runs/my-run
+  fedllm generate runs/my-run --prompt "What do you like to do on weekends?"
+  fedllm export runs/my-run --to exported/
+  fedllm report runs/my-run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedllm",
+        description="Federated fine-tuning of large language models on private text, "
+        "on an embedded simulator. Every run writes a run directory: config.toml, "
+        "metrics.jsonl, summary.json, checkpoints/ and final/ (Hugging Face format).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="train a configuration from scratch",
+                       description="Train the federation described by CONFIG (TOML).")
+    p.add_argument("config", type=Path, help="TOML config file (see configs/)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default: runs/<config name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint",
+                       description="Continue RUN_DIR from its last checkpoint; the result "
+                       "equals an uninterrupted run.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="extend the run to this many rounds in total")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("eval", help="held-out loss and perplexity of a run's model",
+                       description="Evaluate the latest checkpoint of RUN_DIR on every "
+                       "client's eval split and on the test split; writes eval.json.")
+    p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("generate", help="generate a reply with a run's model",
+                       description="Reply to PROMPT with the model of RUN_DIR (chat template).")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--client", default=None, help="which client's model (local-mode runs)")
+
+    p = sub.add_parser("export", help="write a run's model in Hugging Face format",
+                       description="LoRA runs export a peft adapter (PeftModel.from_pretrained "
+                       "loads it); --merge folds it into a plain model "
+                       "(AutoModelForCausalLM.from_pretrained loads it).")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--to", type=Path, required=True, help="target directory")
+    p.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
+    p.add_argument("--client", default=None, help="which client's model (local-mode runs)")
+
+    p = sub.add_parser("report", help="plot a run's metrics and print its table",
+                       description="Write perplexity, train-loss and communication plots "
+                       "(PNG) into RUN_DIR/report/ and print the per-round table.")
+    p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("config", help="print the resolved configuration",
+                       description="Validate CONFIG with overrides and print it as TOML.")
+    p.add_argument("config", type=Path)
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        handler = _HANDLERS[args.command]
+        return handler(args, console)
+    except (ConfigError, RunDirError, UnknownComponentError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: the last checkpoint is kept; continue with `fedllm resume`")
+        return 130
+
+
+def _reporter(quiet: bool, console: Console) -> object:
+    from fedllm.report.progress import RichReporter, SilentReporter
+
+    return SilentReporter() if quiet else RichReporter(console)
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.federation.runner import run
+
+    config = load_config(args.config, args.overrides)
+    out = args.out or Path("runs") / args.config.stem
+    run(config, out, overwrite=args.overwrite, reporter=_reporter(args.quiet, console))  # type: ignore[arg-type]
+    return 0
+
+
+def _resume(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.federation.runner import resume
+
+    overrides = [f"server.rounds={args.rounds}"] if args.rounds else []
+    resume(args.run_dir, overrides, reporter=_reporter(args.quiet, console))  # type: ignore[arg-type]
+    return 0
+
+
+def _eval(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.federation.evaluation import evaluate_states
+    from fedllm.federation.setup import prepare
+    from fedllm.federation.trained import trained_states
+
+    rundir = RunDir(args.run_dir)
+    ws = prepare(rundir.load_config())
+    round_num, states = trained_states(rundir, ws)
+    metrics = evaluate_states(ws, lambda cid: states.get("", states.get(cid, ws.initial)))
+    (rundir.root / "eval.json").write_text(json.dumps({"round": round_num, **metrics}, indent=2))
+    table = Table(title=f"{rundir.root} after round {round_num}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    Console().print(table)
+    return 0
+
+
+def _generate(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.eval.generate import generate_reply
+    from fedllm.federation.setup import prepare
+    from fedllm.federation.trained import pick_state, trained_states
+    from fedllm.model.state import set_trainable_state
+
+    rundir = RunDir(args.run_dir)
+    config = rundir.load_config()
+    ws = prepare(config, with_data=config.federation.mode == "local")
+    _, states = trained_states(rundir, ws)
+    set_trainable_state(ws.model, pick_state(states, args.client))
+    reply = generate_reply(
+        ws.model, ws.tokenizer, args.prompt, args.max_new_tokens, args.temperature, config.seed
+    )
+    print(reply)
+    return 0
+
+
+def _export(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.federation.export import export_one
+    from fedllm.federation.setup import prepare
+    from fedllm.federation.trained import pick_state, trained_states
+
+    rundir = RunDir(args.run_dir)
+    config = rundir.load_config()
+    ws = prepare(config, with_data=config.federation.mode == "local")
+    _, states = trained_states(rundir, ws)
+    export_one(ws, pick_state(states, args.client), args.to, merge=args.merge)
+    console.print(f"exported to {args.to}")
+    return 0
+
+
+def _report(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.report.plots import plot_run
+    from fedllm.report.progress import result_table
+
+    rundir = RunDir(args.run_dir)
+    records = rundir.read_metrics()
+    if not records:
+        raise RunDirError(f"{rundir.root} has no metrics.jsonl records yet")
+    Console().print(result_table(records))
+    for path in plot_run(records, rundir.root / "report", title=str(rundir.root.name)):
+        console.print(f"wrote {path}")
+    return 0
+
+
+def _config(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.config import dump_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+_HANDLERS = {
+    "run": _run,
+    "resume": _resume,
+    "eval": _eval,
+    "generate": _generate,
+    "export": _export,
+    "report": _report,
+    "config": _config,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

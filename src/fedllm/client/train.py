@@ -1,0 +1,123 @@
+"""Local training on one client: the update a client computes in a round."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from fedllm.config import ClientConfig
+from fedllm.data import ClientData, Example, collate
+from fedllm.model.state import get_trainable_state, set_trainable_state
+from fedllm.types import ClientUpdate, Params
+
+
+def count_local_steps(cfg: ClientConfig, num_train: int) -> int:
+    """Optimizer steps per round: ``local_steps``, or ``local_epochs`` passes if set."""
+    if cfg.local_epochs > 0:
+        batches_per_epoch = math.ceil(num_train / cfg.batch_size)
+        return max(1, math.ceil(cfg.local_epochs * batches_per_epoch / cfg.grad_accum))
+    return cfg.local_steps
+
+
+def batch_indices(num_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless seeded batches: each epoch a fresh permutation, the last batch may be short."""
+    if num_examples == 0:
+        raise ValueError("cannot draw batches from a client with no training examples")
+    while True:
+        order = torch.randperm(num_examples, generator=generator).tolist()
+        for start in range(0, num_examples, batch_size):
+            yield order[start : start + batch_size]
+
+
+def build_optimizer(params: Sequence[torch.nn.Parameter], cfg: ClientConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, cfg: ClientConfig) -> float:
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    span = max(1, total - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.lr_schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_locally(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    cfg: ClientConfig,
+    steps: int,
+    seed: int,
+    pad_id: int,
+) -> dict[str, float]:
+    """Run ``steps`` optimizer steps on ``examples``, in place on ``model``'s trainable params.
+
+    Data order and dropout are fixed by ``seed``; the global RNG is left as it was.
+
+    Returns:
+        metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
+        tokens seen), ``train_s`` (seconds).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, cfg)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+    generator = torch.Generator().manual_seed(seed)
+    batches = batch_indices(len(examples), cfg.batch_size, generator)
+    losses: list[float] = []
+    tokens = 0
+    start = time.perf_counter()
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            step_loss = 0.0
+            for _ in range(cfg.grad_accum):
+                batch = collate([examples[i] for i in next(batches)], pad_id)
+                tokens += int((batch["labels"][:, 1:] != -100).sum())
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = model(**batch).loss
+                (loss / cfg.grad_accum).backward()
+                step_loss += float(loss.detach()) / cfg.grad_accum
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(step_loss)
+    return {
+        "train_loss": sum(losses) / len(losses),
+        "steps": float(steps),
+        "tokens": float(tokens),
+        "train_s": time.perf_counter() - start,
+    }
+
+
+def compute_update(
+    model: torch.nn.Module,
+    broadcast: Params,
+    data: ClientData,
+    cfg: ClientConfig,
+    seed: int,
+    pad_id: int,
+) -> ClientUpdate:
+    """Load ``broadcast``, train locally, and return the delta against it.
+
+    The aggregation weight ``num_examples`` is the client's training-set size.
+    """
+    set_trainable_state(model, broadcast)
+    steps = count_local_steps(cfg, len(data.train))
+    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id)
+    trained = get_trainable_state(model)
+    with torch.no_grad():
+        delta = {name: trained[name].sub_(broadcast[name]) for name in broadcast}
+    return ClientUpdate(data.client_id, delta, len(data.train), metrics)

@@ -1,0 +1,294 @@
+"""The run configuration: a typed schema, TOML loading and ``--set`` overrides.
+
+Unknown keys, wrong types and unknown component names fail at load with the
+key, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import tomli_w
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run, with a message naming the key."""
+
+
+NONE = "none"
+"""TOML has no null: optional fields take the string "none" to mean unset."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _none_word(cls, value: Any, info: ValidationInfo) -> Any:
+        if value == NONE and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if type(None) in get_args(annotation):
+                return None
+        return value
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "smollm2-135m",
+        description="Base model: 'smollm2-135m' (shipped GGUF), a tiny preset "
+        "('tiny', 'tiny-2l'), a local directory or a hub id.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Dtype the base weights are held in."
+    )
+
+
+class MethodConfig(Section):
+    kind: str = Field("lora", description="What is trained and exchanged: 'lora' or 'full'.")
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        description="Module names LoRA wraps.",
+    )
+
+
+class DataConfig(Section):
+    source: str = Field(
+        "chitchat",
+        description="'chitchat', 'chatterbot', 'pydoc', or a path to a .jsonl/.txt file.",
+    )
+    partition: str = Field("natural", description="'natural', 'iid' or 'dirichlet'.")
+    partition_by: str = Field(
+        "user",
+        description="Field used by 'natural' (client id) and 'dirichlet' (label); chitchat "
+        "has 'user', chatterbot 'category', pydoc 'topic'.",
+    )
+    num_clients: int = Field(
+        4, ge=1, description="Clients to create; for 'natural', the largest groups are kept."
+    )
+    dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    min_client_examples: int = Field(
+        4, ge=1, description="Smallest client (train + eval examples) kept."
+    )
+    max_examples_per_client: int | None = Field(
+        None, ge=1, description="Cap on each client's examples (seeded subsample)."
+    )
+    seq_len: int = Field(64, ge=8, description="Tokens per example (truncate / pack).")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of each client's examples held out for eval."
+    )
+    test_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of all examples held out as the global test split."
+    )
+    max_test_examples: int | None = Field(
+        64, ge=1, description="Cap on the global test split (evaluation cost)."
+    )
+    max_eval_examples: int | None = Field(
+        32, ge=1, description="Cap on each client's eval split (evaluation cost)."
+    )
+
+
+class ClientConfig(Section):
+    local_steps: int = Field(10, ge=1, description="Optimizer steps per round (if epochs = 0).")
+    local_epochs: float = Field(
+        0.0, ge=0, description="Passes over local data per round; overrides local_steps if > 0."
+    )
+    batch_size: int = Field(4, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Local optimizer.")
+    lr: float = Field(2e-4, gt=0, description="Local learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Schedule over the local steps of one round."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps within a round.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Gradient-norm clip per step; none to disable."
+    )
+    bf16: bool = Field(False, description="bfloat16 autocast for forward and backward.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations.")
+
+
+class ServerConfig(Section):
+    rounds: int = Field(3, ge=1, description="Federated rounds.")
+    clients_per_round: int = Field(2, ge=1, description="Clients sampled each round (seeded).")
+    min_clients: int = Field(
+        1, ge=1, description="Fewest accepted updates for a round to change the model."
+    )
+    optimizer: str = Field("fedavg", description="Server optimizer on the pseudo-gradient.")
+    lr: float = Field(1.0, gt=0, description="Server learning rate.")
+    aggregator: str = Field("mean", description="How accepted updates are combined.")
+    weighting: Literal["examples", "uniform"] = Field(
+        "examples", description="Aggregation weight of each client."
+    )
+
+
+class PipelineConfig(Section):
+    clip_norm: float | None = Field(
+        None, gt=0, description="Clip each client update to this global L2 norm; none: off."
+    )
+
+
+class FederationConfig(Section):
+    mode: Literal["federated", "local", "centralized"] = Field(
+        "federated",
+        description="'federated'; 'local': every client trains alone on its own data; "
+        "'centralized': all training data pooled. Same step budget in all three.",
+    )
+
+
+class EvalConfig(Section):
+    every: int = Field(1, ge=1, description="Evaluate every N rounds (and at round 0).")
+    batch_size: int = Field(8, ge=1, description="Evaluation batch size.")
+
+
+class RunConfig(Section):
+    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N rounds.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+
+class Config(Section):
+    seed: int = Field(0, description="Fixes sampling, data order, initialisation and dropout.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Config:
+        if self.server.min_clients > self.server.clients_per_round:
+            raise ValueError(
+                f"server.min_clients = {self.server.min_clients} exceeds "
+                f"server.clients_per_round = {self.server.clients_per_round}; "
+                "no round could ever be accepted"
+            )
+        return self
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a raw dict into a :class:`Config`, with readable errors."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, raw)) from None
+    _check_components(config)
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config, apply ``section.key=value`` overrides and validate.
+
+    Raises:
+        ConfigError: on a missing file, bad TOML, unknown keys or bad values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config error: no config file at {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config error: {path} is not valid TOML: {err}") from None
+    for item in overrides or []:
+        apply_override(raw, item)
+    return parse_config(raw)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one ``section.key=value`` override in place; the value is read as TOML."""
+    if "=" not in item:
+        raise ConfigError(f"config error: override {item!r} is not of the form section.key=value")
+    dotted, text = item.split("=", 1)
+    keys = [k.strip() for k in dotted.split(".")]
+    if not all(keys):
+        raise ConfigError(f"config error: override {item!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word is a string: --set data.source=chatterbot
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config error: {dotted} - {key} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as TOML text (unset optional values written as "none")."""
+    return tomli_w.dumps(_none_to_word(config.model_dump()))
+
+
+def _none_to_word(tree: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _none_to_word(v) if isinstance(v, dict) else (NONE if v is None else v)
+        for k, v in tree.items()
+    }
+
+
+def _check_components(config: Config) -> None:
+    """Every component name must be in its registry."""
+    from fedllm import components
+
+    problems = []
+    for dotted, registry in components.named_fields():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if registry is components.DATA_SOURCES and Path(str(value)).suffix in {".jsonl", ".txt"}:
+            continue
+        if value not in registry:
+            problems.append(f"config error: {dotted} = {registry.unknown_message(value)}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _describe(err: ValidationError, raw: dict[str, Any]) -> str:
+    lines = []
+    for item in err.errors():
+        loc = [str(p) for p in item["loc"]]
+        dotted = ".".join(loc) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"config error: {dotted} is not a known key; " + _valid_keys(loc))
+        elif item["type"] == "value_error":
+            lines.append(f"config error: {item['msg'].removeprefix('Value error, ')}")
+        else:
+            given = item.get("input")
+            lines.append(f"config error: {dotted} = {given!r}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _valid_keys(loc: list[str]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    valid = list(model.model_fields)
+    hint = difflib.get_close_matches(loc[-1], valid, n=1)
+    tail = f" (did you mean {hint[0]!r}?)" if hint else ""
+    where = f"[{'.'.join(loc[:-1])}]" if loc[:-1] else "the top level"
+    return f"valid keys in {where}: {', '.join(valid)}{tail}"

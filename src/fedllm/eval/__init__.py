@@ -1,0 +1,1 @@
+"""Evaluation of the global (or a client's) model."""

@@ -1,0 +1,88 @@
+"""Held-out loss and perplexity of a model on tokenized examples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fedllm.data import Example, collate
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Summed token loss on a set of examples.
+
+    Attributes:
+        loss_sum: sum of per-token cross-entropy (nats).
+        tokens: number of label tokens scored.
+    """
+
+    loss_sum: float
+    tokens: int
+
+    @property
+    def loss(self) -> float:
+        """Mean token loss (nats); NaN for an empty set."""
+        return self.loss_sum / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(loss)``."""
+        return math.exp(self.loss) if self.tokens else math.nan
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    batch_size: int,
+    pad_id: int,
+    bf16: bool = False,
+) -> HeldOut:
+    """Token-level cross-entropy of ``model`` on ``examples`` (labels -100 ignored)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], pad_id)
+        labels = batch.pop("labels")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**batch).logits
+        shifted = labels[:, 1:].reshape(-1)
+        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+        loss_sum += float(F.cross_entropy(flat, shifted, ignore_index=-100, reduction="sum"))
+        tokens += int((shifted != -100).sum())
+    model.train(was_training)
+    return HeldOut(loss_sum, tokens)
+
+
+def summarize(per_client: Mapping[str, HeldOut], test: HeldOut | None) -> dict[str, float]:
+    """Mean, token-weighted mean and worst client loss/perplexity, and the test split's.
+
+    Keys: ``clients_loss_mean``, ``clients_ppl_mean`` (exp of the mean loss),
+    ``clients_loss_weighted``, ``clients_ppl_weighted``, ``clients_loss_worst``,
+    ``clients_ppl_worst``, ``worst_client`` is not included (not a float),
+    ``test_loss``, ``test_ppl``.
+    """
+    out: dict[str, float] = {}
+    scored = {cid: h for cid, h in per_client.items() if h.tokens}
+    if scored:
+        losses = [h.loss for h in scored.values()]
+        mean = sum(losses) / len(losses)
+        weighted = sum(h.loss_sum for h in scored.values()) / sum(h.tokens for h in scored.values())
+        worst = max(losses)
+        out.update(
+            clients_loss_mean=mean,
+            clients_ppl_mean=math.exp(mean),
+            clients_loss_weighted=weighted,
+            clients_ppl_weighted=math.exp(weighted),
+            clients_loss_worst=worst,
+            clients_ppl_worst=math.exp(worst),
+        )
+    if test is not None and test.tokens:
+        out.update(test_loss=test.loss, test_ppl=test.perplexity)
+    return out

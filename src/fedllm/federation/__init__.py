@@ -1,0 +1,1 @@
+"""Running a federation: setup, modes, the loop, checkpoints, the run directory."""

@@ -1,0 +1,38 @@
+"""Evaluate trainable states on the federation's held-out splits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedllm.eval.evaluate import HeldOut, evaluate, summarize
+from fedllm.federation.setup import Workspace
+from fedllm.model.state import set_trainable_state
+from fedllm.types import ClientId, Params
+
+
+def evaluate_states(ws: Workspace, state_of: Callable[[ClientId], Params]) -> dict[str, float]:
+    """Each client's eval split under the state ``state_of(client)``; the test split
+    under every distinct state (averaged over clients when states differ).
+
+    For a global model, ``state_of`` returns the same tensors for everyone and
+    the test split is evaluated once.
+    """
+    assert ws.data is not None, "evaluation needs the workspace's data"
+    cfg = ws.config
+    bf16 = cfg.client.bf16
+    per_client: dict[str, HeldOut] = {}
+    test_sum, test_tokens, scored = 0.0, 0, set()
+    for cid, client in ws.data.clients.items():
+        state = state_of(cid)
+        set_trainable_state(ws.model, state)
+        per_client[cid] = evaluate(ws.model, client.eval, cfg.eval.batch_size, ws.pad_id, bf16)
+        if ws.data.test and id(state) not in scored:
+            scored.add(id(state))
+            held = evaluate(ws.model, ws.data.test, cfg.eval.batch_size, ws.pad_id, bf16)
+            test_sum += held.loss_sum
+            test_tokens += held.tokens
+    test = HeldOut(test_sum, test_tokens) if test_tokens else None
+    metrics = summarize(per_client, test)
+    for cid, held in per_client.items():
+        metrics[f"client/{cid}/loss"] = held.loss
+    return metrics

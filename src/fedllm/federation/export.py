@@ -1,0 +1,36 @@
+"""Write trained states as Hugging Face directories that transformers/peft load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedllm.federation.setup import Workspace
+from fedllm.model.state import set_trainable_state
+from fedllm.types import Params
+
+
+def export_states(ws: Workspace, states: dict[str, Params], target: Path) -> None:
+    """Export the global state (key ``""``) to ``target``, or each client's state to
+    ``target/clients/<id>`` (local mode). Each directory also gets the tokenizer
+    and a ``fedllm.json`` naming the base model and method."""
+    for key, params in states.items():
+        out = target if key == "" else target / "clients" / key
+        export_one(ws, params, out)
+
+
+def export_one(ws: Workspace, params: Params, out: Path, merge: bool = False) -> None:
+    """Load ``params`` into the model and save it (merged into a plain model if asked)."""
+    out.mkdir(parents=True, exist_ok=True)
+    set_trainable_state(ws.model, params)
+    if merge:
+        ws.method.merged(ws.model).save_pretrained(out)
+    else:
+        ws.method.export(ws.model, out)
+    ws.tokenizer.save_pretrained(out)
+    info = {
+        "base_model": ws.config.model.name,
+        "method": ws.config.method.kind,
+        "merged": merge or ws.config.method.kind == "full",
+    }
+    (out / "fedllm.json").write_text(json.dumps(info, indent=2) + "\n")

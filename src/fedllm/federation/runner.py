@@ -1,0 +1,199 @@
+"""The run loop: rounds, evaluation, checkpoints, export, summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedllm.config import Config, dump_config
+from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from fedllm.federation.export import export_states
+from fedllm.federation.modes import Mode, build_mode
+from fedllm.federation.rundir import RunDir, RunDirError
+from fedllm.federation.setup import Workspace, prepare
+from fedllm.report.progress import Reporter, SilentReporter
+from fedllm.report.resources import peak_rss_mb
+from fedllm.types import RoundRecord
+from fedllm.wire import payload_bytes
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns.
+
+    Attributes:
+        run_dir: where everything was written.
+        summary: the contents of ``summary.json``.
+        records: every line of ``metrics.jsonl``.
+    """
+
+    run_dir: Path
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+
+
+def run(
+    config: Config,
+    out: str | Path,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> RunResult:
+    """Start a fresh run in ``out`` and train it to the end."""
+    rundir = RunDir(out)
+    rundir.create(config, overwrite=overwrite)
+    return _train(config, rundir, reporter or SilentReporter(), resume=False)
+
+
+def resume(
+    out: str | Path, overrides: list[str] | None = None, reporter: Reporter | None = None
+) -> RunResult:
+    """Continue the run in ``out`` from its last checkpoint.
+
+    ``overrides`` may extend ``server.rounds``; other changes would make the
+    continuation differ from the run that was started and are refused.
+    """
+    rundir = RunDir(out)
+    saved = rundir.load_config()
+    config = rundir.load_config(overrides)
+    changed = _changed_keys(saved, config) - {"server.rounds"}
+    if changed:
+        raise RunDirError(
+            f"resume can only change server.rounds; these differ from the saved run: "
+            f"{', '.join(sorted(changed))}"
+        )
+    if config != saved:
+        rundir.config_path.write_text(dump_config(config))
+    return _train(config, rundir, reporter or SilentReporter(), resume=True)
+
+
+def _train(config: Config, rundir: RunDir, reporter: Reporter, resume: bool) -> RunResult:
+    started = time.perf_counter()
+    setup_start = time.perf_counter()
+    ws = prepare(config)
+    mode = build_mode(ws, rundir.root)
+    setup_s = time.perf_counter() - setup_start
+
+    first_round = 1
+    checkpoints = list_checkpoints(rundir.checkpoints)
+    if resume and checkpoints:
+        ckpt = load_checkpoint(checkpoints[-1])
+        mode.restore(ckpt.round, ckpt.tensors, ckpt.meta)
+        if ckpt.clients_dir is not None:
+            from fedllm.client.store import ClientStateStore
+
+            ClientStateStore(rundir.clients).restore(ckpt.clients_dir)
+        rundir.truncate_metrics(ckpt.round)
+        first_round = ckpt.round + 1
+        reporter.message(f"resuming {rundir.root} after round {ckpt.round}")
+    else:
+        if rundir.metrics_path.exists():
+            rundir.metrics_path.unlink()
+        _clear_client_state(rundir)
+        baseline = RoundRecord(round=0)
+        eval_start = time.perf_counter()
+        baseline.eval = mode.evaluate()
+        baseline.time_s = {"setup": setup_s, "eval": time.perf_counter() - eval_start}
+        baseline.peak_rss_mb = peak_rss_mb()
+        rundir.append_metrics(baseline.to_json())
+
+    rounds = config.server.rounds
+    reporter.start(first_round, rounds, _header(ws, config))
+    for round_num in range(first_round, rounds + 1):
+        reporter.round_started(round_num, mode.cohort_size)
+        round_start = time.perf_counter()
+        record = mode.play_round(round_num, reporter.client_done)
+        if round_num % config.eval.every == 0 or round_num == rounds:
+            eval_start = time.perf_counter()
+            record.eval = mode.evaluate()
+            record.time_s["eval"] = time.perf_counter() - eval_start
+        if round_num % config.run.checkpoint_every == 0 or round_num == rounds:
+            ckpt_start = time.perf_counter()
+            _checkpoint(mode, rundir, round_num, config)
+            record.time_s["checkpoint"] = time.perf_counter() - ckpt_start
+        record.time_s["round"] = time.perf_counter() - round_start
+        record.peak_rss_mb = peak_rss_mb()
+        rundir.append_metrics(record.to_json())
+        reporter.round_done(record)
+
+    export_states(ws, mode.final_states(), rundir.final)
+    records = rundir.read_metrics()
+    summary = build_summary(ws, mode, rundir, records, time.perf_counter() - started)
+    rundir.write_summary(summary)
+    reporter.finish(records, summary)
+    return RunResult(rundir.root, summary, records)
+
+
+def _checkpoint(mode: Mode, rundir: RunDir, round_num: int, config: Config) -> None:
+    tensors, meta = mode.checkpoint_state()
+    clients = rundir.clients if config.federation.mode == "local" else None
+    save_checkpoint(
+        rundir.checkpoints, round_num, tensors, meta, clients, config.run.keep_checkpoints
+    )
+
+
+def _clear_client_state(rundir: RunDir) -> None:
+    if rundir.clients.exists():
+        for path in rundir.clients.glob("*.safetensors"):
+            path.unlink()
+
+
+def build_summary(
+    ws: Workspace, mode: Mode, rundir: RunDir, records: list[dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """The run's result in one JSON object (``summary.json``)."""
+    total, trainable = ws.parameter_counts()
+    evaluated = [r for r in records if r.get("eval")]
+    return {
+        "run_dir": str(rundir.root),
+        "mode": mode.name,
+        "model": ws.config.model.name,
+        "method": ws.config.method.kind,
+        "rounds": max((r["round"] for r in records), default=0),
+        "clients": len(ws.data.clients) if ws.data else 0,
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "payload_bytes": payload_bytes(ws.initial),
+        "initial": _scalars(evaluated[0]["eval"]) if evaluated else {},
+        "final": _scalars(evaluated[-1]["eval"]) if evaluated else {},
+        "bytes_up": sum(r.get("bytes_up", 0) for r in records),
+        "bytes_down": sum(r.get("bytes_down", 0) for r in records),
+        "rejected_updates": sum(len(r.get("rejected", [])) for r in records),
+        "skipped_rounds": [r["round"] for r in records if r.get("skipped")],
+        "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0),
+        "wall_s": wall_s,
+        "final_dir": str(rundir.final),
+        "data": ws.data.summary() if ws.data else {},
+    }
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if not k.startswith("client/")}
+
+
+def _changed_keys(a: Config, b: Config) -> set[str]:
+    flat_a, flat_b = _flatten(a.model_dump()), _flatten(b.model_dump())
+    return {k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k)}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
+
+
+def _header(ws: Workspace, config: Config) -> str:
+    total, trainable = ws.parameter_counts()
+    clients = len(ws.data.clients) if ws.data else 0
+    return (
+        f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
+        f"({trainable:,} of {total:,} parameters trainable, "
+        f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload) · {clients} clients, "
+        f"{config.server.clients_per_round} per round · {config.server.rounds} rounds"
+    )

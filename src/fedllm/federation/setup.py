@@ -1,0 +1,77 @@
+"""Everything a run needs in memory: tokenizer, data, the one model, its method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedllm.components import METHODS, load_builtin
+from fedllm.config import Config
+from fedllm.data import FederatedData, build_federated_data
+from fedllm.model.load import load_base_model, load_tokenizer
+from fedllm.model.methods.base import Method
+from fedllm.model.state import get_trainable_state
+from fedllm.seeding import derive_seed
+from fedllm.types import Params
+
+
+@dataclass
+class Workspace:
+    """The loaded pieces of a run.
+
+    Attributes:
+        config: the resolved configuration.
+        tokenizer: the model's tokenizer (with a pad token).
+        model: the single trainable model (base + method).
+        method: the method that made ``model`` trainable and exports it.
+        initial: the trainable state before any training (a copy).
+        data: the federation's data, or None when only the model was asked for.
+    """
+
+    config: Config
+    tokenizer: Any
+    model: torch.nn.Module
+    method: Method
+    initial: Params
+    data: FederatedData | None
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.tokenizer.pad_token_id)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(total, trainable) parameter counts of the model."""
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return total, trainable
+
+
+def prepare(config: Config, with_data: bool = True) -> Workspace:
+    """Load the tokenizer, the data (optional), the base model and apply the method.
+
+    The method's initialisation (e.g. LoRA's A matrices) is seeded from the run
+    seed without touching the global RNG.
+    """
+    load_builtin()
+    if config.run.threads is not None:
+        torch.set_num_threads(config.run.threads)
+    tokenizer = load_tokenizer(config.model.name)
+    data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
+    base = load_base_model(config.model, config.seed)
+    method: Method = METHODS.get(config.method.kind)()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(config.seed, "method-init"))
+        model = method.apply(base, config.method)
+    if config.client.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return Workspace(config, tokenizer, model, method, get_trainable_state(model), data)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in backward; inputs need grads when the embeddings are frozen."""
+    inner: Any = getattr(model, "get_base_model", lambda: model)()
+    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(inner, "enable_input_require_grads"):
+        inner.enable_input_require_grads()

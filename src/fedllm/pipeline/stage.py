@@ -1,0 +1,155 @@
+"""The aggregation pipeline: client-side stages, an aggregator, server-side stages.
+
+An update flows through each stage's client half in order (clip -> noise ->
+compress -> mask), is combined by the aggregator, then flows back through the
+server halves in reverse order. Each stage has its own state and declares
+what it needs; :class:`Pipeline` refuses a bad combination when it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fedllm.types import ClientUpdate, Params
+
+StageState = dict[str, float]
+"""A stage's own state between rounds: named scalars (e.g. an adaptive clip norm)."""
+
+
+class PipelineError(ValueError):
+    """A combination of stages and aggregator that cannot work together."""
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a stage needs from the rest of the pipeline.
+
+    Attributes:
+        needs_clip_before: a bounding stage must precede it (e.g. DP noise).
+        linear_aggregator_only: the aggregator must be a (weighted) sum or mean
+            (e.g. secure summation, which only reveals the sum).
+        bounds_norm: this stage bounds each update's norm (a clip).
+    """
+
+    needs_clip_before: bool = False
+    linear_aggregator_only: bool = False
+    bounds_norm: bool = False
+
+
+@dataclass
+class RoundReport:
+    """What a stage may learn about a finished round to update its state."""
+
+    round: int
+    num_accepted: int
+    client_metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+class Stage(Protocol):
+    """One step of the pipeline, with a client half and a server half."""
+
+    name: str
+
+    def requires(self) -> Requirements:
+        """The stage's needs, checked when the pipeline is built."""
+        ...
+
+    def initial_state(self) -> StageState:
+        """State before the first round."""
+        ...
+
+    def client(self, update: Params, state: StageState) -> tuple[Params, dict[str, float]]:
+        """Transform one client's update; also return metrics to report."""
+        ...
+
+    def server(self, combined: Params, state: StageState) -> Params:
+        """Transform the combined update."""
+        ...
+
+    def next_state(self, state: StageState, report: RoundReport) -> StageState:
+        """State for the next round."""
+        ...
+
+
+class Aggregator(Protocol):
+    """Combines weighted updates into one, streaming (one update at a time)."""
+
+    name: str
+    linear: bool
+
+    def start(self, template: Params) -> None:
+        """Prepare for a round whose updates have ``template``'s keys and shapes."""
+        ...
+
+    def add(self, update: Params, weight: float) -> None:
+        """Fold in one update with a non-negative weight."""
+        ...
+
+    def result(self) -> Params:
+        """The combined update (valid until the next :meth:`start`)."""
+        ...
+
+
+class Pipeline:
+    """Stages around an aggregator, checked for compatibility at construction.
+
+    Args:
+        stages: applied in order on the client, in reverse on the server.
+        aggregator: combines the client-transformed updates.
+    """
+
+    def __init__(self, stages: Sequence[Stage], aggregator: Aggregator) -> None:
+        self.stages = list(stages)
+        self.aggregator = aggregator
+        self.states: dict[str, StageState] = {s.name: s.initial_state() for s in self.stages}
+        check_composition(self.stages, aggregator)
+
+    def client(self, update: ClientUpdate) -> ClientUpdate:
+        """Run the client halves over one update (this runs on the client)."""
+        delta = update.delta
+        metrics = dict(update.metrics)
+        for stage in self.stages:
+            delta, stage_metrics = stage.client(delta, self.states[stage.name])
+            metrics.update({f"{stage.name}/{k}": v for k, v in stage_metrics.items()})
+        return ClientUpdate(update.client_id, delta, update.num_examples, metrics)
+
+    def combine(self, updates: Sequence[ClientUpdate], weights: Sequence[float]) -> Params:
+        """Aggregate client-transformed updates, then run the server halves in reverse."""
+        if not updates:
+            raise ValueError("combine() needs at least one update")
+        self.aggregator.start(updates[0].delta)
+        for update, weight in zip(updates, weights, strict=True):
+            self.aggregator.add(update.delta, weight)
+        combined = self.aggregator.result()
+        for stage in reversed(self.stages):
+            combined = stage.server(combined, self.states[stage.name])
+        return combined
+
+    def end_round(self, report: RoundReport) -> None:
+        """Advance every stage's state."""
+        for stage in self.stages:
+            self.states[stage.name] = stage.next_state(self.states[stage.name], report)
+
+
+def check_composition(stages: Sequence[Stage], aggregator: Aggregator) -> None:
+    """Refuse stage orders and aggregators that cannot work together."""
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"pipeline stages must be unique, got {names}")
+    clipped = False
+    for stage in stages:
+        needs = stage.requires()
+        if needs.needs_clip_before and not clipped:
+            raise PipelineError(
+                f"stage {stage.name!r} needs a clipping stage before it "
+                "(its guarantee depends on bounded updates); add 'clip' earlier"
+            )
+        if needs.linear_aggregator_only and not aggregator.linear:
+            raise PipelineError(
+                f"stage {stage.name!r} only works with a linear aggregator (mean/sum), "
+                f"but the aggregator is {aggregator.name!r}; robust aggregation needs "
+                "individual updates, which this stage hides"
+            )
+        clipped = clipped or needs.bounds_norm

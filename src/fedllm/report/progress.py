@@ -1,0 +1,125 @@
+"""Live progress while a run trains, and the result table at the end."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedllm.types import ClientUpdate, RoundRecord
+
+
+class Reporter(Protocol):
+    """Receives the run's events."""
+
+    def start(self, first_round: int, rounds: int, header: str) -> None: ...
+    def round_started(self, round_num: int, cohort_size: int) -> None: ...
+    def client_done(self, update: ClientUpdate) -> None: ...
+    def round_done(self, record: RoundRecord) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None: ...
+
+
+class SilentReporter:
+    """Reports nothing (tests, library use)."""
+
+    def start(self, first_round: int, rounds: int, header: str) -> None: ...
+    def round_started(self, round_num: int, cohort_size: int) -> None: ...
+    def client_done(self, update: ClientUpdate) -> None: ...
+    def round_done(self, record: RoundRecord) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None: ...
+
+
+class RichReporter:
+    """A bar over rounds and one over the clients of the current round, with live loss."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+        )
+        self._rounds = self.progress.add_task("rounds ", total=1, info="", visible=False)
+        self._clients = self.progress.add_task("clients", total=1, info="", visible=False)
+
+    def start(self, first_round: int, rounds: int, header: str) -> None:
+        self.console.print(header)
+        self.progress.update(self._rounds, total=rounds, completed=first_round - 1, visible=True)
+        self.progress.start()
+
+    def round_started(self, round_num: int, cohort_size: int) -> None:
+        self.progress.update(self._clients, total=cohort_size, completed=0, visible=True, info="")
+
+    def client_done(self, update: ClientUpdate) -> None:
+        loss = update.metrics.get("train_loss", math.nan)
+        self.progress.update(
+            self._clients, advance=1, info=f"{update.client_id}: loss {loss:.3f}"
+        )
+
+    def round_done(self, record: RoundRecord) -> None:
+        parts = [f"round {record.round}"]
+        if record.train_loss is not None:
+            parts.append(f"train loss {record.train_loss:.3f}")
+        if "clients_ppl_mean" in record.eval:
+            parts.append(f"eval ppl {record.eval['clients_ppl_mean']:.2f}")
+        if record.skipped:
+            parts.append(f"skipped: {record.skipped}")
+        if record.rejected:
+            parts.append(f"{len(record.rejected)} rejected")
+        self.progress.update(self._rounds, advance=1, info=" · ".join(parts))
+
+    def message(self, text: str) -> None:
+        self.progress.console.print(text)
+
+    def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+        self.progress.stop()
+        self.console.print(result_table(records))
+        self.console.print(
+            f"[bold]{summary['mode']}[/bold] run finished: held-out perplexity "
+            f"{_fmt(summary.get('initial', {}).get('clients_ppl_mean'))} -> "
+            f"{_fmt(summary.get('final', {}).get('clients_ppl_mean'))} (client mean), "
+            f"{_fmt(summary.get('final', {}).get('test_ppl'))} on the test split; "
+            f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down; "
+            f"{summary['wall_s']:.0f} s. Results in {summary['run_dir']}"
+        )
+
+
+def result_table(records: list[dict[str, Any]]) -> Table:
+    """One row per round: losses, perplexities, bytes, seconds."""
+    table = Table(title="fedllm run")
+    for column in (
+        "round",
+        "clients",
+        "train loss",
+        "eval ppl (mean)",
+        "eval ppl (worst)",
+        "test ppl",
+        "MB up",
+        "s",
+    ):
+        table.add_column(column, justify="right")
+    for rec in records:
+        ev = rec.get("eval", {})
+        table.add_row(
+            str(rec["round"]),
+            f"{len(rec.get('accepted', []))}/{len(rec.get('sampled', []))}",
+            _fmt(rec.get("train_loss"), 3),
+            _fmt(ev.get("clients_ppl_mean")),
+            _fmt(ev.get("clients_ppl_worst")),
+            _fmt(ev.get("test_ppl")),
+            f"{rec.get('bytes_up', 0) / 1e6:.2f}",
+            f"{sum(rec.get('time_s', {}).values()):.1f}",
+        )
+    return table
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,1 @@
+"""Engines that carry out client work: the embedded simulator (and, later, Flower)."""

@@ -1,0 +1,27 @@
+"""The engine interface: how client work is carried out (in process or remote)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from fedllm.types import ClientId, ClientUpdate, Params
+
+ClientDone = Callable[[ClientUpdate], None]
+"""Called as each client's update arrives (for progress display)."""
+
+
+class Engine(Protocol):
+    """Moves broadcasts to clients and their updates back."""
+
+    def train(
+        self,
+        assignments: Sequence[tuple[ClientId, Params]],
+        round_num: int,
+        on_client_done: ClientDone | None = None,
+    ) -> list[ClientUpdate]:
+        """Each client trains from its assigned start state; returns their updates.
+
+        Updates have already passed through the client halves of the pipeline.
+        """
+        ...

@@ -1,0 +1,1 @@
+"""The server side: state, sampling, validation, optimizers, the round."""

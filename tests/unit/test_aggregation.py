@@ -1,0 +1,137 @@
+"""The streaming weighted mean, the pipeline's composition checks and FedAvg."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedllm.aggregate.mean import WeightedMean
+from fedllm.config import ServerConfig
+from fedllm.pipeline.clip import ClipStage, global_norm
+from fedllm.pipeline.stage import Pipeline, PipelineError, Requirements, RoundReport, StageState
+from fedllm.server.optimizer import FedAvg
+from fedllm.types import ClientUpdate, Params
+
+
+def random_updates(n: int, seed: int = 0) -> list[Params]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"w": torch.randn(4, 3, generator=g), "b": torch.randn(5, generator=g)} for _ in range(n)]
+
+
+def test_weighted_mean_matches_numpy() -> None:
+    updates = random_updates(5)
+    weights = [3.0, 1.0, 0.0, 7.5, 2.0]
+    agg = WeightedMean()
+    agg.start(updates[0])
+    for u, w in zip(updates, weights, strict=True):
+        agg.add(u, w)
+    result = agg.result()
+    for name in ("w", "b"):
+        stacked = np.stack([u[name].numpy().astype(np.float64) for u in updates])
+        expected = np.tensordot(np.array(weights), stacked, axes=1) / sum(weights)
+        np.testing.assert_allclose(result[name].numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_weighted_mean_reuses_buffers_and_resets_between_rounds() -> None:
+    agg = WeightedMean()
+    first, second = random_updates(2, seed=1)
+    agg.start(first)
+    agg.add(first, 1.0)
+    agg.result()
+    buffer = agg._acc["w"]
+    agg.start(second)
+    agg.add(second, 2.0)
+    assert agg._acc["w"] is buffer
+    assert torch.allclose(agg.result()["w"], second["w"])
+
+
+def test_weighted_mean_keeps_dtype_and_refuses_zero_total() -> None:
+    agg = WeightedMean()
+    update = {"x": torch.ones(3, dtype=torch.bfloat16)}
+    agg.start(update)
+    agg.add(update, 0.0)
+    with pytest.raises(ValueError, match="sum to 0"):
+        agg.result()
+    agg.add(update, 2.0)
+    assert agg.result()["x"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=">= 0"):
+        agg.add(update, -1.0)
+
+
+class Scale:
+    """A test stage: multiplies on the client, divides on the server."""
+
+    name = "scale"
+
+    def __init__(self, factor: float, needs_clip: bool = False, linear_only: bool = False) -> None:
+        self.factor = factor
+        self.needs = Requirements(needs_clip_before=needs_clip, linear_aggregator_only=linear_only)
+
+    def requires(self) -> Requirements:
+        return self.needs
+
+    def initial_state(self) -> StageState:
+        return {"rounds": 0.0}
+
+    def client(self, update: Params, state: StageState) -> tuple[Params, dict[str, float]]:
+        return {k: v * self.factor for k, v in update.items()}, {}
+
+    def server(self, combined: Params, state: StageState) -> Params:
+        return {k: v / self.factor for k, v in combined.items()}
+
+    def next_state(self, state: StageState, report: RoundReport) -> StageState:
+        return {"rounds": state["rounds"] + 1}
+
+
+class Median:
+    name = "median"
+    linear = False
+
+    def start(self, template: Params) -> None: ...
+    def add(self, update: Params, weight: float) -> None: ...
+    def result(self) -> Params:
+        return {}
+
+
+def test_pipeline_runs_client_halves_then_server_halves_in_reverse() -> None:
+    stage_a, stage_b = Scale(2.0), Scale(5.0)
+    stage_b.name = "scale5"
+    pipeline = Pipeline([stage_a, stage_b], WeightedMean())
+    updates = [ClientUpdate(str(i), u, 1) for i, u in enumerate(random_updates(3))]
+    sent = [pipeline.client(u) for u in updates]
+    assert torch.allclose(sent[0].delta["w"], updates[0].delta["w"] * 10)
+    combined = pipeline.combine(sent, [1.0, 1.0, 1.0])
+    expected = sum(u.delta["w"] for u in updates) / 3
+    assert torch.allclose(combined["w"], expected, atol=1e-6)
+    pipeline.end_round(RoundReport(1, 3))
+    assert pipeline.states["scale"]["rounds"] == 1.0
+
+
+def test_noise_without_clip_is_refused() -> None:
+    with pytest.raises(PipelineError, match="needs a clipping stage before it"):
+        Pipeline([Scale(1.0, needs_clip=True)], WeightedMean())
+    Pipeline([ClipStage(1.0), Scale(1.0, needs_clip=True)], WeightedMean())
+
+
+def test_secure_sum_behind_robust_aggregator_is_refused() -> None:
+    with pytest.raises(PipelineError, match="only works with a linear aggregator"):
+        Pipeline([Scale(1.0, linear_only=True)], Median())
+
+
+def test_clip_bounds_the_norm_and_leaves_small_updates_alone() -> None:
+    stage = ClipStage(1.0)
+    big = {"w": torch.full((4,), 3.0)}
+    clipped, metrics = stage.client(big, stage.initial_state())
+    assert global_norm(clipped) == pytest.approx(1.0, rel=1e-6)
+    assert metrics == {"norm": pytest.approx(6.0), "clipped": 1.0}
+    small = {"w": torch.full((4,), 0.1)}
+    same, _ = stage.client(small, stage.initial_state())
+    assert torch.equal(same["w"], small["w"])
+
+
+def test_fedavg_with_lr_one_lands_on_the_mean_model() -> None:
+    params = {"w": torch.tensor([1.0, 2.0])}
+    mean_delta = {"w": torch.tensor([0.5, -1.0])}
+    FedAvg(ServerConfig(lr=1.0)).step(params, {"w": -mean_delta["w"]}, {})
+    assert torch.equal(params["w"], torch.tensor([1.5, 1.0]))
+    FedAvg(ServerConfig(lr=0.5)).step(params, {"w": torch.tensor([2.0, 2.0])}, {})
+    assert torch.equal(params["w"], torch.tensor([0.5, 0.0]))
