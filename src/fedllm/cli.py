@@ -36,57 +36,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="train a configuration from scratch",
-                       description="Train the federation described by CONFIG (TOML).")
+    p = sub.add_parser(
+        "run",
+        help="train a configuration from scratch",
+        description="Train the federation described by CONFIG (TOML).",
+    )
     p.add_argument("config", type=Path, help="TOML config file (see configs/)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run directory (default: runs/<config name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing run in --out")
+    p.add_argument(
+        "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
-    p = sub.add_parser("resume", help="continue a run from its last checkpoint",
-                       description="Continue RUN_DIR from its last checkpoint; the result "
-                       "equals an uninterrupted run.")
+    p = sub.add_parser(
+        "resume",
+        help="continue a run from its last checkpoint",
+        description="Continue RUN_DIR from its last checkpoint; the result "
+        "equals an uninterrupted run.",
+    )
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--rounds", type=int, default=None,
-                   help="extend the run to this many rounds in total")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="extend the run to this many rounds in total"
+    )
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("eval", help="held-out loss and perplexity of a run's model",
-                       description="Evaluate the latest checkpoint of RUN_DIR on every "
-                       "client's eval split and on the test split; writes eval.json.")
+    p = sub.add_parser(
+        "eval",
+        help="held-out loss and perplexity of a run's model",
+        description="Evaluate the latest checkpoint of RUN_DIR on every "
+        "client's eval split and on the test split; writes eval.json.",
+    )
     p.add_argument("run_dir", type=Path)
 
-    p = sub.add_parser("generate", help="generate a reply with a run's model",
-                       description="Reply to PROMPT with the model of RUN_DIR (chat template).")
+    p = sub.add_parser(
+        "generate",
+        help="generate a reply with a run's model",
+        description="Reply to PROMPT with the model of RUN_DIR (chat template).",
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--client", default=None, help="which client's model (local-mode runs)")
 
-    p = sub.add_parser("export", help="write a run's model in Hugging Face format",
-                       description="LoRA runs export a peft adapter (PeftModel.from_pretrained "
-                       "loads it); --merge folds it into a plain model "
-                       "(AutoModelForCausalLM.from_pretrained loads it).")
+    p = sub.add_parser(
+        "export",
+        help="write a run's model in Hugging Face format",
+        description="LoRA runs export a peft adapter (PeftModel.from_pretrained "
+        "loads it); --merge folds it into a plain model "
+        "(AutoModelForCausalLM.from_pretrained loads it).",
+    )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--to", type=Path, required=True, help="target directory")
     p.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
     p.add_argument("--client", default=None, help="which client's model (local-mode runs)")
 
-    p = sub.add_parser("report", help="plot a run's metrics and print its table",
-                       description="Write perplexity, train-loss and communication plots "
-                       "(PNG) into RUN_DIR/report/ and print the per-round table.")
+    p = sub.add_parser(
+        "report",
+        help="plot a run's metrics and print its table",
+        description="Write perplexity, train-loss and communication plots "
+        "(PNG) into RUN_DIR/report/ and print the per-round table.",
+    )
     p.add_argument("run_dir", type=Path)
 
-    p = sub.add_parser("config", help="print the resolved configuration",
-                       description="Validate CONFIG with overrides and print it as TOML.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration",
+        description="Validate CONFIG with overrides and print it as TOML.",
+    )
     p.add_argument("config", type=Path)
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
     return parser
 
 

@@ -7,11 +7,11 @@ key, the bad value and what would be valid.
 from __future__ import annotations
 
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import tomli_w
+import tomllib
 from pydantic import (
     BaseModel,
     ConfigDict,

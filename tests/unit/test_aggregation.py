@@ -14,7 +14,9 @@ from fedllm.types import ClientUpdate, Params
 
 def random_updates(n: int, seed: int = 0) -> list[Params]:
     g = torch.Generator().manual_seed(seed)
-    return [{"w": torch.randn(4, 3, generator=g), "b": torch.randn(5, generator=g)} for _ in range(n)]
+    return [
+        {"w": torch.randn(4, 3, generator=g), "b": torch.randn(5, generator=g)} for _ in range(n)
+    ]
 
 
 def test_weighted_mean_matches_numpy() -> None:

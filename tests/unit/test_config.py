@@ -25,7 +25,12 @@ def test_every_shipped_recipe_loads() -> None:
 def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     cfg = load_config(
         write(tmp_path, "[server]\nrounds = 2\n"),
-        ["server.rounds=7", "data.source=chatterbot", "client.bf16=true", "method.target_modules=['q_proj']"],
+        [
+            "server.rounds=7",
+            "data.source=chatterbot",
+            "client.bf16=true",
+            "method.target_modules=['q_proj']",
+        ],
     )
     assert cfg.server.rounds == 7
     assert cfg.data.source == "chatterbot"

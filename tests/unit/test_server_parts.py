@@ -39,7 +39,10 @@ def test_validation_accepts_a_good_update() -> None:
         (update(b=torch.ones(4, dtype=torch.float64)), "dtype torch.float64"),
         (update(c=torch.ones(1)), "unexpected key"),
         (ClientUpdate("c", {"a": torch.ones(2, 3)}, 10), "missing 1 key"),
-        (ClientUpdate("c", {"a": torch.ones(2, 3), "b": torch.ones(4)}, -1), "negative example count"),
+        (
+            ClientUpdate("c", {"a": torch.ones(2, 3), "b": torch.ones(4)}, -1),
+            "negative example count",
+        ),
     ],
 )
 def test_validation_names_the_problem(bad: ClientUpdate, reason: str) -> None:
@@ -122,7 +125,9 @@ def test_client_store_round_trip_and_snapshot(tmp_path: Path) -> None:
 def test_checkpoint_round_trip_prunes_and_restores_rng(tmp_path: Path) -> None:
     root = tmp_path / "ckpt"
     for r in (1, 2, 3):
-        save_checkpoint(root, r, {"global": {"w": torch.full((2,), float(r))}}, {"r": r}, None, keep=2)
+        save_checkpoint(
+            root, r, {"global": {"w": torch.full((2,), float(r))}}, {"r": r}, None, keep=2
+        )
     assert [p.name for p in list_checkpoints(root)] == ["round-00002", "round-00003"]
     torch.manual_seed(5)
     random.seed(5)

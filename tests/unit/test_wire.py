@@ -6,7 +6,15 @@ import torch
 
 from fedllm.wire import decode, encode, payload_bytes
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool, torch.float64]
+DTYPES = [
+    torch.float32,
+    torch.bfloat16,
+    torch.float16,
+    torch.int64,
+    torch.int8,
+    torch.bool,
+    torch.float64,
+]
 
 
 def test_payload_bytes_equals_encoded_length_on_random_layouts() -> None:

@@ -30,7 +30,9 @@ class WeightedMean:
         if set(self._acc) != set(template) or any(
             self._acc[k].shape != t.shape for k, t in template.items()
         ):
-            self._acc = {k: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype)) for k, t in template.items()}
+            self._acc = {
+                k: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype)) for k, t in template.items()
+            }
         else:
             for buf in self._acc.values():
                 buf.zero_()

@@ -22,7 +22,9 @@ def count_local_steps(cfg: ClientConfig, num_train: int) -> int:
     return cfg.local_steps
 
 
-def batch_indices(num_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[list[int]]:
+def batch_indices(
+    num_examples: int, batch_size: int, generator: torch.Generator
+) -> Iterator[list[int]]:
     """Endless seeded batches: each epoch a fresh permutation, the last batch may be short."""
     if num_examples == 0:
         raise ValueError("cannot draw batches from a client with no training examples")
@@ -32,7 +34,9 @@ def batch_indices(num_examples: int, batch_size: int, generator: torch.Generator
             yield order[start : start + batch_size]
 
 
-def build_optimizer(params: Sequence[torch.nn.Parameter], cfg: ClientConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Sequence[torch.nn.Parameter], cfg: ClientConfig
+) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -33,6 +33,7 @@ def generate_reply(
         options["temperature"] = temperature
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        output = model.generate(**inputs, **options)
+        generate: Any = model.generate
+        output = generate(**inputs, **options)
     reply = output[0, inputs["input_ids"].shape[1] :]
     return str(tokenizer.decode(reply, skip_special_tokens=True)).strip()

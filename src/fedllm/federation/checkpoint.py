@@ -88,7 +88,8 @@ def load_checkpoint(path: Path, restore_rng: bool = True) -> Checkpoint:
 def _rng_state() -> dict[str, Any]:
     """Global RNG states as plain JSON (no pickle: checkpoints may be shared)."""
     version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    numpy_state: Any = np.random.get_state(legacy=True)
+    kind, keys, pos, has_gauss, cached = numpy_state
     return {
         "python": [version, list(internal), gauss],
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],

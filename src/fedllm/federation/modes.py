@@ -193,7 +193,9 @@ def centralized_budget(config: Config, clients: dict[ClientId, ClientData]) -> C
     sizes = [len(c.train) for c in clients.values()]
     per_client = count_local_steps(config.client, round(sum(sizes) / len(sizes)))
     cohort = min(config.server.clients_per_round, len(clients))
-    return config.client.model_copy(update={"local_steps": per_client * cohort, "local_epochs": 0.0})
+    return config.client.model_copy(
+        update={"local_steps": per_client * cohort, "local_epochs": 0.0}
+    )
 
 
 def build_mode(ws: Workspace, run_root: Path) -> Mode:
@@ -205,8 +207,16 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
     if config.federation.mode == "centralized":
         pooled = {POOLED: pooled_client(ws.data.clients)}
         plain = ServerConfig(
-            rounds=config.server.rounds, clients_per_round=1, min_clients=1, optimizer="fedavg", lr=1.0
+            rounds=config.server.rounds,
+            clients_per_round=1,
+            min_clients=1,
+            optimizer="fedavg",
+            lr=1.0,
         )
         no_stages = Pipeline([], WeightedMean())
-        return FederatedMode(ws, pooled, centralized_budget(config, ws.data.clients), plain, no_stages)
-    return FederatedMode(ws, dict(ws.data.clients), config.client, config.server, build_pipeline(config))
+        return FederatedMode(
+            ws, pooled, centralized_budget(config, ws.data.clients), plain, no_stages
+        )
+    return FederatedMode(
+        ws, dict(ws.data.clients), config.client, config.server, build_pipeline(config)
+    )

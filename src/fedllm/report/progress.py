@@ -60,9 +60,7 @@ class RichReporter:
 
     def client_done(self, update: ClientUpdate) -> None:
         loss = update.metrics.get("train_loss", math.nan)
-        self.progress.update(
-            self._clients, advance=1, info=f"{update.client_id}: loss {loss:.3f}"
-        )
+        self.progress.update(self._clients, advance=1, info=f"{update.client_id}: loss {loss:.3f}")
 
     def round_done(self, record: RoundRecord) -> None:
         parts = [f"round {record.round}"]

@@ -56,9 +56,7 @@ def run_round(
         combined = pipeline.combine(accepted, weights)
         pseudo_grad = {name: -delta for name, delta in combined.items()}
         optimizer.step(state.params, pseudo_grad, state.optimizer_state)
-    pipeline.end_round(
-        RoundReport(round_num, len(accepted), [u.metrics for u in accepted])
-    )
+    pipeline.end_round(RoundReport(round_num, len(accepted), [u.metrics for u in accepted]))
     record.time_s["aggregate"] = time.perf_counter() - start
     state.round = round_num
     return record

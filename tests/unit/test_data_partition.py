@@ -1,0 +1,112 @@
+"""Partitioners: coverage, natural grouping, iid balance and Dirichlet skew."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from fedllm.components import PARTITIONERS
+from fedllm.config import DataConfig
+from fedllm.data.partition import Partition, client_name, dirichlet, iid, natural
+from fedllm.data.sources import DataError, Record
+
+
+def _records(labels: list[str], field: str = "user") -> list[Record]:
+    return [{"text": f"doc {i}", field: label} for i, label in enumerate(labels)]
+
+
+def _assigned(partition: Partition) -> list[int]:
+    return sorted(i for rows in partition.values() for i in rows)
+
+
+def _entropy(labels: list[Any]) -> float:
+    counts = Counter(labels).values()
+    total = sum(counts)
+    return -sum(c / total * math.log(c / total) for c in counts)
+
+
+def test_partitioners_are_registered() -> None:
+    assert {"natural", "iid", "dirichlet"} <= set(PARTITIONERS.names())
+
+
+def test_natural_keeps_largest_groups_ties_by_id() -> None:
+    labels = ["a"] * 5 + ["b"] * 2 + ["c"] * 7 + ["d"] * 2 + ["e"]
+    records = _records(labels)
+    part = natural(records, DataConfig(num_clients=3, partition_by="user"), seed=0)
+    assert set(part) == {"c", "a", "b"}  # b and d tie at 2: b wins by id
+    for client, rows in part.items():
+        assert sorted(rows) == [i for i, label in enumerate(labels) if label == client]
+    assert len(_assigned(part)) == len(set(_assigned(part)))
+
+
+def test_natural_ids_are_filesystem_safe_and_distinct() -> None:
+    records = _records(["a/b", "a?b", "../x", "ok-1.2"])
+    part = natural(records, DataConfig(num_clients=10), seed=0)
+    assert len(part) == 4
+    assert "x" in part and "ok-1.2" in part
+    for client in part:
+        assert client and "/" not in client and "?" not in client
+        assert not client.startswith(".")
+
+
+def test_iid_covers_every_index_once_balanced_and_seeded() -> None:
+    records = _records(["u"] * 103)
+    cfg = DataConfig(partition="iid", num_clients=4)
+    part = iid(records, cfg, seed=1)
+    assert (
+        list(part)
+        == [client_name(k, 4) for k in range(4)]
+        == ["client-000", "client-001", "client-002", "client-003"]
+    )
+    assert _assigned(part) == list(range(103))
+    sizes = [len(rows) for rows in part.values()]
+    assert max(sizes) - min(sizes) <= 1
+    assert iid(records, cfg, seed=1) == part
+    assert iid(records, cfg, seed=2) != part
+
+
+def test_dirichlet_covers_every_index_once() -> None:
+    records = _records([f"l{i % 7}" for i in range(300)], field="category")
+    cfg = DataConfig(partition="dirichlet", partition_by="category", num_clients=5)
+    part = dirichlet(records, cfg, seed=0)
+    assert _assigned(part) == list(range(300))
+    assert all(len(rows) >= cfg.min_client_examples for rows in part.values())
+    assert dirichlet(records, cfg, seed=0) == part
+
+
+def test_dirichlet_small_alpha_is_more_skewed() -> None:
+    labels = [f"l{i % 10}" for i in range(2000)]
+    records = _records(labels, field="category")
+
+    def mean_entropy(alpha: float) -> float:
+        cfg = DataConfig(partition_by="category", num_clients=5, dirichlet_alpha=alpha)
+        part = dirichlet(records, cfg, seed=3)
+        return sum(_entropy([labels[i] for i in rows]) for rows in part.values()) / len(part)
+
+    skewed, even = mean_entropy(0.05), mean_entropy(100.0)
+    assert even > 0.95 * math.log(10)  # near-uniform label mix on every client
+    assert skewed < even - 0.5
+
+
+def test_dirichlet_failure_is_a_clear_error() -> None:
+    records = _records(["only"] * 20, field="category")
+    cfg = DataConfig(partition_by="category", num_clients=10, dirichlet_alpha=0.001)
+    with pytest.raises(DataError, match=r"raise data\.dirichlet_alpha"):
+        dirichlet(records, cfg, seed=0)
+
+
+@pytest.mark.parametrize("fn", [natural, dirichlet])
+def test_missing_field_names_it_and_the_fields_present(fn: Any) -> None:
+    records = _records(["a", "b", "c", "d"], field="category")
+    with pytest.raises(DataError) as err:
+        fn(records, DataConfig(partition_by="user", num_clients=2), 0)
+    assert "'user'" in str(err.value)
+    assert "category, text" in str(err.value)
+
+
+def test_more_clients_than_records_is_an_error() -> None:
+    with pytest.raises(DataError, match="num_clients = 5 exceeds the 3 records"):
+        iid(_records(["a", "b", "c"]), DataConfig(num_clients=5), 0)
