@@ -18,8 +18,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The federated run, then the same budget with every client alone, then both side by side.
 demo: $(STAMP)
 	$(VENV)/bin/fedllm run configs/demo.toml --out runs/demo --overwrite
+	$(VENV)/bin/fedllm run configs/demo.toml --set federation.mode=local --out runs/demo-local --overwrite
+	$(VENV)/bin/fedllm report runs/demo runs/demo-local
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -14,6 +14,7 @@ from rich.table import Table
 from fedllm.config import ConfigError, load_config
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.registry import UnknownComponentError
+from fedllm.report.progress import Reporter, RichReporter, SilentReporter
 
 EPILOG = """examples:
   fedllm run configs/demo.toml --set server.rounds=3 --out runs/my-run
@@ -101,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "report",
-        help="plot a run's metrics and print its table",
+        help="plot a run's metrics and print its table (or compare runs)",
         description="Write perplexity, train-loss and communication plots "
-        "(PNG) into RUN_DIR/report/ and print the per-round table.",
+        "(PNG) into RUN_DIR/report/ and print the per-round table. With several "
+        "run directories, also compare them: a table of results and "
+        "report/comparison.png in the first one.",
     )
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
 
     p = sub.add_parser(
         "config",
@@ -133,9 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _reporter(quiet: bool, console: Console) -> object:
-    from fedllm.report.progress import RichReporter, SilentReporter
-
+def _reporter(quiet: bool, console: Console) -> Reporter:
     return SilentReporter() if quiet else RichReporter(console)
 
 
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / args.config.stem
-    run(config, out, overwrite=args.overwrite, reporter=_reporter(args.quiet, console))  # type: ignore[arg-type]
+    run(config, out, overwrite=args.overwrite, reporter=_reporter(args.quiet, console))
     return 0
 
 
@@ -152,7 +153,7 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
     from fedllm.federation.runner import resume
 
     overrides = [f"server.rounds={args.rounds}"] if args.rounds else []
-    resume(args.run_dir, overrides, reporter=_reporter(args.quiet, console))  # type: ignore[arg-type]
+    resume(args.run_dir, overrides, reporter=_reporter(args.quiet, console))
     return 0
 
 
@@ -208,16 +209,27 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.report.compare import comparison_table, plot_comparison
     from fedllm.report.plots import plot_run
     from fedllm.report.progress import result_table
 
-    rundir = RunDir(args.run_dir)
-    records = rundir.read_metrics()
-    if not records:
-        raise RunDirError(f"{rundir.root} has no metrics.jsonl records yet")
-    Console().print(result_table(records))
-    for path in plot_run(records, rundir.root / "report", title=str(rundir.root.name)):
-        console.print(f"wrote {path}")
+    out = Console()
+    all_records, summaries = {}, {}
+    for root in args.run_dirs:
+        rundir = RunDir(root)
+        records = rundir.read_metrics()
+        if not records:
+            raise RunDirError(f"{rundir.root} has no metrics.jsonl records yet")
+        out.print(result_table(records))
+        for path in plot_run(records, rundir.root / "report", title=str(rundir.root.name)):
+            console.print(f"wrote {path}")
+        all_records[rundir.root.name] = records
+        if rundir.summary_path.exists():
+            summaries[rundir.root.name] = rundir.read_summary()
+    if len(args.run_dirs) > 1:
+        out.print(comparison_table(summaries))
+        target = RunDir(args.run_dirs[0]).root / "report" / "comparison.png"
+        console.print(f"wrote {plot_comparison(all_records, target)}")
     return 0
 
 

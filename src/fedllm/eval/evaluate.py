@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from fedllm.data import Example, collate
+from fedllm.data import IGNORE_INDEX, Example, collate
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,14 @@ def evaluate(
         labels = batch.pop("labels")
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(**batch).logits
-        shifted = labels[:, 1:].reshape(-1)
-        flat = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-        loss_sum += float(F.cross_entropy(flat, shifted, ignore_index=-100, reduction="sum"))
-        tokens += int((shifted != -100).sum())
+        # Shift the labels, not the logits: slicing logits would copy them
+        # (batch x length x vocab floats, the largest tensor of the step).
+        targets = torch.full_like(labels, IGNORE_INDEX)
+        targets[:, :-1] = labels[:, 1:]
+        flat = logits.reshape(-1, logits.shape[-1])
+        loss_sum += float(F.cross_entropy(flat.float(), targets.reshape(-1), reduction="sum"))
+        tokens += int((targets != IGNORE_INDEX).sum())
+        del logits, flat
     model.train(was_training)
     return HeldOut(loss_sum, tokens)
 
@@ -65,8 +69,7 @@ def summarize(per_client: Mapping[str, HeldOut], test: HeldOut | None) -> dict[s
 
     Keys: ``clients_loss_mean``, ``clients_ppl_mean`` (exp of the mean loss),
     ``clients_loss_weighted``, ``clients_ppl_weighted``, ``clients_loss_worst``,
-    ``clients_ppl_worst``, ``worst_client`` is not included (not a float),
-    ``test_loss``, ``test_ppl``.
+    ``clients_ppl_worst``, ``test_loss``, ``test_ppl``.
     """
     out: dict[str, float] = {}
     scored = {cid: h for cid, h in per_client.items() if h.tokens}

@@ -29,7 +29,7 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
     ax.set(xlabel="round", ylabel="held-out perplexity", title=title)
     ax.legend()
     ax.grid(alpha=0.3)
-    written.append(_save(fig, out_dir / "perplexity.png"))
+    written.append(save_figure(fig, out_dir / "perplexity.png"))
 
     trained = [r for r in records if r.get("train_loss") is not None]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -37,7 +37,7 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
         ax.plot([r["round"] for r in trained], [r["train_loss"] for r in trained], marker="o")
     ax.set(xlabel="round", ylabel="mean client train loss (nats/token)", title=title)
     ax.grid(alpha=0.3)
-    written.append(_save(fig, out_dir / "train_loss.png"))
+    written.append(save_figure(fig, out_dir / "train_loss.png"))
 
     rounds = [r for r in records if r["round"] > 0]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -47,11 +47,12 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
         ax.bar([x + 0.2 for x in xs], [r["bytes_down"] / 1e6 for r in rounds], 0.4, label="down")
         ax.legend()
     ax.set(xlabel="round", ylabel="MB per round", title=title)
-    written.append(_save(fig, out_dir / "communication.png"))
+    written.append(save_figure(fig, out_dir / "communication.png"))
     return written
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

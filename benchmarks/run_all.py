@@ -1,0 +1,30 @@
+"""`make bench`: every benchmark, each writing benchmarks/results/<name>.json."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BENCHMARKS = [
+    ["benchmarks.round_overhead", "--model", "smollm2-135m", "--steps", "10", "--reps", "3"],
+    ["benchmarks.round_overhead", "--model", "tiny", "--steps", "20", "--reps", "3"],
+    ["benchmarks.memory_clients"],
+]
+
+
+def main() -> int:
+    failed = []
+    for args in BENCHMARKS:
+        print(f"== {' '.join(args)}", flush=True)
+        if subprocess.run([sys.executable, "-m", *args], cwd=ROOT).returncode != 0:
+            failed.append(args[0])
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
