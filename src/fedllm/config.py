@@ -50,7 +50,7 @@ class ModelConfig(Section):
     name: str = Field(
         "smollm2-135m",
         description="Base model: 'smollm2-135m' (shipped GGUF), a tiny preset "
-        "('tiny', 'tiny-2l'), a local directory or a hub id.",
+        "('tiny', 'tiny-4l'), a local directory or a hub id.",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Dtype the base weights are held in."

@@ -72,6 +72,10 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute activations in backward; inputs need grads when the embeddings are frozen."""
     inner: Any = getattr(model, "get_base_model", lambda: model)()
-    inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    options = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.24
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     if hasattr(inner, "enable_input_require_grads"):
         inner.enable_input_require_grads()

@@ -73,6 +73,8 @@ class RichReporter:
         if record.rejected:
             parts.append(f"{len(record.rejected)} rejected")
         self.progress.update(self._rounds, advance=1, info=" · ".join(parts))
+        if not self.console.is_terminal:  # logs and CI: no live display, one line per round
+            self.console.print(" · ".join(parts))
 
     def message(self, text: str) -> None:
         self.progress.console.print(text)
