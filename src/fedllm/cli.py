@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
@@ -14,6 +15,10 @@ from rich.table import Table
 from fedllm.config import ConfigError, load_config
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.registry import UnknownComponentError
+from fedllm.types import Params
+
+if TYPE_CHECKING:
+    from fedllm.federation.setup import Workspace
 from fedllm.report.progress import Reporter, RichReporter, SilentReporter
 
 EPILOG = """examples:
@@ -178,17 +183,12 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
 
 def _generate(args: argparse.Namespace, console: Console) -> int:
     from fedllm.eval.generate import generate_reply
-    from fedllm.federation.setup import prepare
-    from fedllm.federation.trained import pick_state, trained_states
     from fedllm.model.state import set_trainable_state
 
-    rundir = RunDir(args.run_dir)
-    config = rundir.load_config()
-    ws = prepare(config, with_data=config.federation.mode == "local")
-    _, states = trained_states(rundir, ws)
-    set_trainable_state(ws.model, pick_state(states, args.client))
+    ws, state = _trained_model(args.run_dir, args.client)
+    set_trainable_state(ws.model, state)
     reply = generate_reply(
-        ws.model, ws.tokenizer, args.prompt, args.max_new_tokens, args.temperature, config.seed
+        ws.model, ws.tokenizer, args.prompt, args.max_new_tokens, args.temperature, ws.config.seed
     )
     print(reply)
     return 0
@@ -196,16 +196,23 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
 
 def _export(args: argparse.Namespace, console: Console) -> int:
     from fedllm.federation.export import export_one
+
+    ws, state = _trained_model(args.run_dir, args.client)
+    export_one(ws, state, args.to, merge=args.merge)
+    console.print(f"exported to {args.to}")
+    return 0
+
+
+def _trained_model(run_dir: Path, client: str | None) -> tuple[Workspace, Params]:
+    """The run's model (data loaded only for local runs) and its latest trained state."""
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import pick_state, trained_states
 
-    rundir = RunDir(args.run_dir)
+    rundir = RunDir(run_dir)
     config = rundir.load_config()
     ws = prepare(config, with_data=config.federation.mode == "local")
     _, states = trained_states(rundir, ws)
-    export_one(ws, pick_state(states, args.client), args.to, merge=args.merge)
-    console.print(f"exported to {args.to}")
-    return 0
+    return ws, pick_state(states, client)
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:

@@ -8,14 +8,15 @@ from typing import Any
 from rich.table import Table
 
 from fedllm.report.plots import save_figure
+from fedllm.report.progress import fmt
 
 
 def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     """One row per run (name -> summary.json): initial and final held-out perplexity."""
     table = Table(title="fedllm runs compared")
+    table.add_column("run", no_wrap=True)
+    table.add_column("mode", no_wrap=True)
     for column in (
-        "run",
-        "mode",
         "ppl round 0",
         "ppl final (mean)",
         "ppl final (worst)",
@@ -29,10 +30,10 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
         table.add_row(
             name,
             str(summary.get("mode", "?")),
-            _fmt(initial.get("clients_ppl_mean")),
-            _fmt(final.get("clients_ppl_mean")),
-            _fmt(final.get("clients_ppl_worst")),
-            _fmt(final.get("test_ppl")),
+            fmt(initial.get("clients_ppl_mean")),
+            fmt(final.get("clients_ppl_mean")),
+            fmt(final.get("clients_ppl_worst")),
+            fmt(final.get("test_ppl")),
             f"{summary.get('bytes_up', 0) / 1e6:.2f}",
             f"{summary.get('wall_s', 0.0):.0f}",
         )
@@ -52,7 +53,3 @@ def plot_comparison(records: dict[str, list[dict[str, Any]]], path: Path) -> Pat
     ax.legend()
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

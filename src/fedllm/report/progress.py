@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,8 +12,11 @@ from rich.table import Table
 from fedllm.types import ClientUpdate, RoundRecord
 
 
-class Reporter(Protocol):
-    """Receives the run's events."""
+class Reporter:
+    """Receives the run's events; this base reports nothing (tests, library use).
+
+    Subclasses override the events they show.
+    """
 
     def start(self, first_round: int, rounds: int, header: str) -> None: ...
     def round_started(self, round_num: int, cohort_size: int) -> None: ...
@@ -23,18 +26,10 @@ class Reporter(Protocol):
     def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None: ...
 
 
-class SilentReporter:
-    """Reports nothing (tests, library use)."""
-
-    def start(self, first_round: int, rounds: int, header: str) -> None: ...
-    def round_started(self, round_num: int, cohort_size: int) -> None: ...
-    def client_done(self, update: ClientUpdate) -> None: ...
-    def round_done(self, record: RoundRecord) -> None: ...
-    def message(self, text: str) -> None: ...
-    def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None: ...
+SilentReporter = Reporter
 
 
-class RichReporter:
+class RichReporter(Reporter):
     """A bar over rounds and one over the clients of the current round, with live loss."""
 
     def __init__(self, console: Console | None = None) -> None:
@@ -84,9 +79,9 @@ class RichReporter:
         self.console.print(result_table(records))
         self.console.print(
             f"[bold]{summary['mode']}[/bold] run finished: held-out perplexity "
-            f"{_fmt(summary.get('initial', {}).get('clients_ppl_mean'))} -> "
-            f"{_fmt(summary.get('final', {}).get('clients_ppl_mean'))} (client mean), "
-            f"{_fmt(summary.get('final', {}).get('test_ppl'))} on the test split; "
+            f"{fmt(summary.get('initial', {}).get('clients_ppl_mean'))} -> "
+            f"{fmt(summary.get('final', {}).get('clients_ppl_mean'))} (client mean), "
+            f"{fmt(summary.get('final', {}).get('test_ppl'))} on the test split; "
             f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down; "
             f"{summary['wall_s']:.0f} s. Results in {summary['run_dir']}"
         )
@@ -111,10 +106,10 @@ def result_table(records: list[dict[str, Any]]) -> Table:
         table.add_row(
             str(rec["round"]),
             f"{len(rec.get('accepted', []))}/{len(rec.get('sampled', []))}",
-            _fmt(rec.get("train_loss"), 3),
-            _fmt(ev.get("clients_ppl_mean")),
-            _fmt(ev.get("clients_ppl_worst")),
-            _fmt(ev.get("test_ppl")),
+            fmt(rec.get("train_loss"), 3),
+            fmt(ev.get("clients_ppl_mean")),
+            fmt(ev.get("clients_ppl_worst")),
+            fmt(ev.get("test_ppl")),
             f"{rec.get('bytes_up', 0) / 1e6:.2f}",
             f"{_seconds(rec.get('time_s', {})):.1f}",
         )
@@ -126,5 +121,6 @@ def _seconds(times: dict[str, float]) -> float:
     return times.get("round", sum(times.values()))
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A number for a table cell, ``-`` when missing."""
     return "-" if value is None else f"{value:.{digits}f}"
