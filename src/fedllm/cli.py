@@ -130,15 +130,39 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
+    user_errors = _user_errors()
     try:
         handler = _HANDLERS[args.command]
         return handler(args, console)
-    except (ConfigError, RunDirError, UnknownComponentError, FileNotFoundError) as err:
+    except user_errors as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: the last checkpoint is kept; continue with `fedllm resume`")
         return 130
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input, not a bug: shown as one line, no traceback."""
+    from fedllm.data.sources import DataError
+    from fedllm.federation.modes import ModeError
+    from fedllm.model.load import ModelLoadError
+    from fedllm.model.methods.base import MethodError
+    from fedllm.model.state import StateMismatchError
+    from fedllm.pipeline.stage import PipelineError
+
+    return (
+        ConfigError,
+        RunDirError,
+        UnknownComponentError,
+        FileNotFoundError,
+        DataError,
+        ModeError,
+        ModelLoadError,
+        MethodError,
+        StateMismatchError,
+        PipelineError,
+    )
 
 
 def _reporter(quiet: bool, console: Console) -> Reporter:
@@ -165,14 +189,16 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
 def _eval(args: argparse.Namespace, console: Console) -> int:
     from fedllm.federation.evaluation import evaluate_states
     from fedllm.federation.setup import prepare
-    from fedllm.federation.trained import trained_states
+    from fedllm.federation.trained import load_trained
 
     rundir = RunDir(args.run_dir)
     ws = prepare(rundir.load_config())
-    round_num, states = trained_states(rundir, ws)
-    metrics = evaluate_states(ws, lambda cid: states.get("", states.get(cid, ws.initial)))
-    (rundir.root / "eval.json").write_text(json.dumps({"round": round_num, **metrics}, indent=2))
-    table = Table(title=f"{rundir.root} after round {round_num}")
+    trained = load_trained(rundir, ws.initial)
+    metrics = evaluate_states(ws, trained.state_of, shared=trained.shared)
+    (rundir.root / "eval.json").write_text(
+        json.dumps({"round": trained.round, **metrics}, indent=2)
+    )
+    table = Table(title=f"{rundir.root} after round {trained.round}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
@@ -206,13 +232,13 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 def _trained_model(run_dir: Path, client: str | None) -> tuple[Workspace, Params]:
     """The run's model (data loaded only for local runs) and its latest trained state."""
     from fedllm.federation.setup import prepare
-    from fedllm.federation.trained import pick_state, trained_states
+    from fedllm.federation.trained import load_trained
 
     rundir = RunDir(run_dir)
     config = rundir.load_config()
     ws = prepare(config, with_data=config.federation.mode == "local")
-    _, states = trained_states(rundir, ws)
-    return ws, pick_state(states, client)
+    known = list(ws.data.clients) if ws.data is not None else []
+    return ws, load_trained(rundir, ws.initial).pick(client, known)
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:

@@ -38,6 +38,16 @@ def decode(payload: bytes) -> Params:
     return load(payload)
 
 
+def try_payload_bytes(params: object) -> int | None:
+    """:func:`payload_bytes`, or None for something that isn't named tensors of a
+    supported dtype (a malformed update still crossed the wire, but has no size here)."""
+    if not isinstance(params, dict):
+        return None
+    if not all(isinstance(t, torch.Tensor) and t.dtype in _DTYPES for t in params.values()):
+        return None
+    return payload_bytes(params)
+
+
 def payload_bytes(params: Params) -> int:
     """Exact size in bytes of ``encode(params)``, computed without copying any data."""
     # safetensors lays tensors out by descending dtype rank, then by name.

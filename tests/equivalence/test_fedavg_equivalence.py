@@ -49,7 +49,7 @@ def test_fedavg_one_client_one_round_equals_local_training(tmp_path: Path, metho
     (client,) = ws.data.clients.values()
     mode = build_mode(ws, tmp_path)
     mode.play_round(1, None)
-    federated = mode.final_states()[""]
+    federated = dict(mode.final_states())[""]
     local = plain_full_batch_training(ws, client.train, steps=4, lr=0.01)
     assert set(federated) == set(local)
     # Adam divides by sqrt(v): summation-order noise (~1e-7) on a near-zero

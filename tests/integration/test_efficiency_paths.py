@@ -17,7 +17,7 @@ def one_round_state(tmp_path: Path, *overrides: str) -> dict[str, torch.Tensor]:
     mode = build_mode(ws, tmp_path)
     record = mode.play_round(1, None)
     assert record.train_loss is not None and math.isfinite(record.train_loss)
-    return mode.final_states()[""]
+    return dict(mode.final_states())[""]
 
 
 def test_gradient_checkpointing_is_switched_on_by_config() -> None:
@@ -43,3 +43,13 @@ def test_bf16_autocast_trains_close_to_fp32(tmp_path: Path) -> None:
     assert moved > 0
     assert gap < 0.5 * moved, "bf16 must follow the fp32 trajectory, if not exactly"
     assert all(v.dtype == torch.float32 for v in bf16.values()), "master weights stay fp32"
+
+
+def test_bfloat16_base_weights_train_and_exchange_their_own_dtype(tmp_path: Path) -> None:
+    state = one_round_state(tmp_path, 'model.dtype="bfloat16"')
+    ws = prepare(tiny_config('model.dtype="bfloat16"'), with_data=False)
+    frozen = [p for p in ws.model.parameters() if not p.requires_grad]
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    assert {name: t.dtype for name, t in state.items()} == {
+        name: t.dtype for name, t in ws.initial.items()
+    }

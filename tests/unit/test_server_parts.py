@@ -11,7 +11,12 @@ import torch
 from fedllm.client.store import ClientStateStore
 from fedllm.client.train import batch_indices, count_local_steps, lr_factor
 from fedllm.config import ClientConfig
-from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from fedllm.federation.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from fedllm.seeding import derive_seed
 from fedllm.server.sampling import sample_clients
 from fedllm.server.validate import find_problem, split_valid
@@ -136,6 +141,7 @@ def test_checkpoint_round_trip_prunes_and_restores_rng(tmp_path: Path) -> None:
     expected = (torch.rand(1).item(), random.random(), np.random.rand())
     torch.manual_seed(99)
     ckpt = load_checkpoint(list_checkpoints(root)[-1])
+    restore_rng(ckpt)
     assert (torch.rand(1).item(), random.random(), np.random.rand()) == expected
     assert ckpt.round == 4
     assert json.loads((root / "round-00004" / "state.json").read_text())["round"] == 4

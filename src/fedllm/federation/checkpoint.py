@@ -27,12 +27,20 @@ class Checkpoint:
         tensors: named groups of tensors (``global``, ``optimizer``, ...).
         meta: JSON-ready state (pipeline stage states, ...).
         clients_dir: the snapshot of per-client state, if any.
+        rng: the global RNG states saved with it (see :func:`restore_rng`).
     """
 
     round: int
     tensors: dict[str, Params]
     meta: dict[str, Any]
     clients_dir: Path | None = None
+    rng: dict[str, Any] | None = None
+
+
+def restore_rng(ckpt: Checkpoint) -> None:
+    """Put the python, numpy and torch global RNGs back as they were at the checkpoint."""
+    if ckpt.rng is not None:
+        _restore_rng(ckpt.rng)
 
 
 def save_checkpoint(
@@ -75,14 +83,18 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("round-*") if (p / "state.json").exists())
 
 
-def load_checkpoint(path: Path, restore_rng: bool = True) -> Checkpoint:
-    """Read a checkpoint directory (and, by default, restore the RNG states)."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read a checkpoint directory (RNG states are returned, not applied)."""
     state = json.loads((path / "state.json").read_text())
     tensors = {g: load_file(path / f"{g}.safetensors") for g in state["groups"]}
-    if restore_rng:
-        _restore_rng(state["rng"])
     clients = path / "clients"
-    return Checkpoint(state["round"], tensors, state["meta"], clients if clients.exists() else None)
+    return Checkpoint(
+        state["round"],
+        tensors,
+        state["meta"],
+        clients if clients.exists() else None,
+        state.get("rng"),
+    )
 
 
 def _rng_state() -> dict[str, Any]:

@@ -10,24 +10,27 @@ from fedllm.model.state import set_trainable_state
 from fedllm.types import ClientId, Params
 
 
-def evaluate_states(ws: Workspace, state_of: Callable[[ClientId], Params]) -> dict[str, float]:
-    """Each client's eval split under the state ``state_of(client)``; the test split
-    under every distinct state (averaged over clients when states differ).
+def evaluate_states(
+    ws: Workspace, state_of: Callable[[ClientId], Params], shared: bool
+) -> dict[str, float]:
+    """Each client's eval split under the state ``state_of(client)``, and the test split.
 
-    For a global model, ``state_of`` returns the same tensors for everyone and
-    the test split is evaluated once.
+    Args:
+        ws: the workspace (model and data).
+        state_of: the trainable state each client's model has.
+        shared: every client has the same state (a global model): the test split
+            is scored once. Otherwise each client's model scores the test split
+            and the token losses are summed over clients (a mean over clients).
     """
     assert ws.data is not None, "evaluation needs the workspace's data"
     cfg = ws.config
     bf16 = cfg.client.bf16
     per_client: dict[str, HeldOut] = {}
-    test_sum, test_tokens, scored = 0.0, 0, set()
+    test_sum, test_tokens = 0.0, 0
     for cid, client in ws.data.clients.items():
-        state = state_of(cid)
-        set_trainable_state(ws.model, state)
+        set_trainable_state(ws.model, state_of(cid))
         per_client[cid] = evaluate(ws.model, client.eval, cfg.eval.batch_size, ws.pad_id, bf16)
-        if ws.data.test and id(state) not in scored:
-            scored.add(id(state))
+        if ws.data.test and (not shared or not test_tokens):
             held = evaluate(ws.model, ws.data.test, cfg.eval.batch_size, ws.pad_id, bf16)
             test_sum += held.loss_sum
             test_tokens += held.tokens

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from fedllm.federation.setup import Workspace
@@ -10,11 +11,11 @@ from fedllm.model.state import set_trainable_state
 from fedllm.types import Params
 
 
-def export_states(ws: Workspace, states: dict[str, Params], target: Path) -> None:
+def export_states(ws: Workspace, states: Iterable[tuple[str, Params]], target: Path) -> None:
     """Export the global state (key ``""``) to ``target``, or each client's state to
     ``target/clients/<id>`` (local mode). Each directory also gets the tokenizer
     and a ``fedllm.json`` naming the base model and method."""
-    for key, params in states.items():
+    for key, params in states:
         out = target if key == "" else target / "clients" / key
         export_one(ws, params, out)
 

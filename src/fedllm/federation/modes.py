@@ -7,6 +7,8 @@ federated result is put beside.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,13 +26,17 @@ from fedllm.pipeline.stage import StageState
 from fedllm.runtime.engine import ClientDone
 from fedllm.runtime.simulation import SimulationEngine
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.round import mean_train_loss, run_round
+from fedllm.server.round import run_round
 from fedllm.server.sampling import sample_clients
 from fedllm.server.state import ServerState
-from fedllm.server.validate import split_valid
+from fedllm.server.validate import find_problem
 from fedllm.types import ClientId, Params, RoundRecord
 
 POOLED = "pooled"
+
+
+class ModeError(ValueError):
+    """A federation that cannot train as configured."""
 
 
 class Mode(Protocol):
@@ -55,8 +61,8 @@ class Mode(Protocol):
         """Continue from a checkpoint."""
         ...
 
-    def final_states(self) -> dict[str, Params]:
-        """States to export: ``{"": global}`` or one per client."""
+    def final_states(self) -> Iterator[tuple[str, Params]]:
+        """States to export, lazily: ``("", global)`` or ``(client, state)`` per client."""
         ...
 
 
@@ -72,8 +78,10 @@ class FederatedMode:
         client_cfg: ClientConfig,
         server_cfg: ServerConfig,
         pipeline: Pipeline,
+        communicates: bool = True,
     ) -> None:
         self.ws = ws
+        self.communicates = communicates
         self.clients = clients
         self.server_cfg = server_cfg
         self.pipeline = pipeline
@@ -89,7 +97,7 @@ class FederatedMode:
         cohort = sample_clients(
             list(self.clients), self.server_cfg.clients_per_round, self.ws.config.seed, round_num
         )
-        return run_round(
+        record = run_round(
             self.state,
             cohort,
             self.engine,
@@ -99,9 +107,12 @@ class FederatedMode:
             self.server_cfg.weighting,
             on_client_done,
         )
+        if not self.communicates:  # pooled data trains where it lies: nothing is sent
+            record.bytes_up = record.bytes_down = 0
+        return record
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_states(self.ws, lambda _cid: self.state.params)
+        return evaluate_states(self.ws, lambda _cid: self.state.params, shared=True)
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
         tensors = {"global": self.state.params, "optimizer": self.state.optimizer_state}
@@ -112,8 +123,8 @@ class FederatedMode:
         states: dict[str, StageState] = meta.get("pipeline", {})
         self.pipeline.states.update(states)
 
-    def final_states(self) -> dict[str, Params]:
-        return {"": self.state.params}
+    def final_states(self) -> Iterator[tuple[str, Params]]:
+        yield "", self.state.params
 
 
 class LocalMode:
@@ -145,31 +156,28 @@ class LocalMode:
             list(self.clients), cfg.server.clients_per_round, cfg.seed, round_num
         )
         record = RoundRecord(round=round_num, sampled=cohort)
-        updates = []
+        client_metrics: dict[str, dict[str, float]] = {}
+        losses: list[float] = []
+        start_time = time.perf_counter()
         for cid in cohort:
             start = self.state_of(cid)
             (update,) = self.engine.train([(cid, start)], round_num, on_client_done)
-            accepted, rejected = split_valid([update], start)
-            if accepted:
-                with torch.no_grad():
-                    self.store.put(cid, {k: start[k] + update.delta[k] for k in start})
-                record.accepted.append(cid)
-            record.rejected += [{"client": r.client_id, "reason": r.reason} for r in rejected]
-            updates.append(update)
-        record.train_loss = mean_train_loss(updates)
-        record.extra["client_metrics"] = {u.client_id: u.metrics for u in updates}
+            client_metrics[cid] = dict(update.metrics)
+            problem = find_problem(update, start)
+            if problem is not None:
+                record.rejected.append({"client": cid, "reason": problem})
+                continue
+            with torch.no_grad():
+                self.store.put(cid, {k: start[k] + update.delta[k] for k in start})
+            record.accepted.append(cid)
+            losses.append(update.metrics["train_loss"])
+        record.time_s["train"] = time.perf_counter() - start_time
+        record.train_loss = sum(losses) / len(losses) if losses else None
+        record.extra["client_metrics"] = client_metrics
         return record
 
     def evaluate(self) -> dict[str, float]:
-        cache: dict[ClientId, Params] = {}
-
-        def state_of(cid: ClientId) -> Params:
-            if cid not in cache:
-                cache.clear()  # hold one client's state at a time
-                cache[cid] = self.state_of(cid)
-            return cache[cid]
-
-        return evaluate_states(self.ws, state_of)
+        return evaluate_states(self.ws, self.state_of, shared=False)
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
         return {}, {}
@@ -177,8 +185,9 @@ class LocalMode:
     def restore(self, round_num: int, tensors: dict[str, Params], meta: dict[str, Any]) -> None:
         pass  # the runner restores the client store from the checkpoint's snapshot
 
-    def final_states(self) -> dict[str, Params]:
-        return {cid: self.state_of(cid) for cid in self.clients}
+    def final_states(self) -> Iterator[tuple[str, Params]]:
+        for cid in self.clients:  # one client's state in memory at a time
+            yield cid, self.state_of(cid)
 
 
 def pooled_client(clients: dict[ClientId, ClientData]) -> ClientData:
@@ -202,6 +211,12 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
     """The mode named by ``federation.mode``."""
     assert ws.data is not None
     config = ws.config
+    available = len(ws.data.clients)
+    if config.federation.mode == "federated" and config.server.min_clients > available:
+        raise ModeError(
+            f"server.min_clients = {config.server.min_clients} but only {available} client(s) "
+            f"have data (dropped: {ws.data.dropped or 'none'}); every round would be skipped"
+        )
     if config.federation.mode == "local":
         return LocalMode(ws, ClientStateStore(run_root / "clients"))
     if config.federation.mode == "centralized":
@@ -214,9 +229,8 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
             lr=1.0,
         )
         no_stages = Pipeline([], WeightedMean())
-        return FederatedMode(
-            ws, pooled, centralized_budget(config, ws.data.clients), plain, no_stages
-        )
+        budget = centralized_budget(config, ws.data.clients)
+        return FederatedMode(ws, pooled, budget, plain, no_stages, communicates=False)
     return FederatedMode(
         ws, dict(ws.data.clients), config.client, config.server, build_pipeline(config)
     )

@@ -13,11 +13,26 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from fedllm.config import Config, dump_config, load_config
+
+MARKER = ".fedllm-run"
+RUN_ENTRIES = (
+    "config.toml",
+    "metrics.jsonl",
+    "summary.json",
+    "eval.json",
+    "checkpoints",
+    "clients",
+    "final",
+    "report",
+    MARKER,
+)
+"""Everything a run writes; --overwrite removes these and nothing else."""
 
 
 class RunDirError(ValueError):
@@ -54,22 +69,38 @@ class RunDir:
     def final(self) -> Path:
         return self.root / "final"
 
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    def check_new(self, overwrite: bool) -> None:
+        """Refuse to start over an existing run (unless ``overwrite``) or in a folder
+        that holds anything but a fedllm run."""
+        if not self.root.exists() or not any(self.root.iterdir()):
+            return
+        if not self.marker.exists():
+            raise RunDirError(
+                f"{self.root} is not empty and holds no fedllm run; refusing to write "
+                "into it: choose another --out"
+            )
+        if not overwrite:
+            raise RunDirError(
+                f"{self.root} already holds a run; use `fedllm resume {self.root}` "
+                "to continue it, or pass --overwrite to start again"
+            )
+
     def create(self, config: Config, overwrite: bool = False) -> None:
-        """Start a fresh run here; refuse to clobber an existing run unless asked."""
-        if self.root.exists() and any(self.root.iterdir()):
-            if not overwrite:
-                raise RunDirError(
-                    f"{self.root} already holds a run; use `fedllm resume {self.root}` "
-                    "to continue it, or pass --overwrite to start again"
-                )
-            if not self.config_path.exists():
-                raise RunDirError(
-                    f"{self.root} is not empty and holds no fedllm run; refusing to "
-                    "delete it: choose another --out"
-                )
-            shutil.rmtree(self.root)
+        """Start a fresh run here, removing only a previous run's own files."""
+        self.check_new(overwrite)
+        for name in RUN_ENTRIES:
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(dump_config(config))
+        self.marker.write_text("fedllm run directory\n")
 
     def load_config(self, overrides: list[str] | None = None) -> Config:
         """The run's saved configuration (with optional overrides)."""
@@ -83,15 +114,30 @@ class RunDir:
             f.write(json.dumps(line) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All round records written so far."""
+        """All round records written so far (a torn last line, from a crash, is ignored)."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number < len(lines):
+                    raise RunDirError(
+                        f"{self.metrics_path}:{number} is not valid JSON; fix or remove that line"
+                    ) from None
+        return records
 
     def truncate_metrics(self, last_round: int) -> None:
-        """Keep only records up to ``last_round`` (rounds past a checkpoint are redone)."""
+        """Keep only records up to ``last_round`` (rounds past a checkpoint are redone).
+
+        Written to a temp file and renamed, so an interruption loses nothing.
+        """
         kept = [m for m in self.read_metrics() if m["round"] <= last_round]
-        self.metrics_path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        tmp = self.metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        os.replace(tmp, self.metrics_path)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.summary_path.write_text(json.dumps(summary, indent=2) + "\n")

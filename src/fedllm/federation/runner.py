@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedllm.client.store import ClientStateStore
 from fedllm.config import Config, dump_config
-from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from fedllm.federation.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError
@@ -41,10 +49,17 @@ def run(
     overwrite: bool = False,
     reporter: Reporter | None = None,
 ) -> RunResult:
-    """Start a fresh run in ``out`` and train it to the end."""
+    """Start a fresh run in ``out`` and train it to the end.
+
+    The model and data are loaded before anything in ``out`` is touched, so a
+    config that fails to load leaves an earlier run there intact.
+    """
+    started = time.perf_counter()
     rundir = RunDir(out)
+    rundir.check_new(overwrite)
+    ws = prepare(config)
     rundir.create(config, overwrite=overwrite)
-    return _train(config, rundir, reporter or SilentReporter(), resume=False)
+    return _train(ws, rundir, reporter or SilentReporter(), None, started)
 
 
 def resume(
@@ -55,6 +70,7 @@ def resume(
     ``overrides`` may extend ``server.rounds``; other changes would make the
     continuation differ from the run that was started and are refused.
     """
+    started = time.perf_counter()
     rundir = RunDir(out)
     saved = rundir.load_config()
     config = rundir.load_config(overrides)
@@ -64,28 +80,52 @@ def resume(
             f"resume can only change server.rounds; these differ from the saved run: "
             f"{', '.join(sorted(changed))}"
         )
+    ckpt = _latest_readable_checkpoint(rundir)
+    done = max((r["round"] for r in rundir.read_metrics()), default=0)
+    if ckpt is None and (done > 0 or rundir.final.exists()):
+        raise RunDirError(
+            f"{rundir.root} has trained rounds but no readable checkpoint; resuming would "
+            "start over and overwrite them: use `fedllm run --overwrite` to start again"
+        )
+    if ckpt is not None and config.server.rounds < ckpt.round:
+        raise RunDirError(
+            f"server.rounds = {config.server.rounds} is below the {ckpt.round} rounds "
+            "already checkpointed; resume can only extend a run"
+        )
+    ws = prepare(config)
     if config != saved:
         rundir.config_path.write_text(dump_config(config))
-    return _train(config, rundir, reporter or SilentReporter(), resume=True)
+    return _train(ws, rundir, reporter or SilentReporter(), ckpt, started)
 
 
-def _train(config: Config, rundir: RunDir, reporter: Reporter, resume: bool) -> RunResult:
-    started = time.perf_counter()
-    setup_start = time.perf_counter()
-    ws = prepare(config)
+def _latest_readable_checkpoint(rundir: RunDir) -> Checkpoint | None:
+    """The newest checkpoint that loads; older ones are tried if the newest is damaged."""
+    for path in reversed(list_checkpoints(rundir.checkpoints)):
+        try:
+            return load_checkpoint(path)
+        except (OSError, ValueError, KeyError) as err:
+            warnings.warn(
+                f"checkpoint {path} is unreadable ({err}); trying an older one", stacklevel=2
+            )
+    return None
+
+
+def _train(
+    ws: Workspace,
+    rundir: RunDir,
+    reporter: Reporter,
+    ckpt: Checkpoint | None,
+    started: float,
+) -> RunResult:
+    config = ws.config
     mode = build_mode(ws, rundir.root)
-    setup_s = time.perf_counter() - setup_start
-
     first_round = 1
-    checkpoints = list_checkpoints(rundir.checkpoints)
-    if resume and checkpoints:
-        ckpt = load_checkpoint(checkpoints[-1])
+    if ckpt is not None:
         mode.restore(ckpt.round, ckpt.tensors, ckpt.meta)
         if ckpt.clients_dir is not None:
-            from fedllm.client.store import ClientStateStore
-
             ClientStateStore(rundir.clients).restore(ckpt.clients_dir)
-        rundir.truncate_metrics(ckpt.round)
+        _restore_metrics(rundir, ckpt)
+        restore_rng(ckpt)
         first_round = ckpt.round + 1
         reporter.message(f"resuming {rundir.root} after round {ckpt.round}")
     else:
@@ -95,7 +135,7 @@ def _train(config: Config, rundir: RunDir, reporter: Reporter, resume: bool) -> 
         baseline = RoundRecord(round=0)
         eval_start = time.perf_counter()
         baseline.eval = mode.evaluate()
-        baseline.time_s = {"setup": setup_s, "eval": time.perf_counter() - eval_start}
+        baseline.time_s = {"setup": eval_start - started, "eval": time.perf_counter() - eval_start}
         baseline.peak_rss_mb = peak_rss_mb()
         rundir.append_metrics(baseline.to_json())
 
@@ -109,12 +149,12 @@ def _train(config: Config, rundir: RunDir, reporter: Reporter, resume: bool) -> 
             eval_start = time.perf_counter()
             record.eval = mode.evaluate()
             record.time_s["eval"] = time.perf_counter() - eval_start
+        record.peak_rss_mb = peak_rss_mb()
         if round_num % config.run.checkpoint_every == 0 or round_num == rounds:
             ckpt_start = time.perf_counter()
-            _checkpoint(mode, rundir, round_num, config)
+            _checkpoint(mode, rundir, round_num, config, record)
             record.time_s["checkpoint"] = time.perf_counter() - ckpt_start
         record.time_s["round"] = time.perf_counter() - round_start
-        record.peak_rss_mb = peak_rss_mb()
         rundir.append_metrics(record.to_json())
         reporter.round_done(record)
 
@@ -126,8 +166,20 @@ def _train(config: Config, rundir: RunDir, reporter: Reporter, resume: bool) -> 
     return RunResult(rundir.root, summary, records)
 
 
-def _checkpoint(mode: Mode, rundir: RunDir, round_num: int, config: Config) -> None:
+def _restore_metrics(rundir: RunDir, ckpt: Checkpoint) -> None:
+    """Drop records past the checkpoint; re-add the checkpoint's own round if a crash
+    came between saving the checkpoint and writing its line."""
+    rundir.truncate_metrics(ckpt.round)
+    done = max((r["round"] for r in rundir.read_metrics()), default=-1)
+    if done < ckpt.round and "record" in ckpt.meta:
+        rundir.append_metrics(ckpt.meta["record"])
+
+
+def _checkpoint(
+    mode: Mode, rundir: RunDir, round_num: int, config: Config, record: RoundRecord
+) -> None:
     tensors, meta = mode.checkpoint_state()
+    meta = {**meta, "record": record.to_json()}
     clients = rundir.clients if config.federation.mode == "local" else None
     save_checkpoint(
         rundir.checkpoints, round_num, tensors, meta, clients, config.run.keep_checkpoints

@@ -115,17 +115,29 @@ class Pipeline:
             metrics.update({f"{stage.name}/{k}": v for k, v in stage_metrics.items()})
         return ClientUpdate(update.client_id, delta, update.num_examples, metrics)
 
-    def combine(self, updates: Sequence[ClientUpdate], weights: Sequence[float]) -> Params:
-        """Aggregate client-transformed updates, then run the server halves in reverse."""
-        if not updates:
-            raise ValueError("combine() needs at least one update")
-        self.aggregator.start(updates[0].delta)
-        for update, weight in zip(updates, weights, strict=True):
-            self.aggregator.add(update.delta, weight)
+    def start(self, template: Params) -> None:
+        """Begin a round whose updates have ``template``'s keys, shapes and dtypes."""
+        self.aggregator.start(template)
+
+    def add(self, update: ClientUpdate, weight: float) -> None:
+        """Fold in one client-transformed update (streaming: it can be dropped after)."""
+        self.aggregator.add(update.delta, weight)
+
+    def finish(self) -> Params:
+        """The aggregate, passed back through the server halves in reverse order."""
         combined = self.aggregator.result()
         for stage in reversed(self.stages):
             combined = stage.server(combined, self.states[stage.name])
         return combined
+
+    def combine(self, updates: Sequence[ClientUpdate], weights: Sequence[float]) -> Params:
+        """:meth:`start`, :meth:`add` each update, :meth:`finish`."""
+        if not updates:
+            raise ValueError("combine() needs at least one update")
+        self.start(updates[0].delta)
+        for update, weight in zip(updates, weights, strict=True):
+            self.add(update, weight)
+        return self.finish()
 
     def end_round(self, report: RoundReport) -> None:
         """Advance every stage's state."""

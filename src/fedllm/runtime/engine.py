@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from fedllm.types import ClientId, ClientUpdate, Params
@@ -19,9 +19,11 @@ class Engine(Protocol):
         assignments: Sequence[tuple[ClientId, Params]],
         round_num: int,
         on_client_done: ClientDone | None = None,
-    ) -> list[ClientUpdate]:
-        """Each client trains from its assigned start state; returns their updates.
+    ) -> Iterator[ClientUpdate]:
+        """Each client trains from its assigned start state; yields updates as they arrive.
 
         Updates have already passed through the client halves of the pipeline.
+        Consumers fold each one in and drop it, so a round holds one update at a
+        time, not one per client.
         """
         ...

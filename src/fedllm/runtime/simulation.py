@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -53,16 +53,14 @@ class SimulationEngine:
         assignments: Sequence[tuple[ClientId, Params]],
         round_num: int,
         on_client_done: ClientDone | None = None,
-    ) -> list[ClientUpdate]:
-        """Run each assigned client's local update in turn."""
-        updates = []
+    ) -> Iterator[ClientUpdate]:
+        """Run each assigned client's local update in turn, yielding each as it is done."""
         for client_id, start in assignments:
             seed = derive_seed(self.seed, "client", round_num, client_id)
             raw = compute_update(
                 self.model, start, self.clients[client_id], self.cfg, seed, self.pad_id
             )
             update = self.client_half(raw)
-            updates.append(update)
             if on_client_done is not None:
                 on_client_done(update)
-        return updates
+            yield update

@@ -9,9 +9,9 @@ from fedllm.pipeline.stage import Pipeline, RoundReport
 from fedllm.runtime.engine import ClientDone, Engine
 from fedllm.server.optimizer import ServerOptimizer
 from fedllm.server.state import ServerState
-from fedllm.server.validate import split_valid
-from fedllm.types import ClientId, ClientUpdate, RoundRecord
-from fedllm.wire import payload_bytes
+from fedllm.server.validate import all_finite, find_problem
+from fedllm.types import ClientId, RoundRecord
+from fedllm.wire import payload_bytes, try_payload_bytes
 
 
 def run_round(
@@ -24,45 +24,70 @@ def run_round(
     weighting: str = "examples",
     on_client_done: ClientDone | None = None,
 ) -> RoundRecord:
-    """Broadcast, train the cohort, validate, combine, and step the server optimizer.
+    """Broadcast, train the cohort, validate and fold in each update as it arrives,
+    then step the server optimizer.
 
-    Below ``min_clients`` accepted updates the global model is left as it was
-    and the reason is recorded. ``state.round`` advances either way.
+    Updates stream into the aggregator one at a time, so memory holds one
+    update, not one per client. Below ``min_clients`` accepted updates (or with
+    zero total weight, or a non-finite aggregate) the global model is left as
+    it was and the reason is recorded. ``state.round`` advances either way.
     """
     round_num = state.round + 1
     record = RoundRecord(round=round_num, sampled=list(cohort))
     broadcast = state.params
     record.bytes_down = payload_bytes(broadcast) * len(cohort)
+    client_metrics: dict[str, dict[str, float]] = {}
+    losses: list[float] = []
+    total_weight = 0.0
 
     start = time.perf_counter()
-    updates = engine.train([(cid, broadcast) for cid in cohort], round_num, on_client_done)
+    pipeline.start(broadcast)
+    for update in engine.train([(cid, broadcast) for cid in cohort], round_num, on_client_done):
+        record.bytes_up += try_payload_bytes(update.delta) or 0
+        client_metrics[update.client_id] = dict(update.metrics)
+        problem = find_problem(update, broadcast)
+        if problem is not None:
+            record.rejected.append({"client": update.client_id, "reason": problem})
+            continue
+        weight = float(update.num_examples) if weighting == "examples" else 1.0
+        pipeline.add(update, weight)
+        total_weight += weight
+        record.accepted.append(update.client_id)
+        if "train_loss" in update.metrics:
+            losses.append(update.metrics["train_loss"])
     record.time_s["train"] = time.perf_counter() - start
-    record.bytes_up = sum(payload_bytes(u.delta) for u in updates)
-
-    accepted, rejected = split_valid(updates, broadcast)
-    record.accepted = [u.client_id for u in accepted]
-    record.rejected = [{"client": r.client_id, "reason": r.reason} for r in rejected]
-    record.train_loss = mean_train_loss(accepted)
-    record.extra["client_metrics"] = {u.client_id: u.metrics for u in updates}
+    record.train_loss = sum(losses) / len(losses) if losses else None
+    record.extra["client_metrics"] = client_metrics
 
     start = time.perf_counter()
-    if len(accepted) < min_clients:
-        record.skipped = (
-            f"{len(accepted)} accepted update(s) < server.min_clients = {min_clients}; "
-            "global model unchanged"
-        )
-    else:
-        weights = [float(u.num_examples) if weighting == "examples" else 1.0 for u in accepted]
-        combined = pipeline.combine(accepted, weights)
-        pseudo_grad = {name: -delta for name, delta in combined.items()}
-        optimizer.step(state.params, pseudo_grad, state.optimizer_state)
-    pipeline.end_round(RoundReport(round_num, len(accepted), [u.metrics for u in accepted]))
+    record.skipped = apply_aggregate(state, pipeline, optimizer, record, min_clients, total_weight)
+    pipeline.end_round(
+        RoundReport(round_num, len(record.accepted), [client_metrics[c] for c in record.accepted])
+    )
     record.time_s["aggregate"] = time.perf_counter() - start
     state.round = round_num
     return record
 
 
-def mean_train_loss(updates: Sequence[ClientUpdate]) -> float | None:
-    """Unweighted mean of the clients' reported ``train_loss``."""
-    losses = [u.metrics["train_loss"] for u in updates if "train_loss" in u.metrics]
-    return sum(losses) / len(losses) if losses else None
+def apply_aggregate(
+    state: ServerState,
+    pipeline: Pipeline,
+    optimizer: ServerOptimizer,
+    record: RoundRecord,
+    min_clients: int,
+    total_weight: float,
+) -> str | None:
+    """Finish the aggregate and step the server; return why not, if it can't."""
+    if len(record.accepted) < min_clients:
+        return (
+            f"{len(record.accepted)} accepted update(s) < server.min_clients = {min_clients}; "
+            "global model unchanged"
+        )
+    if total_weight <= 0:
+        return "accepted updates carry zero total weight (no examples); global model unchanged"
+    combined = pipeline.finish()
+    if not all_finite(combined):
+        return "the aggregate is not finite (overflow); global model unchanged"
+    pseudo_grad = {name: -delta for name, delta in combined.items()}
+    optimizer.step(state.params, pseudo_grad, state.optimizer_state)
+    return None

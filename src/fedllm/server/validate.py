@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -12,29 +13,41 @@ from fedllm.types import ClientUpdate, Params, Rejection
 def find_problem(update: ClientUpdate, reference: Params) -> str | None:
     """Why ``update`` can't be aggregated against ``reference``, or None if it can.
 
-    Checks, in order: example count, missing and extra keys, shape, dtype,
-    and non-finite values (NaN/Inf).
+    Checks, in order: the example count (an integer >= 0), that the delta is a
+    mapping of tensors, missing and extra keys, shape, dtype, and non-finite
+    values (NaN/Inf). Never raises on malformed input: it says what is wrong.
     """
-    if update.num_examples < 0:
-        return f"negative example count {update.num_examples}"
-    missing = sorted(set(reference) - set(update.delta))
-    extra = sorted(set(update.delta) - set(reference))
+    count = update.num_examples
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral):
+        return f"example count {count!r} is not an integer"
+    if count < 0:
+        return f"negative example count {count}"
+    delta = update.delta
+    if not isinstance(delta, Mapping):
+        return f"update is a {type(delta).__name__}, not a mapping of named tensors"
+    missing = sorted(set(reference) - set(delta))
+    extra = sorted(set(delta) - set(reference), key=str)
     if missing:
         return f"missing {len(missing)} key(s), e.g. {missing[0]!r}"
     if extra:
         return f"{len(extra)} unexpected key(s), e.g. {extra[0]!r}"
     for name, ref in reference.items():
-        tensor = update.delta[name]
+        tensor = delta[name]
         if not isinstance(tensor, torch.Tensor):
             return f"{name!r} is a {type(tensor).__name__}, not a tensor"
         if tensor.shape != ref.shape:
             return f"{name!r} has shape {list(tensor.shape)}, expected {list(ref.shape)}"
         if tensor.dtype != ref.dtype:
             return f"{name!r} has dtype {tensor.dtype}, expected {ref.dtype}"
-    for name, tensor in update.delta.items():
+    for name, tensor in delta.items():
         if not bool(torch.isfinite(tensor).all()):
             return f"{name!r} contains NaN or Inf"
     return None
+
+
+def all_finite(params: Params) -> bool:
+    """True if no tensor holds NaN or Inf."""
+    return all(bool(torch.isfinite(t).all()) for t in params.values())
 
 
 def split_valid(
