@@ -133,7 +133,20 @@ class ServerConfig(Section):
         1, ge=1, description="Fewest accepted updates for a round to change the model."
     )
     optimizer: str = Field("fedavg", description="Server optimizer on the pseudo-gradient.")
-    lr: float = Field(1.0, gt=0, description="Server learning rate.")
+    lr: float = Field(1.0, gt=0, description="Server learning rate (eta).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum of 'fedavgm'.")
+    beta1: float = Field(
+        0.9, ge=0, lt=1, description="First-moment decay of fedadam/fedyogi/fedadagrad."
+    )
+    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay of fedadam/fedyogi.")
+    tau: float = Field(
+        1e-3,
+        gt=0,
+        description="Adaptivity floor of fedadam/fedyogi/fedadagrad (v starts at tau^2).",
+    )
+    bias_correction: bool = Field(
+        False, description="Adam-style bias correction (off in Reddi et al. 2021, Algorithm 2)."
+    )
     aggregator: str = Field("mean", description="How accepted updates are combined.")
     weighting: Literal["examples", "uniform"] = Field(
         "examples", description="Aggregation weight of each client."

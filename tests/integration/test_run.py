@@ -48,9 +48,17 @@ def test_same_seed_gives_identical_metrics(tmp_path: Path) -> None:
     assert stable(other) != stable(first)
 
 
-@pytest.mark.parametrize("mode", ["federated", "local"])
-def test_resume_equals_uninterrupted(tmp_path: Path, mode: str) -> None:
-    overrides = (f'federation.mode="{mode}"', "server.rounds=4", "run.checkpoint_every=2")
+@pytest.mark.parametrize(
+    ("mode", "optimizer"), [("federated", "fedavg"), ("local", "fedavg"), ("federated", "fedadam")]
+)
+def test_resume_equals_uninterrupted(tmp_path: Path, mode: str, optimizer: str) -> None:
+    overrides = (
+        f'federation.mode="{mode}"',
+        f'server.optimizer="{optimizer}"',
+        "server.lr=0.05" if optimizer == "fedadam" else "server.lr=1.0",
+        "server.rounds=4",
+        "run.checkpoint_every=2",
+    )
     whole = run(tiny_config(*overrides), tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
         # dies after round 3 is recorded; the last checkpoint is round 2
