@@ -122,6 +122,9 @@ class ClientConfig(Section):
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Gradient-norm clip per step; none to disable."
     )
+    prox_mu: float = Field(
+        0.0, ge=0, description="FedProx proximal weight mu (0: plain local training)."
+    )
     bf16: bool = Field(False, description="bfloat16 autocast for forward and backward.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations.")
 

@@ -106,3 +106,46 @@ def test_one_step_fedsgd_equals_a_centralized_step_on_the_union(method: str) -> 
     expected = {n: ws.initial[n] - 0.5 * g for n, g in zip(names, grads, strict=True)}
     for name in names:
         torch.testing.assert_close(mode.state.params[name], expected[name], rtol=1e-4, atol=1e-6)
+
+
+def test_fedprox_equals_training_with_the_proximal_term_in_the_loss() -> None:
+    mu, lr, steps = 0.5, 0.05, 3
+    cfg = tiny_config(
+        'client.optimizer="sgd"',
+        f"client.lr={lr}",
+        f"client.local_steps={steps}",
+        f"client.prox_mu={mu}",
+        "client.batch_size=64",
+        "client.max_grad_norm=none",
+        "data.num_clients=1",
+        "data.max_examples_per_client=12",
+        "server.clients_per_round=1",
+    )
+    ws = prepare(cfg)
+    assert ws.data is not None
+    (client,) = ws.data.clients.values()
+    mode = build_mode(ws, Path("unused"))
+    mode.play_round(1, None)
+    fedprox = dict(mode.final_states())[""]
+
+    set_trainable_state(ws.model, ws.initial)
+    names = [n for n, p in ws.model.named_parameters() if p.requires_grad]
+    params = [p for p in ws.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr)
+    batch = collate(client.train, ws.pad_id)
+    ws.model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        prox = sum(((p - ws.initial[n]) ** 2).sum() for n, p in zip(names, params, strict=True))
+        (ws.model(**batch).loss + mu / 2 * prox).backward()
+        optimizer.step()
+    reference = get_trainable_state(ws.model)
+    assert relative_update_error(fedprox, reference, ws.initial) < 1e-4
+
+    without = build_mode(
+        prepare(cfg.model_copy(update={"client": cfg.client.model_copy(update={"prox_mu": 0.0})})),
+        Path("unused"),
+    )
+    without.play_round(1, None)
+    plain = dict(without.final_states())[""]
+    assert relative_update_error(plain, reference, ws.initial) > 1e-3, "mu must matter"

@@ -63,10 +63,14 @@ def train_locally(
     steps: int,
     seed: int,
     pad_id: int,
+    anchor: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps on ``examples``, in place on ``model``'s trainable params.
 
     Data order and dropout are fixed by ``seed``; the global RNG is left as it was.
+    With ``cfg.prox_mu > 0`` (FedProx, Li et al. 2020) the objective gains
+    ``mu/2 ||w - anchor||^2``: its gradient ``mu (w - anchor)`` is added to each
+    step's gradient (``anchor`` aligned with the trainable parameters).
 
     Returns:
         metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
@@ -92,6 +96,8 @@ def train_locally(
                     loss = model(**batch).loss
                 (loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
+            if cfg.prox_mu > 0 and anchor is not None:
+                add_proximal_gradient(trainable, anchor, cfg.prox_mu)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
@@ -104,6 +110,19 @@ def train_locally(
         "tokens": float(tokens),
         "train_s": time.perf_counter() - start,
     }
+
+
+def add_proximal_gradient(
+    params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.Tensor], mu: float
+) -> None:
+    """``grad += mu (w - anchor)``: the gradient of FedProx's ``mu/2 ||w - anchor||^2``."""
+    with torch.no_grad():
+        for param, start in zip(params, anchor, strict=True):
+            term = (param - start.to(param.dtype)) * mu
+            if param.grad is None:
+                param.grad = term
+            else:
+                param.grad.add_(term)
 
 
 def compute_update(
@@ -120,7 +139,8 @@ def compute_update(
     """
     set_trainable_state(model, broadcast)
     steps = count_local_steps(cfg, len(data.train))
-    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id)
+    anchor = [broadcast[n] for n, p in model.named_parameters() if p.requires_grad]
+    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, anchor)
     trained = get_trainable_state(model)
     with torch.no_grad():
         delta = {name: trained[name].sub_(broadcast[name]) for name in broadcast}
