@@ -144,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, not a bug: shown as one line, no traceback."""
+    from fedllm.client.personal import PersonalizationError
     from fedllm.data.sources import DataError
     from fedllm.federation.modes import ModeError
     from fedllm.model.load import ModelLoadError
@@ -162,6 +163,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         MethodError,
         StateMismatchError,
         PipelineError,
+        PersonalizationError,
     )
 
 
@@ -187,13 +189,14 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.client.personal import PersonalSplit
     from fedllm.federation.evaluation import evaluate_states
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
 
     rundir = RunDir(args.run_dir)
     ws = prepare(rundir.load_config())
-    trained = load_trained(rundir, ws.initial)
+    trained = load_trained(rundir, ws.initial, PersonalSplit.from_config(ws.config.personal))
     metrics = evaluate_states(ws, trained.state_of, shared=trained.shared)
     (rundir.root / "eval.json").write_text(
         json.dumps({"round": trained.round, **metrics}, indent=2)
@@ -231,14 +234,16 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 
 def _trained_model(run_dir: Path, client: str | None) -> tuple[Workspace, Params]:
     """The run's model (data loaded only for local runs) and its latest trained state."""
+    from fedllm.client.personal import PersonalSplit
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
 
     rundir = RunDir(run_dir)
     config = rundir.load_config()
-    ws = prepare(config, with_data=config.federation.mode == "local")
+    split = PersonalSplit.from_config(config.personal)
+    ws = prepare(config, with_data=config.federation.mode == "local" or split.active)
     known = list(ws.data.clients) if ws.data is not None else []
-    return ws, load_trained(rundir, ws.initial).pick(client, known)
+    return ws, load_trained(rundir, ws.initial, split).pick(client, known)
 
 
 def _report(args: argparse.Namespace, console: Console) -> int:

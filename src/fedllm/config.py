@@ -162,6 +162,17 @@ class PipelineConfig(Section):
     )
 
 
+class PersonalConfig(Section):
+    keys: list[str] = Field(
+        default_factory=list,
+        description="Glob patterns over trainable parameter names that stay on each client "
+        "(e.g. ['*lora_B*']); federated mode only.",
+    )
+    prompt_tokens: int = Field(
+        0, ge=0, description="Trailing virtual tokens of a soft prompt that stay on each client."
+    )
+
+
 class FederationConfig(Section):
     mode: Literal["federated", "local", "centralized"] = Field(
         "federated",
@@ -189,6 +200,7 @@ class Config(Section):
     client: ClientConfig = Field(default_factory=ClientConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    personal: PersonalConfig = Field(default_factory=PersonalConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from fedllm.aggregate.mean import WeightedMean
+from fedllm.client.personal import PersonalSplit, PersonalState
 from fedllm.client.store import ClientStateStore
 from fedllm.client.train import count_local_steps
 from fedllm.config import ClientConfig, Config, ServerConfig
@@ -79,18 +80,21 @@ class FederatedMode:
         server_cfg: ServerConfig,
         pipeline: Pipeline,
         communicates: bool = True,
+        personal: PersonalState | None = None,
     ) -> None:
         self.ws = ws
         self.communicates = communicates
         self.clients = clients
         self.server_cfg = server_cfg
         self.pipeline = pipeline
+        self.personal = personal
         self.optimizer = build_server_optimizer(server_cfg)
-        params = {k: v.clone() for k, v in ws.initial.items()}
+        shared = personal.split.split(ws.initial)[0] if personal else ws.initial
+        params = {k: v.clone() for k, v in shared.items()}
         self.state = ServerState(0, params, self.optimizer.initial_state(params))
         self.cohort_size = min(server_cfg.clients_per_round, len(clients))
         self.engine = SimulationEngine(
-            ws.model, clients, client_cfg, ws.config.seed, ws.pad_id, pipeline.client
+            ws.model, clients, client_cfg, ws.config.seed, ws.pad_id, pipeline.client, personal
         )
 
     def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
@@ -112,7 +116,15 @@ class FederatedMode:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_states(self.ws, lambda _cid: self.state.params, shared=True)
+        personal = self.personal
+        if personal is None:
+            return evaluate_states(self.ws, lambda _cid: self.state.params, shared=True)
+        global_only = personal.split.merge(self.state.params, personal.initial)
+        metrics = evaluate_states(
+            self.ws, lambda cid: personal.full_start(cid, self.state.params), shared=False
+        )
+        baseline = evaluate_states(self.ws, lambda _cid: global_only, shared=True)
+        return {**metrics, **{f"global_only/{k}": v for k, v in baseline.items()}}
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
         tensors = {"global": self.state.params, "optimizer": self.state.optimizer_state}
@@ -124,7 +136,12 @@ class FederatedMode:
         self.pipeline.states.update(states)
 
     def final_states(self) -> Iterator[tuple[str, Params]]:
-        yield "", self.state.params
+        if self.personal is None:
+            yield "", self.state.params
+            return
+        yield "", self.personal.split.merge(self.state.params, self.personal.initial)
+        for cid in self.clients:  # personalised models, one in memory at a time
+            yield cid, self.personal.full_start(cid, self.state.params)
 
 
 class LocalMode:
@@ -217,6 +234,12 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
             f"server.min_clients = {config.server.min_clients} but only {available} client(s) "
             f"have data (dropped: {ws.data.dropped or 'none'}); every round would be skipped"
         )
+    split = PersonalSplit.from_config(config.personal)
+    if split.active and config.federation.mode != "federated":
+        raise ModeError(
+            f"[personal] applies to federation.mode = 'federated', not "
+            f"{config.federation.mode!r}: there is no shared model to personalise"
+        )
     if config.federation.mode == "local":
         return LocalMode(ws, ClientStateStore(run_root / "clients"))
     if config.federation.mode == "centralized":
@@ -231,6 +254,16 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
         no_stages = Pipeline([], WeightedMean())
         budget = centralized_budget(config, ws.data.clients)
         return FederatedMode(ws, pooled, budget, plain, no_stages, communicates=False)
+    personal = None
+    if split.active:
+        split.check(ws.initial)
+        store = ClientStateStore(run_root / "clients")
+        personal = PersonalState(split, store, split.split(ws.initial)[1])
     return FederatedMode(
-        ws, dict(ws.data.clients), config.client, config.server, build_pipeline(config)
+        ws,
+        dict(ws.data.clients),
+        config.client,
+        config.server,
+        build_pipeline(config),
+        personal=personal,
     )

@@ -180,7 +180,7 @@ def _checkpoint(
 ) -> None:
     tensors, meta = mode.checkpoint_state()
     meta = {**meta, "record": record.to_json()}
-    clients = rundir.clients if config.federation.mode == "local" else None
+    clients = rundir.clients if rundir.clients.exists() else None
     save_checkpoint(
         rundir.checkpoints, round_num, tensors, meta, clients, config.run.keep_checkpoints
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from fedllm.client.personal import PersonalSplit
 from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.types import ClientId, Params
@@ -18,50 +19,59 @@ class Trained:
 
     Attributes:
         round: the checkpoint's round.
-        initial: the state before training (clients of a local run that never trained).
-        global_state: the global model, or None for a local-mode run.
-        client_files: a local run's per-client state files.
+        initial: the state before training.
+        global_state: the global model (its shared part when parameters are
+            personal), or None for a local-mode run.
+        client_files: per-client state files (local runs: whole states;
+            personalised runs: the personal parts).
+        split: the personal split, when the run had one.
     """
 
     round: int
     initial: Params
     global_state: Params | None
     client_files: dict[ClientId, Path] = field(default_factory=dict)
+    split: PersonalSplit | None = None
 
     @property
     def shared(self) -> bool:
-        """One model for everyone (federated, centralized)."""
-        return self.global_state is not None
+        """One model for everyone (federated without personal parts, centralized)."""
+        return self.global_state is not None and self.split is None
 
     def state_of(self, client: ClientId) -> Params:
-        """The state ``client``'s model has (the global one when shared)."""
-        if self.global_state is not None:
-            return self.global_state
+        """The full state ``client``'s model has."""
         path = self.client_files.get(client)
-        return load_file(path) if path is not None else self.initial
+        own = load_file(path) if path is not None else None
+        if self.global_state is None:
+            return own or self.initial
+        if self.split is None:
+            return self.global_state
+        return self.split.merge(self.global_state, own or self.split.split(self.initial)[1])
 
     def pick(self, client: ClientId | None, known: list[ClientId]) -> Params:
-        """The global state, or the named client's (local runs need a name)."""
-        if self.global_state is not None:
-            return self.global_state
-        if client is None or client not in known:
-            what = "pass --client" if client is None else f"no client {client!r}"
+        """The named client's model, or the global one (local runs need a name)."""
+        if client is not None and client not in known:
+            raise RunDirError(f"no client {client!r}; choose one of: {', '.join(known)}")
+        if client is not None:
+            return self.state_of(client)
+        if self.global_state is None:
             raise RunDirError(
-                f"this is a local-mode run with one model per client; {what}, one of: "
+                "this is a local-mode run with one model per client; pass --client, one of: "
                 + ", ".join(known)
             )
-        return self.state_of(client)
+        if self.split is None:
+            return self.global_state
+        return self.split.merge(self.global_state, self.split.split(self.initial)[1])
 
 
-def load_trained(rundir: RunDir, initial: Params) -> Trained:
+def load_trained(rundir: RunDir, initial: Params, split: PersonalSplit | None = None) -> Trained:
     """The latest checkpoint's states (client states are only located, not loaded)."""
     checkpoints = list_checkpoints(rundir.checkpoints)
     if not checkpoints:
         raise RunDirError(f"{rundir.root} has no checkpoint yet: nothing trained to load")
     ckpt = load_checkpoint(checkpoints[-1])
-    if "global" in ckpt.tensors:
-        return Trained(ckpt.round, initial, ckpt.tensors["global"])
     files = {}
     if ckpt.clients_dir is not None:
         files = {p.stem: p for p in sorted(ckpt.clients_dir.glob("*.safetensors"))}
-    return Trained(ckpt.round, initial, None, files)
+    active = split if split is not None and split.active else None
+    return Trained(ckpt.round, initial, ckpt.tensors.get("global"), files, active)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from fedllm.client.personal import PersonalState
 from fedllm.client.train import compute_update
 from fedllm.config import ClientConfig
 from fedllm.data import ClientData
@@ -30,6 +31,7 @@ class SimulationEngine:
         seed: the run seed (each client's seed is derived from it and the round).
         pad_id: the tokenizer's padding id.
         client_half: the client side of the aggregation pipeline.
+        personal: each client's personal parameters, if any are configured.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class SimulationEngine:
         seed: int,
         pad_id: int,
         client_half: ClientHalf,
+        personal: PersonalState | None = None,
     ) -> None:
         self.model = model
         self.clients = clients
@@ -47,6 +50,7 @@ class SimulationEngine:
         self.seed = seed
         self.pad_id = pad_id
         self.client_half = client_half
+        self.personal = personal
 
     def train(
         self,
@@ -57,9 +61,13 @@ class SimulationEngine:
         """Run each assigned client's local update in turn, yielding each as it is done."""
         for client_id, start in assignments:
             seed = derive_seed(self.seed, "client", round_num, client_id)
+            if self.personal is not None:
+                start = self.personal.full_start(client_id, start)
             raw = compute_update(
                 self.model, start, self.clients[client_id], self.cfg, seed, self.pad_id
             )
+            if self.personal is not None:  # personal parts stay here, on the client
+                raw = self.personal.keep(client_id, raw)
             update = self.client_half(raw)
             if on_client_done is not None:
                 on_client_done(update)

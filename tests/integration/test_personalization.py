@@ -1,0 +1,66 @@
+"""Personal parameters: never uploaded, kept per client, used in its evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedllm.federation.modes import FederatedMode, ModeError, build_mode
+from fedllm.federation.runner import resume, run
+from fedllm.federation.setup import prepare
+from fedllm.types import ClientUpdate
+from fedllm.wire import decode, encode
+from tests.support.runs import InterruptAfter, stable, tiny_config
+
+PERSONAL = ("personal.keys=['*lora_B*']",)
+
+
+def test_personal_parameters_never_leave_the_client(tmp_path: Path) -> None:
+    ws = prepare(tiny_config(*PERSONAL, "server.clients_per_round=4"))
+    mode = build_mode(ws, tmp_path)
+    assert isinstance(mode, FederatedMode)
+    sent: list[bytes] = []
+    inner = mode.engine.client_half
+
+    def wire_tap(update: ClientUpdate) -> ClientUpdate:
+        update = inner(update)
+        sent.append(encode(update.delta))  # what would cross the network
+        return update
+
+    mode.engine.client_half = wire_tap
+    record = mode.play_round(1, None)
+    assert len(sent) == 4 and record.accepted
+    for payload in sent:
+        keys = set(decode(payload))
+        assert keys and not any("lora_B" in k for k in keys)
+        assert keys == set(mode.state.params)
+    assert record.bytes_up == sum(len(p) for p in sent)
+
+    stored = {cid: load_file(tmp_path / "clients" / f"{cid}.safetensors") for cid in mode.clients}
+    first, second = list(stored.values())[:2]
+    assert all("lora_B" in k for k in first)
+    assert any(not torch.equal(first[k], second[k]) for k in first), "each client its own"
+
+
+def test_personalised_run_reports_both_views_and_resumes_exactly(tmp_path: Path) -> None:
+    overrides = (*PERSONAL, "server.rounds=3", "run.checkpoint_every=1")
+    whole = run(tiny_config(*overrides), tmp_path / "whole")
+    final = whole.records[-1]["eval"]
+    assert "clients_ppl_mean" in final and "global_only/clients_ppl_mean" in final
+    assert final["clients_ppl_mean"] != final["global_only/clients_ppl_mean"]
+    exported = sorted(p.name for p in (whole.run_dir / "final" / "clients").iterdir())
+    assert exported == sorted(whole.summary["data"]["clients"])
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptAfter(2))
+    resumed = resume(tmp_path / "cut")
+    assert stable(resumed.records) == stable(whole.records)
+
+
+def test_personal_parts_need_a_federation(tmp_path: Path) -> None:
+    ws = prepare(tiny_config(*PERSONAL, 'federation.mode="local"'))
+    with pytest.raises(ModeError, match="federation.mode = 'federated'"):
+        build_mode(ws, tmp_path)
