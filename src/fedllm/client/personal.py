@@ -105,7 +105,9 @@ class PersonalSplit:
         return full
 
     def _prompt_names(self, state: Params) -> list[str]:
-        return [n for n, t in state.items() if fnmatch.fnmatchcase(n, PROMPT_EMBEDDING) and t.dim() == 2]
+        return [
+            n for n, t in state.items() if fnmatch.fnmatchcase(n, PROMPT_EMBEDDING) and t.dim() == 2
+        ]
 
 
 class PersonalState:
