@@ -1,4 +1,5 @@
-"""The `fedllm` command line: run | resume | eval | generate | export | report | config."""
+"""The `fedllm` command line: run | resume | eval | generate | export | report | config |
+select-prompt | inspect."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ EPILOG = """examples:
   fedllm generate runs/my-run --prompt "What do you like to do on weekends?"
   fedllm export runs/my-run --to exported/
   fedllm report runs/my-run
+  fedllm select-prompt configs/hard_prompt.toml --out runs/hard-prompt
+  fedllm inspect runs/my-prompt-run --top-k 5
 """
 
 
@@ -96,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="write a run's model in Hugging Face format",
-        description="LoRA runs export a peft adapter (PeftModel.from_pretrained "
-        "loads it); --merge folds it into a plain model "
-        "(AutoModelForCausalLM.from_pretrained loads it).",
+        description="LoRA, prompt, prefix, ptuning and IA3 runs export a peft adapter "
+        "(PeftModel.from_pretrained loads it), adapter runs bottleneck adapter files "
+        "(fedllm.model.methods.adapter.load_adapter); --merge folds LoRA or IA3 into a "
+        "plain model (AutoModelForCausalLM.from_pretrained loads it).",
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument("--to", type=Path, required=True, help="target directory")
@@ -124,6 +128,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
     )
+
+    p = sub.add_parser(
+        "select-prompt",
+        help="choose a hard (text) instruction across clients",
+        description="Every client scores candidate instructions ([hard_prompt]) by the "
+        "answer loss on its private held-out chats and sends back only the scores; the "
+        "best are mutated and scored again. Writes OUT/hard_prompt.json and OUT/config.toml.",
+    )
+    p.add_argument("config", type=Path, help="TOML config file (see configs/hard_prompt.toml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: runs/<config name>-prompt)"
+    )
+    p.add_argument(
+        "--run",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="score with this run's trained model (its seed, model, method and data are used)",
+    )
+
+    p = sub.add_parser(
+        "inspect",
+        help="show the vocabulary tokens nearest a learned soft prompt",
+        description="For each virtual token of a 'prompt' or 'ptuning' run, the nearest "
+        "vocabulary tokens by cosine similarity to the input embeddings; writes "
+        "RUN_DIR/inspect.json.",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--top-k", type=int, default=5, help="neighbours per virtual token")
+    p.add_argument("--client", default=None, help="which client's prompt (local-mode runs)")
     return parser
 
 
@@ -151,6 +188,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from fedllm.model.methods.base import MethodError
     from fedllm.model.state import StateMismatchError
     from fedllm.pipeline.stage import PipelineError
+    from fedllm.prompts.inspect import InspectError
+    from fedllm.prompts.select import SelectionError
 
     return (
         ConfigError,
@@ -164,6 +203,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
         StateMismatchError,
         PipelineError,
         PersonalizationError,
+        SelectionError,
+        InspectError,
     )
 
 
@@ -278,6 +319,58 @@ def _config(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _select_prompt(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.prompts.report import client_table, selection_table
+    from fedllm.prompts.session import run_selection
+
+    config = load_config(args.config, args.overrides)
+    out = args.out or Path("runs") / f"{args.config.stem}-prompt"
+    done = run_selection(config, out, args.run, log=lambda line: console.print(line))
+    stdout = Console()
+    stdout.print(selection_table(done.selection, title=f"hard prompt selection · {out}"))
+    stdout.print(client_table(done.selection))
+    chosen = done.selection.chosen
+    console.print(f"chosen ({chosen.candidate.id}): {chosen.candidate.text}", highlight=False)
+    console.print(f"wrote {out / 'hard_prompt.json'}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.federation.checkpoint import list_checkpoints
+    from fedllm.model.state import set_trainable_state
+    from fedllm.prompts.inspect import (
+        check_supported,
+        inspect_json,
+        nearest_tokens,
+        neighbours_table,
+        prompt_embeddings,
+    )
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k = {args.top_k}: must be at least 1")
+    rundir = RunDir(args.run_dir)
+    kind = rundir.load_config().method.kind
+    check_supported(kind)
+    ws, state = _trained_model(args.run_dir, args.client)
+    set_trainable_state(ws.model, state)
+    virtual, vocab = prompt_embeddings(ws.model)
+    neighbours = nearest_tokens(virtual, vocab, ws.tokenizer, args.top_k)
+    last = list_checkpoints(rundir.checkpoints)[-1].name
+    result = {
+        "run": str(rundir.root),
+        "round": int(last.removeprefix("round-")),
+        "method": kind,
+        "client": args.client,
+        "k": args.top_k,
+        **inspect_json(virtual, vocab, neighbours),
+    }
+    (rundir.root / "inspect.json").write_text(json.dumps(result, indent=2) + "\n")
+    title = f"{rundir.root} · {kind} · {len(neighbours)} virtual tokens"
+    Console().print(neighbours_table(neighbours, title))
+    console.print(f"wrote {rundir.root / 'inspect.json'}")
+    return 0
+
+
 _HANDLERS = {
     "run": _run,
     "resume": _resume,
@@ -286,6 +379,8 @@ _HANDLERS = {
     "export": _export,
     "report": _report,
     "config": _config,
+    "select-prompt": _select_prompt,
+    "inspect": _inspect,
 }
 
 if __name__ == "__main__":

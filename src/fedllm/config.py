@@ -58,7 +58,11 @@ class ModelConfig(Section):
 
 
 class MethodConfig(Section):
-    kind: str = Field("lora", description="What is trained and exchanged: 'lora' or 'full'.")
+    kind: str = Field(
+        "lora",
+        description="What is trained and exchanged: 'lora', 'full', 'prompt' (prompt tuning), "
+        "'prefix' (prefix tuning), 'ptuning' (P-tuning), 'ia3' or 'adapter' (bottleneck adapters).",
+    )
     r: int = Field(8, ge=1, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout probability.")
@@ -66,6 +70,58 @@ class MethodConfig(Section):
         default_factory=lambda: ["q_proj", "v_proj"],
         description="Module names LoRA wraps.",
     )
+    num_virtual_tokens: int = Field(
+        20, ge=1, description="Virtual tokens of 'prompt', 'prefix' and 'ptuning'."
+    )
+    prompt_init: Literal["vocab", "random", "text"] = Field(
+        "vocab",
+        description="Start of 'prompt' and 'prefix': the embeddings ('prompt') or the keys and "
+        "values in every layer ('prefix') of random vocabulary tokens ('vocab') or of "
+        "prompt_init_text's tokens, repeated or cut ('text'); or N(0, 1) noise ('random'). "
+        "'prefix' with prefix_projection always starts as peft initialises it.",
+    )
+    prompt_init_text: str = Field(
+        "", description="Text whose tokens start the prompt or prefix (prompt_init = 'text')."
+    )
+    prefix_projection: bool = Field(
+        False,
+        description="'prefix': produce the prefix through a trained two-layer MLP "
+        "(encoder_hidden_size wide) instead of learning it directly.",
+    )
+    encoder_hidden_size: int | None = Field(
+        None,
+        ge=1,
+        description="Hidden width of the 'ptuning' prompt encoder MLP and of the 'prefix' "
+        "projection; none: the model's hidden size.",
+    )
+    adapter_size: int = Field(
+        32, ge=1, description="'adapter' bottleneck width (features between down and up)."
+    )
+    ia3_target_modules: list[str] = Field(
+        default_factory=lambda: ["k_proj", "v_proj", "down_proj"],
+        description="Linear modules whose activations IA3 rescales.",
+    )
+    ia3_feedforward_modules: list[str] = Field(
+        default_factory=lambda: ["down_proj"],
+        description="Which of ia3_target_modules are feedforward (rescaled at their input).",
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> MethodConfig:
+        if self.prompt_init == "text" and not self.prompt_init_text.strip():
+            raise ValueError(
+                "method.prompt_init = 'text' needs a non-empty method.prompt_init_text "
+                "(e.g. \"Answer the question helpfully:\"), or choose prompt_init = 'vocab'"
+            )
+        if not self.ia3_target_modules:
+            raise ValueError("method.ia3_target_modules is empty; IA3 needs at least one module")
+        stray = [m for m in self.ia3_feedforward_modules if m not in self.ia3_target_modules]
+        if stray:
+            raise ValueError(
+                f"method.ia3_feedforward_modules {stray} are not in method.ia3_target_modules "
+                f"{self.ia3_target_modules}; every feedforward module must also be a target"
+            )
+        return self
 
 
 class DataConfig(Section):
@@ -192,6 +248,42 @@ class RunConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
 
 
+class HardPromptConfig(Section):
+    candidates_file: str | None = Field(
+        None,
+        description="Text file of candidate instructions, one per line (blank lines and "
+        "lines starting with '#' skipped); none: use templates.",
+    )
+    templates: list[str] = Field(
+        default_factory=list,
+        description="Candidate instructions used when candidates_file is none; empty: the "
+        "built-in set (each task phrase with each constraint sentence).",
+    )
+    placement: Literal["system", "prefix"] = Field(
+        "system",
+        description="Where the instruction goes: 'system' (the system message) or 'prefix' "
+        "(before the first user message).",
+    )
+    aggregate: Literal["mean", "rank"] = Field(
+        "mean",
+        description="'mean': loss over every client's answer tokens pooled (nats/token); "
+        "'rank': mean of the candidate's rank on each client (Borda).",
+    )
+    keep: int = Field(
+        3, ge=1, description="Best candidates kept: reported, and the parents of mutations."
+    )
+    mutation_rounds: int = Field(
+        2,
+        ge=0,
+        description="Rounds of mutating the kept candidates and scoring the new ones; "
+        "0: only score.",
+    )
+    mutations_per_round: int = Field(4, ge=1, description="New candidates per mutation round.")
+    max_eval_examples: int | None = Field(
+        8, ge=1, description="Held-out examples each client scores on; none: its whole eval split."
+    )
+
+
 class Config(Section):
     seed: int = Field(0, description="Fixes sampling, data order, initialisation and dropout.")
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -204,6 +296,7 @@ class Config(Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    hard_prompt: HardPromptConfig = Field(default_factory=HardPromptConfig)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:

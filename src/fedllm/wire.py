@@ -1,12 +1,16 @@
 """Everything that crosses the wire is encoded here, and bytes are counted here.
 
-The encoding is safetensors: an 8-byte length, a JSON header padded to 8
-bytes, then the raw tensor data.
+Tensors are encoded as safetensors: an 8-byte length, a JSON header padded
+to 8 bytes, then the raw tensor data. Hard-prompt selection exchanges small
+tables instead, as compact UTF-8 JSON: candidate instructions down, score
+tables up.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load, save
@@ -65,3 +69,55 @@ def payload_bytes(params: Params) -> int:
     text = json.dumps(header, separators=(",", ":")).encode()
     padded = -(-len(text) // 8) * 8
     return 8 + padded + offset
+
+
+def encode_texts(texts: Mapping[str, str]) -> bytes:
+    """Named strings (candidate id -> instruction) as compact UTF-8 JSON."""
+    return json.dumps(dict(texts), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_texts(payload: bytes) -> dict[str, str]:
+    """Inverse of :func:`encode_texts`.
+
+    Raises:
+        ValueError: the payload is not a JSON object of strings.
+    """
+    obj = json.loads(payload.decode())
+    if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+        raise ValueError("a text table must be a JSON object of strings")
+    return obj
+
+
+def encode_scores(table: Mapping[str, tuple[float, int]]) -> bytes:
+    """A score table (candidate id -> (loss sum in nats, scored tokens)) as compact JSON."""
+    rows = {key: [float(loss), int(tokens)] for key, (loss, tokens) in table.items()}
+    return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def decode_scores(payload: bytes) -> dict[str, tuple[float, int]]:
+    """Inverse of :func:`encode_scores`.
+
+    Raises:
+        ValueError: anything but ``{id: [finite loss sum >= 0, token count >= 0]}``.
+    """
+    obj = json.loads(payload.decode())
+    if not isinstance(obj, dict):
+        raise ValueError(f"a score table must be a JSON object, got {type(obj).__name__}")
+    out: dict[str, tuple[float, int]] = {}
+    for key, row in obj.items():
+        ok = isinstance(row, list) and len(row) == 2
+        loss, tokens = row if ok else (None, None)
+        if not (
+            isinstance(loss, (int, float))
+            and not isinstance(loss, bool)
+            and math.isfinite(loss)
+            and loss >= 0
+            and isinstance(tokens, int)
+            and not isinstance(tokens, bool)
+            and tokens >= 0
+        ):
+            raise ValueError(
+                f"score of {key!r} must be [finite loss sum >= 0, token count >= 0], got {row!r}"
+            )
+        out[key] = (float(loss), tokens)
+    return out

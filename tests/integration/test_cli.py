@@ -10,7 +10,17 @@ import pytest
 from fedllm.cli import main
 from tests.support.runs import TINY
 
-COMMANDS = ["run", "resume", "eval", "generate", "export", "report", "config"]
+COMMANDS = [
+    "run",
+    "resume",
+    "eval",
+    "generate",
+    "export",
+    "report",
+    "config",
+    "select-prompt",
+    "inspect",
+]
 
 
 def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -64,3 +64,22 @@ def test_personal_parts_need_a_federation(tmp_path: Path) -> None:
     ws = prepare(tiny_config(*PERSONAL, 'federation.mode="local"'))
     with pytest.raises(ModeError, match="federation.mode = 'federated'"):
         build_mode(ws, tmp_path)
+
+
+def test_personal_prompt_tokens_stay_home(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        'method.kind="prompt"', "method.num_virtual_tokens=6", "personal.prompt_tokens=2"
+    )
+    result = run(cfg, tmp_path / "p")
+    (name,) = [
+        k for k in load_file(result.run_dir / "checkpoints" / "round-00002" / "global.safetensors")
+    ]
+    shared = load_file(result.run_dir / "checkpoints" / "round-00002" / "global.safetensors")[name]
+    assert shared.shape[0] == 4, "only the first 4 virtual tokens are shared"
+    trained = sorted((result.run_dir / "clients").glob("*.safetensors"))
+    assert trained
+    for path in trained:
+        (own,) = load_file(path).values()
+        assert own.shape[0] == 2
+    final = result.records[-1]["eval"]
+    assert "global_only/clients_ppl_mean" in final

@@ -25,7 +25,8 @@ ROWS_SUFFIX = "::personal_rows"
 """A personal key holding the trailing rows of the shared tensor of the same name."""
 
 PROMPT_EMBEDDING = "*prompt_encoder*embedding.weight"
-"""Name pattern of a soft prompt's virtual-token embedding (peft prompt/P-tuning)."""
+"""Name pattern of the virtual-token embedding of peft's prompt tuning, P-tuning and
+prefix tuning (one row per virtual token)."""
 
 
 class PersonalizationError(ValueError):
@@ -65,8 +66,8 @@ class PersonalSplit:
             prompts = self._prompt_names(state)
             if not prompts:
                 raise PersonalizationError(
-                    "personal.prompt_tokens needs a soft prompt (method.kind = 'prompt' or "
-                    "'ptuning'); this model has no virtual-token embedding"
+                    "personal.prompt_tokens needs virtual tokens (method.kind = 'prompt', "
+                    "'ptuning' or 'prefix'); this model has no virtual-token embedding"
                 )
             for name in prompts:
                 if self.prompt_tokens >= state[name].shape[0]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from fedllm.config import ClientConfig
-from fedllm.data import ClientData, Example, collate
+from fedllm.data import IGNORE_INDEX, ClientData, Example, collate
 from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.types import ClientUpdate, Params
 
@@ -91,7 +91,11 @@ def train_locally(
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
                 batch = collate([examples[i] for i in next(batches)], pad_id)
-                tokens += int((batch["labels"][:, 1:] != -100).sum())
+                # Label 0 has no input before it. Prompt-learning methods would score
+                # it from their last virtual token; mask it so that every method (and
+                # evaluate()) scores the same tokens.
+                batch["labels"][:, 0] = IGNORE_INDEX
+                tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                     loss = model(**batch).loss
                 (loss / cfg.grad_accum).backward()

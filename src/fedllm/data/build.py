@@ -81,16 +81,49 @@ class FederatedData:
         }
 
 
+@dataclass
+class RecordSplit:
+    """One client's raw records, split as :func:`build_federated_data` splits them.
+
+    Attributes:
+        client_id: the client's id (filesystem-safe).
+        train: training records, in seeded order.
+        eval: held-out records, in seeded order (the order examples are evaluated in).
+    """
+
+    client_id: str
+    train: list[Record]
+    eval: list[Record]
+
+
+@dataclass
+class ClientRecords:
+    """Every client's raw records and the raw global test split (nothing tokenized).
+
+    Attributes:
+        kind: ``"chat"`` (records hold ``messages``) or ``"text"``.
+        clients: client id -> its split, in sorted id order.
+        test: the global test split's records.
+        dropped: client id -> why it was left out (fewer than 2 records).
+    """
+
+    kind: str
+    clients: dict[str, RecordSplit]
+    test: list[Record]
+    dropped: dict[str, str] = field(default_factory=dict)
+
+
 def build_federated_data(
     cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
 ) -> FederatedData:
     """Load, split, partition and tokenize the data of a run.
 
-    Steps: load records; hold out ``test_fraction`` as the global test split;
-    partition the rest; per client, subsample to ``max_examples_per_client``,
-    split off ``eval_fraction`` for eval (at least one example each side) and
-    tokenize (chat SFT or text packing); drop clients below
-    ``min_client_examples``. Only kept clients' records are tokenized.
+    Steps: :func:`build_client_records` (load records; hold out
+    ``test_fraction`` as the global test split; partition the rest; per client,
+    subsample to ``max_examples_per_client`` and split off ``eval_fraction``
+    for eval), then tokenize each split (chat SFT or text packing) and drop
+    clients below ``min_client_examples``. Only kept clients' records are
+    tokenized.
 
     Args:
         cfg: the data section of the config.
@@ -100,36 +133,64 @@ def build_federated_data(
     Raises:
         DataError: unusable input, or no client left (with the reasons).
     """
+    raw = build_client_records(cfg, seed)
+    encode = _encoder(raw.kind, tokenizer, cfg.seq_len)
+    clients: dict[str, ClientData] = {}
+    dropped = dict(raw.dropped)
+    for cid, split in raw.clients.items():
+        built = _encode_client(split, cfg, encode)
+        if isinstance(built, str):
+            dropped[cid] = built
+        else:
+            clients[cid] = built
+    dropped = dict(sorted(dropped.items()))
+    if not clients:
+        raise _no_client_left(cfg, len(raw.clients) + len(raw.dropped), dropped)
+    test = encode(raw.test, cfg.max_test_examples) if raw.test else []
+    return FederatedData(clients=clients, test=test, dropped=dropped)
+
+
+def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
+    """Every client's raw (untokenized) train/eval records and the raw test split.
+
+    The partition and the per-client split are exactly those
+    :func:`build_federated_data` tokenizes (it is built on this function).
+    Clients with fewer than 2 records are dropped here; tokenizing can drop
+    more (examples with no assistant token left within ``seq_len``).
+
+    Args:
+        cfg: the data section of the config.
+        seed: fixes every random choice; same seed, same split.
+
+    Raises:
+        DataError: unusable input, or no client with 2 records or more.
+    """
     seed = seed % 2**63
     records = load_records(cfg)
-    encode = _encoder(record_kind(records), tokenizer, cfg.seq_len)
+    kind = record_kind(records)
     test_rows, pool_rows = _hold_out(len(records), cfg.test_fraction, _rng(seed, _STAGE_TEST))
     pool = [records[i] for i in pool_rows]
     partition = PARTITIONERS.get(cfg.partition)(pool, cfg, seed)
     _check_partition(partition, len(pool), cfg.partition)
 
-    clients: dict[str, ClientData] = {}
+    clients: dict[str, RecordSplit] = {}
     dropped: dict[str, str] = {}
     for cid in sorted(partition):
-        built = _build_client(cid, [pool[i] for i in partition[cid]], cfg, encode, seed)
-        if isinstance(built, str):
-            dropped[cid] = built
+        split = _split_client(cid, [pool[i] for i in partition[cid]], cfg, seed)
+        if isinstance(split, str):
+            dropped[cid] = split
         else:
-            clients[cid] = built
+            clients[cid] = split
     if not clients:
-        reasons = "; ".join(f"{cid}: {why}" for cid, why in list(dropped.items())[:8])
-        raise DataError(
-            f"no client left after building {cfg.source!r} with partition "
-            f"{cfg.partition!r} ({len(partition)} partitions): {reasons or 'no partitions'}"
-        )
-    test = encode([records[i] for i in test_rows], cfg.max_test_examples) if test_rows else []
-    return FederatedData(clients=clients, test=test, dropped=dropped)
+        raise _no_client_left(cfg, len(partition), dropped)
+    test = [records[i] for i in test_rows]
+    return ClientRecords(kind=kind, clients=clients, test=test, dropped=dropped)
 
 
-def _build_client(
-    cid: str, records: Sequence[Record], cfg: DataConfig, encode: Encoder, seed: int
-) -> ClientData | str:
-    """The client's tokenized splits, or why the client is dropped."""
+def _split_client(
+    cid: str, records: Sequence[Record], cfg: DataConfig, seed: int
+) -> RecordSplit | str:
+    """The client's records in seeded order, capped and split, or why it is dropped."""
     order = _rng(seed, _STAGE_CLIENT, zlib.crc32(cid.encode("utf-8"))).permutation(len(records))
     cap = cfg.max_examples_per_client
     if cap is not None:
@@ -140,9 +201,19 @@ def _build_client(
     if cfg.max_eval_examples is not None:
         n_eval = min(n_eval, cfg.max_eval_examples)
     n_eval = min(n_eval, len(order) - 1)
-    evals = encode([records[i] for i in order[:n_eval]], cfg.max_eval_examples)
+    return RecordSplit(
+        client_id=cid,
+        train=[records[i] for i in order[n_eval:]],
+        eval=[records[i] for i in order[:n_eval]],
+    )
+
+
+def _encode_client(split: RecordSplit, cfg: DataConfig, encode: Encoder) -> ClientData | str:
+    """The client's tokenized splits, or why the client is dropped."""
+    cap = cfg.max_examples_per_client
+    evals = encode(split.eval, cfg.max_eval_examples)
     train_cap = None if cap is None else max(1, cap - len(evals))
-    train = encode([records[i] for i in order[n_eval:]], train_cap)
+    train = encode(split.train, train_cap)
     if not evals and len(train) > 1:
         evals = [train.pop()]
     total = len(train) + len(evals)
@@ -150,7 +221,15 @@ def _build_client(
         return f"{total} example(s) after tokenizing; needs one train and one eval"
     if total < cfg.min_client_examples:
         return f"{total} examples < data.min_client_examples = {cfg.min_client_examples}"
-    return ClientData(client_id=cid, train=train, eval=evals)
+    return ClientData(client_id=split.client_id, train=train, eval=evals)
+
+
+def _no_client_left(cfg: DataConfig, partitions: int, dropped: dict[str, str]) -> DataError:
+    reasons = "; ".join(f"{cid}: {why}" for cid, why in list(dropped.items())[:8])
+    return DataError(
+        f"no client left after building {cfg.source!r} with partition "
+        f"{cfg.partition!r} ({partitions} partitions): {reasons or 'no partitions'}"
+    )
 
 
 def _encoder(kind: str, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> Encoder:

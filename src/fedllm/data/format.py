@@ -57,26 +57,59 @@ def encode_chats(
     Returns:
         The examples, in input order, without the dropped ones.
     """
-    if not tokenizer.is_fast:
-        raise DataError("chat formatting needs a fast tokenizer (for character offsets)")
+    _check_fast(tokenizer)
     examples: list[Example] = []
     for batch in _batches(chats, BATCH_SIZE):
-        rendered = render_chats(batch, tokenizer)
-        encoded = tokenizer(
-            [text for text, _ in rendered],
-            add_special_tokens=False,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-        )
-        for ids, offsets, (_, spans) in zip(
-            encoded["input_ids"], encoded["offset_mapping"], rendered, strict=True
-        ):
-            example = _label_spans(ids[:seq_len], offsets[:seq_len], spans)
-            if example is not None:
-                examples.append(example)
+        examples.extend(e for e in _encode_chat_batch(batch, tokenizer, seq_len) if e is not None)
         if max_examples is not None and len(examples) >= max_examples:
             return examples[:max_examples]
     return examples
+
+
+def encode_each_chat(
+    chats: Sequence[list[dict[str, str]]],
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int | None,
+) -> list[Example | None]:
+    """Like :func:`encode_chats`, but one entry per chat, in input order.
+
+    Args:
+        chats: conversations, each a list of ``{"role", "content"}``.
+        tokenizer: a fast tokenizer with a chat template.
+        seq_len: most tokens per example; None keeps every token.
+
+    Returns:
+        Each chat's example, or None where no assistant token is left.
+    """
+    _check_fast(tokenizer)
+    out: list[Example | None] = []
+    for batch in _batches(chats, BATCH_SIZE):
+        out.extend(_encode_chat_batch(batch, tokenizer, seq_len))
+    return out
+
+
+def _check_fast(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not tokenizer.is_fast:
+        raise DataError("chat formatting needs a fast tokenizer (for character offsets)")
+
+
+def _encode_chat_batch(
+    batch: Sequence[list[dict[str, str]]], tokenizer: PreTrainedTokenizerBase, seq_len: int | None
+) -> list[Example | None]:
+    """Render and tokenize one batch of chats; None for a chat left with no assistant token."""
+    rendered = render_chats(batch, tokenizer)
+    encoded = tokenizer(
+        [text for text, _ in rendered],
+        add_special_tokens=False,
+        return_offsets_mapping=True,
+        return_attention_mask=False,
+    )
+    return [
+        _label_spans(ids[:seq_len], offsets[:seq_len], spans)
+        for ids, offsets, (_, spans) in zip(
+            encoded["input_ids"], encoded["offset_mapping"], rendered, strict=True
+        )
+    ]
 
 
 def render_chats(

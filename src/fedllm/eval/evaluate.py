@@ -43,7 +43,12 @@ def evaluate(
     pad_id: int,
     bf16: bool = False,
 ) -> HeldOut:
-    """Token-level cross-entropy of ``model`` on ``examples`` (labels -100 ignored)."""
+    """Token-level cross-entropy of ``model`` on ``examples`` (labels -100 ignored).
+
+    The same tokens are scored for every method: position ``i`` of the input
+    predicts label ``i + 1``. Models that prepend virtual tokens (prompt tuning,
+    P-tuning) return that many extra leading logit positions; they are skipped.
+    """
     was_training = model.training
     model.eval()
     loss_sum, tokens = 0.0, 0
@@ -54,14 +59,32 @@ def evaluate(
             logits = model(**batch).logits
         # Shift the labels, not the logits: slicing logits would copy them
         # (batch x length x vocab floats, the largest tensor of the step).
-        targets = torch.full_like(labels, IGNORE_INDEX)
-        targets[:, :-1] = labels[:, 1:]
+        targets = aligned_targets(labels, logits.shape[1])
         flat = logits.reshape(-1, logits.shape[-1])
         loss_sum += float(F.cross_entropy(flat.float(), targets.reshape(-1), reduction="sum"))
         tokens += int((targets != IGNORE_INDEX).sum())
         del logits, flat
     model.train(was_training)
     return HeldOut(loss_sum, tokens)
+
+
+def aligned_targets(labels: torch.Tensor, positions: int) -> torch.Tensor:
+    """Next-token targets for ``positions`` logit positions of a ``[batch, length]`` label batch.
+
+    The last ``length`` positions belong to the input (the first
+    ``positions - length`` are virtual tokens, if any); input position ``i``
+    gets label ``i + 1``; everything else is IGNORE_INDEX.
+
+    Raises:
+        ValueError: if there are fewer positions than labels.
+    """
+    batch, length = labels.shape
+    offset = positions - length
+    if offset < 0:
+        raise ValueError(f"the model returned {positions} logit positions for {length} tokens")
+    targets = torch.full((batch, positions), IGNORE_INDEX, dtype=labels.dtype)
+    targets[:, offset : positions - 1] = labels[:, 1:]
+    return targets
 
 
 def summarize(per_client: Mapping[str, HeldOut], test: HeldOut | None) -> dict[str, float]:

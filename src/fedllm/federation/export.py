@@ -21,11 +21,16 @@ def export_states(ws: Workspace, states: Iterable[tuple[str, Params]], target: P
 
 
 def export_one(ws: Workspace, params: Params, out: Path, merge: bool = False) -> None:
-    """Load ``params`` into the model and save it (merged into a plain model if asked)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Load ``params`` into the model and save it (merged into a plain model if asked).
+
+    Raises:
+        MethodError: if the method cannot be merged (before anything is written).
+    """
     set_trainable_state(ws.model, params)
-    if merge:
-        ws.method.merged(ws.model).save_pretrained(out)
+    merged = ws.method.merged(ws.model) if merge else None
+    out.mkdir(parents=True, exist_ok=True)
+    if merged is not None:
+        merged.save_pretrained(out)
     else:
         ws.method.export(ws.model, out)
     ws.tokenizer.save_pretrained(out)

@@ -26,6 +26,7 @@ RUN_ENTRIES = (
     "metrics.jsonl",
     "summary.json",
     "eval.json",
+    "inspect.json",
     "checkpoints",
     "clients",
     "final",

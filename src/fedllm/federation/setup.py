@@ -11,7 +11,7 @@ from fedllm.components import METHODS, load_builtin
 from fedllm.config import Config
 from fedllm.data import FederatedData, build_federated_data
 from fedllm.model.load import load_base_model, load_tokenizer
-from fedllm.model.methods.base import Method
+from fedllm.model.methods.base import Method, check_gradient_checkpointing
 from fedllm.model.state import count_parameters, get_trainable_state
 from fedllm.seeding import derive_seed
 from fedllm.types import Params
@@ -51,14 +51,20 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
 
     The method's initialisation (e.g. LoRA's A matrices) is seeded from the run
     seed without touching the global RNG.
+
+    Raises:
+        MethodError: if the method cannot be applied to the model, or cannot
+            train with ``client.gradient_checkpointing``.
     """
     load_builtin()
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
+    method: Method = METHODS.get(config.method.kind)()
+    if config.client.gradient_checkpointing:
+        check_gradient_checkpointing(method)  # before anything slow is loaded
     tokenizer = load_tokenizer(config.model.name)
     data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
     base = load_base_model(config.model, config.seed)
-    method: Method = METHODS.get(config.method.kind)()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, "method-init"))
         model = method.apply(base, config.method)

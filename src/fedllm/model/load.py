@@ -117,6 +117,20 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def tokenizer_source(name: str) -> str:
+    """Where the tokenizer of model ``name`` loads from with ``AutoTokenizer.from_pretrained``.
+
+    The converted SmolLM2 directory for ``"smollm2-135m"`` and the tiny presets
+    (converting it on first use); otherwise the local path or hub id itself.
+
+    Raises:
+        ModelLoadError: if ``name`` is neither known, an existing path nor a hub id.
+    """
+    if name == SMOLLM2 or is_preset(name):
+        return str(smollm2_dir())
+    return _resolve(name)
+
+
 def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     """The base causal LM named by ``cfg.name``, in ``cfg.dtype``, in eval mode.
 
