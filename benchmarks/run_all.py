@@ -1,4 +1,9 @@
-"""`make bench`: every benchmark, each writing benchmarks/results/<name>.json."""
+"""`make bench`: every benchmark, each writing benchmarks/results/<name>.json.
+
+About 30 minutes on 2 cores: round overhead (2 min), memory vs clients
+(1 min), the demo in three modes (9 min), every method on two federations
+(16 min).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ BENCHMARKS = [
     ["benchmarks.round_overhead", "--model", "smollm2-135m", "--steps", "10", "--reps", "3"],
     ["benchmarks.round_overhead", "--model", "tiny", "--steps", "20", "--reps", "3"],
     ["benchmarks.memory_clients"],
+    ["benchmarks.demo_result"],
+    ["benchmarks.methods"],
 ]
 
 
