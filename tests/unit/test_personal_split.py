@@ -39,6 +39,6 @@ def test_bad_splits_are_refused_with_the_reason() -> None:
     with pytest.raises(PersonalizationError, match="must be below the 6 virtual tokens"):
         PersonalSplit(prompt_tokens=6).check(STATE)
     no_prompt = {k: v for k, v in STATE.items() if "prompt" not in k}
-    with pytest.raises(PersonalizationError, match="needs a soft prompt"):
+    with pytest.raises(PersonalizationError, match="needs virtual tokens"):
         PersonalSplit(prompt_tokens=1).check(no_prompt)
     assert not PersonalSplit().active
