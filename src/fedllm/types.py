@@ -31,14 +31,6 @@ class ClientUpdate:
 
 
 @dataclass
-class Rejection:
-    """An update refused by validation, with the reason."""
-
-    client_id: ClientId
-    reason: str
-
-
-@dataclass
 class RoundRecord:
     """One line of ``metrics.jsonl``: everything measured in a round."""
 

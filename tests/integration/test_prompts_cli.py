@@ -18,7 +18,6 @@ INIT_TEXT = "hello world"
 VIRTUAL_TOKENS = 5
 
 
-
 def _select(out: Path, *extra: str) -> list[str]:
     templates = json.dumps([SMOLLM_DEFAULT, "Answer briefly."])
     sets = [

@@ -22,6 +22,7 @@ from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.federation.setup import Workspace, prepare
+from fedllm.model.state import count_parameters
 from fedllm.report.progress import Reporter, SilentReporter
 from fedllm.report.resources import peak_rss_mb
 from fedllm.types import RoundRecord
@@ -196,7 +197,7 @@ def build_summary(
     ws: Workspace, mode: Mode, rundir: RunDir, records: list[dict[str, Any]], wall_s: float
 ) -> dict[str, Any]:
     """The run's result in one JSON object (``summary.json``)."""
-    total, trainable = ws.parameter_counts()
+    total, trainable = count_parameters(ws.model)
     evaluated = [r for r in records if r.get("eval")]
     return {
         "run_dir": str(rundir.root),
@@ -241,7 +242,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _header(ws: Workspace, config: Config) -> str:
-    total, trainable = ws.parameter_counts()
+    total, trainable = count_parameters(ws.model)
     clients = len(ws.data.clients) if ws.data else 0
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "

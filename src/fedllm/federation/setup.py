@@ -12,7 +12,7 @@ from fedllm.config import Config
 from fedllm.data import FederatedData, build_federated_data
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.model.methods.base import Method, check_gradient_checkpointing
-from fedllm.model.state import count_parameters, get_trainable_state
+from fedllm.model.state import get_trainable_state
 from fedllm.seeding import derive_seed
 from fedllm.types import Params
 
@@ -40,10 +40,6 @@ class Workspace:
     @property
     def pad_id(self) -> int:
         return int(self.tokenizer.pad_token_id)
-
-    def parameter_counts(self) -> tuple[int, int]:
-        """(total, trainable) parameter counts of the model (tied weights once)."""
-        return count_parameters(self.model)
 
 
 def prepare(config: Config, with_data: bool = True) -> Workspace:

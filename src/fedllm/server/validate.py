@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 
-from fedllm.types import ClientUpdate, Params, Rejection
+from fedllm.types import ClientUpdate, Params
 
 
 def find_problem(update: ClientUpdate, reference: Params) -> str | None:
@@ -48,18 +48,3 @@ def find_problem(update: ClientUpdate, reference: Params) -> str | None:
 def all_finite(params: Params) -> bool:
     """True if no tensor holds NaN or Inf."""
     return all(bool(torch.isfinite(t).all()) for t in params.values())
-
-
-def split_valid(
-    updates: Sequence[ClientUpdate], reference: Params
-) -> tuple[list[ClientUpdate], list[Rejection]]:
-    """Partition updates into accepted ones and rejections with reasons."""
-    accepted: list[ClientUpdate] = []
-    rejected: list[Rejection] = []
-    for update in updates:
-        problem = find_problem(update, reference)
-        if problem is None:
-            accepted.append(update)
-        else:
-            rejected.append(Rejection(update.client_id, problem))
-    return accepted, rejected
