@@ -1,8 +1,8 @@
 """`make bench`: every benchmark, each writing benchmarks/results/<name>.json.
 
-About 30 minutes on 2 cores: round overhead (2 min), memory vs clients
+About 75 minutes on 2 cores: round overhead (2 min), memory vs clients
 (1 min), the demo in three modes (9 min), every method on two federations
-(16 min).
+(16 min), four partitions x four non-IID algorithms (about 45 min).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ BENCHMARKS = [
     ["benchmarks.memory_clients"],
     ["benchmarks.demo_result"],
     ["benchmarks.methods"],
+    ["benchmarks.non_iid"],
 ]
 
 

@@ -1,5 +1,5 @@
 """The `fedllm` command line: run | resume | eval | generate | export | report | config |
-select-prompt | inspect."""
+select-prompt | inspect | data."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ EPILOG = """examples:
   fedllm report runs/my-run
   fedllm select-prompt configs/hard_prompt.toml --out runs/hard-prompt
   fedllm inspect runs/my-prompt-run --top-k 5
+  fedllm data partition configs/tiny.toml --set data.partition=topic
 """
 
 
@@ -161,6 +162,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--top-k", type=int, default=5, help="neighbours per virtual token")
     p.add_argument("--client", default=None, help="which client's prompt (local-mode runs)")
+
+    p = sub.add_parser(
+        "data",
+        help="inspect how a configuration splits its data among clients",
+        description="Inspect the federation a configuration builds, without loading a model.",
+    )
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    q = data_sub.add_parser(
+        "partition",
+        help="per-client sizes, label mix and divergences; a heat map",
+        description="Build the clients of CONFIG exactly as a run would (tokenizer only) and "
+        "print per client: train/eval examples, top labels (the partition_by field, or "
+        "topics), the Jensen-Shannon divergence of its token distribution from the global "
+        "one and the earth mover's distance of its label distribution; then the summary. "
+        "Writes OUT/partition.json and OUT/heatmap.png (clients x labels).",
+    )
+    q.add_argument("config", type=Path, help="TOML config file (see configs/)")
+    q.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    q.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: runs/partition-<config name>)",
+    )
     return parser
 
 
@@ -371,6 +398,33 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.data.survey import survey_partition
+    from fedllm.model.load import load_tokenizer
+    from fedllm.report.partition import heterogeneity_table, plot_label_heatmap, summary_table
+
+    config = load_config(args.config, args.overrides)
+    out: Path = args.out or Path("runs") / f"partition-{args.config.stem}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    stats = survey_partition(config.data, load_tokenizer(config.model), config.seed)
+    title = f"{args.config.name} · data.partition = {config.data.partition!r}"
+    stdout = Console()
+    stdout.print(heterogeneity_table(stats, title))
+    stdout.print(summary_table(stats))
+    for cid, why in stats.dropped.items():
+        console.print(f"dropped {cid}: {why}", highlight=False)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"config": str(args.config), "seed": config.seed, "data": config.data.model_dump()}
+    (out / "partition.json").write_text(json.dumps({**result, **stats.to_json()}, indent=2) + "\n")
+    console.print(f"wrote {out / 'partition.json'}")
+    if stats.label_field is None:
+        console.print("no labels (no partition_by field, too few texts for topics): no heat map")
+    else:
+        console.print(f"wrote {plot_label_heatmap(stats, out / 'heatmap.png', title)}")
+    return 0
+
+
 _HANDLERS = {
     "run": _run,
     "resume": _resume,
@@ -381,6 +435,7 @@ _HANDLERS = {
     "config": _config,
     "select-prompt": _select_prompt,
     "inspect": _inspect,
+    "data": _data,
 }
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ AGGREGATORS: Registry[Any] = Registry("aggregator")
 _BUILTIN_MODULES = (
     "fedllm.data.sources",
     "fedllm.data.partition",
+    "fedllm.data.skew",
+    "fedllm.data.topic",
     "fedllm.model.methods",
     "fedllm.server.optimizer",
     "fedllm.aggregate.mean",

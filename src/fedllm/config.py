@@ -49,12 +49,85 @@ class Section(BaseModel):
 class ModelConfig(Section):
     name: str = Field(
         "smollm2-135m",
-        description="Base model: 'smollm2-135m' (shipped GGUF), a tiny preset "
-        "('tiny', 'tiny-4l'), a local directory or a hub id.",
+        description="Base model: 'smollm2-135m' (shipped GGUF), a randomly initialised preset "
+        "(tiny: 'tiny', 'tiny-4l'; to pre-train: 'llama-5m', 'llama-20m', 'llama-60m'), "
+        "a local directory or a hub id.",
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="Dtype the base weights are held in."
     )
+    tokenizer: Literal["default", "bpe"] = Field(
+        "default",
+        description="'default': the model's own tokenizer (SmolLM2's for presets); 'bpe': a "
+        "byte-level BPE tokenizer trained on the pydoc corpus with vocab_size tokens, cached "
+        "(presets only; the model's vocabulary follows it).",
+    )
+    vocab_size: int | None = Field(
+        None,
+        ge=259,
+        description="Tokens of the 'bpe' tokenizer, 256 bytes and 3 special tokens included "
+        "(pydoc gives at most about 9,000); none: 8192.",
+    )
+    num_layers: int | None = Field(
+        None, ge=1, description="Presets only: transformer layers; none: the preset's."
+    )
+    hidden_size: int | None = Field(
+        None, ge=1, description="Presets only: hidden width; none: the preset's."
+    )
+    num_heads: int | None = Field(
+        None, ge=1, description="Presets only: attention heads; none: the preset's."
+    )
+    num_kv_heads: int | None = Field(
+        None,
+        ge=1,
+        description="Presets only: key/value heads, dividing num_heads; none: the preset's.",
+    )
+    intermediate_size: int | None = Field(
+        None, ge=1, description="Presets only: MLP width; none: the preset's."
+    )
+    context_length: int | None = Field(
+        None, ge=1, description="Presets only: most positions, in tokens; none: the preset's."
+    )
+    tie_embeddings: bool | None = Field(
+        None,
+        description="Presets only: share the input embedding with the output projection; "
+        "none: the preset's (true).",
+    )
+
+    def architecture_overrides(self) -> dict[str, int | bool]:
+        """The architecture fields that are set (not none), by name."""
+        from fedllm.model.presets import ARCHITECTURE_KEYS
+
+        values = {key: getattr(self, key) for key in ARCHITECTURE_KEYS}
+        return {key: value for key, value in values.items() if value is not None}
+
+    @property
+    def bpe_vocab_size(self) -> int:
+        """Tokens of the 'bpe' tokenizer: vocab_size, or 8192 when unset."""
+        return 8192 if self.vocab_size is None else self.vocab_size
+
+    @model_validator(mode="after")
+    def _check_scratch_fields(self) -> ModelConfig:
+        from fedllm.model.presets import is_preset, preset_names, preset_spec
+
+        overrides = self.architecture_overrides()
+        scratch_only = [f"model.{key} = {value!r}" for key, value in overrides.items()]
+        if self.tokenizer == "bpe":
+            scratch_only.append("model.tokenizer = 'bpe'")
+        if scratch_only and not is_preset(self.name):
+            raise ValueError(
+                f"{', '.join(scratch_only)}: only a model trained from scratch takes these, "
+                f"but model.name = {self.name!r} is a pretrained model; choose a preset "
+                f"({', '.join(preset_names())}) or remove those keys"
+            )
+        if self.vocab_size is not None and self.tokenizer != "bpe":
+            raise ValueError(
+                f"model.vocab_size = {self.vocab_size} applies only to model.tokenizer = 'bpe' "
+                f"(it is {self.tokenizer!r}); set model.tokenizer = 'bpe' or remove vocab_size"
+            )
+        if overrides:
+            preset_spec(self.name, overrides)  # ValueError naming the keys
+        return self
 
 
 class MethodConfig(Section):
@@ -105,6 +178,28 @@ class MethodConfig(Section):
         default_factory=lambda: ["down_proj"],
         description="Which of ia3_target_modules are feedforward (rescaled at their input).",
     )
+    rank_min: int | None = Field(
+        None,
+        ge=1,
+        description="Heterogeneous LoRA ranks (HetLoRA): each client's rank is drawn once, "
+        "seeded, uniformly from [rank_min, r]; the client trains and uploads only that many "
+        "rank components; none: every client trains rank r.",
+    )
+    ranks_by_client: dict[str, int] = Field(
+        default_factory=dict,
+        description="LoRA rank (1 to r) of named clients (overrides rank_min for them).",
+    )
+    rank_aggregation: Literal["pad", "per_rank"] = Field(
+        "pad",
+        description="How updates of different ranks are combined: 'pad': zero-padded to rank "
+        "r and averaged (HetLoRA; components above a client's rank count as no change); "
+        "'per_rank': each rank component averaged over the clients that train it.",
+    )
+
+    @property
+    def heterogeneous_ranks(self) -> bool:
+        """True when some client may train a LoRA rank below ``r``."""
+        return self.rank_min is not None or bool(self.ranks_by_client)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> MethodConfig:
@@ -121,7 +216,26 @@ class MethodConfig(Section):
                 f"method.ia3_feedforward_modules {stray} are not in method.ia3_target_modules "
                 f"{self.ia3_target_modules}; every feedforward module must also be a target"
             )
+        self._check_ranks()
         return self
+
+    def _check_ranks(self) -> None:
+        if self.rank_min is not None and self.rank_min > self.r:
+            raise ValueError(
+                f"method.rank_min = {self.rank_min} exceeds method.r = {self.r}; "
+                f"client ranks are drawn from [rank_min, r], so rank_min must be 1 to {self.r}"
+            )
+        bad = {k: v for k, v in self.ranks_by_client.items() if not 1 <= v <= self.r}
+        if bad:
+            raise ValueError(
+                f"method.ranks_by_client = {bad}: ranks must be 1 to method.r = {self.r}"
+            )
+        if self.heterogeneous_ranks and self.kind != "lora":
+            key = "rank_min" if self.rank_min is not None else "ranks_by_client"
+            raise ValueError(
+                f"method.{key} (heterogeneous LoRA ranks) needs method.kind = 'lora', "
+                f"not {self.kind!r}; remove method.{key}"
+            )
 
 
 class DataConfig(Section):
@@ -129,16 +243,44 @@ class DataConfig(Section):
         "chitchat",
         description="'chitchat', 'chatterbot', 'pydoc', or a path to a .jsonl/.txt file.",
     )
-    partition: str = Field("natural", description="'natural', 'iid' or 'dirichlet'.")
+    partition: str = Field(
+        "natural",
+        description="How records are split among clients: 'natural' (one client per value of "
+        "partition_by), 'iid', 'dirichlet' (label skew over partition_by), 'shards' (each "
+        "client gets exactly labels_per_client values of partition_by), 'quantity' (size "
+        "skew, labels iid) or 'topic' (Dirichlet over topics clustered from the text).",
+    )
     partition_by: str = Field(
         "user",
-        description="Field used by 'natural' (client id) and 'dirichlet' (label); chitchat "
-        "has 'user', chatterbot 'category', pydoc 'topic'.",
+        description="Field used by 'natural' (client id), 'dirichlet' and 'shards' (label); "
+        "chitchat has 'user', chatterbot 'category', pydoc 'topic'.",
     )
     num_clients: int = Field(
         4, ge=1, description="Clients to create; for 'natural', the largest groups are kept."
     )
-    dirichlet_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration.")
+    dirichlet_alpha: float = Field(
+        0.5,
+        gt=0,
+        description="Dirichlet concentration of 'dirichlet' and 'topic' (smaller: more skew).",
+    )
+    labels_per_client: int = Field(
+        2, ge=1, description="'shards': distinct values of partition_by each client gets."
+    )
+    quantity_skew: Literal["powerlaw", "lognormal"] = Field(
+        "powerlaw",
+        description="'quantity': client sizes by rank, the k-th largest (k = 1, 2...) "
+        "proportional to k^-quantity_exponent ('powerlaw'), or drawn log-normal with "
+        "quantity_sigma ('lognormal', seeded).",
+    )
+    quantity_exponent: float = Field(
+        1.0, ge=0, description="'quantity' powerlaw exponent (0: equal sizes)."
+    )
+    quantity_sigma: float = Field(
+        1.0, ge=0, description="'quantity' lognormal sigma of log-size (0: equal sizes)."
+    )
+    num_topics: int = Field(
+        8, ge=2, description="'topic': topics found by TF-IDF + k-means over the records' text."
+    )
     min_client_examples: int = Field(
         4, ge=1, description="Smallest client (train + eval examples) kept."
     )
@@ -181,8 +323,41 @@ class ClientConfig(Section):
     prox_mu: float = Field(
         0.0, ge=0, description="FedProx proximal weight mu (0: plain local training)."
     )
+    drift_correction: Literal["none", "scaffold"] = Field(
+        "none",
+        description="'scaffold': SCAFFOLD control variates (Karimireddy et al. 2020, option II), "
+        "kept per client across rounds; doubles the bytes sent each way.",
+    )
+    local_steps_min: int | None = Field(
+        None,
+        ge=1,
+        description="Heterogeneous compute: each client's steps per round are drawn once, "
+        "seeded, uniformly from [local_steps_min, local_steps]; none: all run local_steps.",
+    )
+    local_steps_by_client: dict[str, int] = Field(
+        default_factory=dict,
+        description="Steps per round of named clients (overrides local_steps, local_steps_min "
+        "and local_epochs for them).",
+    )
     bf16: bool = Field(False, description="bfloat16 autocast for forward and backward.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations.")
+
+    @model_validator(mode="after")
+    def _check_budgets(self) -> ClientConfig:
+        if self.local_steps_min is not None and self.local_steps_min > self.local_steps:
+            raise ValueError(
+                f"client.local_steps_min = {self.local_steps_min} exceeds client.local_steps = "
+                f"{self.local_steps}; the range [local_steps_min, local_steps] is empty"
+            )
+        if self.local_steps_min is not None and self.local_epochs > 0:
+            raise ValueError(
+                "client.local_steps_min draws step counts, but client.local_epochs > 0 sets "
+                "them by epochs; use one or the other"
+            )
+        bad = {k: v for k, v in self.local_steps_by_client.items() if v < 1}
+        if bad:
+            raise ValueError(f"client.local_steps_by_client needs steps >= 1, got {bad}")
+        return self
 
 
 class ServerConfig(Section):
@@ -191,9 +366,15 @@ class ServerConfig(Section):
     min_clients: int = Field(
         1, ge=1, description="Fewest accepted updates for a round to change the model."
     )
-    optimizer: str = Field("fedavg", description="Server optimizer on the pseudo-gradient.")
+    optimizer: str = Field(
+        "fedavg",
+        description="Server optimizer on the pseudo-gradient: fedavg, fedavgm, fedadam, fedyogi, "
+        "fedadagrad, or nesterov (DiLoCo's outer Nesterov momentum; paper: lr 0.7, momentum 0.9).",
+    )
     lr: float = Field(1.0, gt=0, description="Server learning rate (eta).")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum of 'fedavgm'.")
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="Server momentum of 'fedavgm' and 'nesterov'."
+    )
     beta1: float = Field(
         0.9, ge=0, lt=1, description="First-moment decay of fedadam/fedyogi/fedadagrad."
     )
@@ -207,9 +388,50 @@ class ServerConfig(Section):
         False, description="Adam-style bias correction (off in Reddi et al. 2021, Algorithm 2)."
     )
     aggregator: str = Field("mean", description="How accepted updates are combined.")
+    normalize: Literal["none", "fednova"] = Field(
+        "none",
+        description="'fednova': clients send their update divided by their local steps "
+        "(momentum- and prox-adjusted), the server rescales the mean by the cohort's "
+        "effective steps (Wang et al. 2020); for clients running different step counts.",
+    )
     weighting: Literal["examples", "uniform"] = Field(
         "examples", description="Aggregation weight of each client."
     )
+    sampling: Literal["uniform", "size", "trace"] = Field(
+        "uniform",
+        description="How each round's clients are drawn (seeded): 'uniform'; 'size': "
+        "successively, proportional to training examples; 'trace': uniformly among the "
+        "clients online that round (availability_file, else availability).",
+    )
+    availability: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="'trace' without availability_file: probability that a client is online "
+        "in a round (independently per client and round, seeded).",
+    )
+    availability_file: str | None = Field(
+        None,
+        description="'trace': JSON file mapping every round to the client ids online in it, "
+        'e.g. {"1": ["a", "b"], "2": []}; none: the seeded availability draw.',
+    )
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> ServerConfig:
+        if self.sampling != "trace" and (
+            self.availability_file is not None or self.availability != 1.0
+        ):
+            key = "availability_file" if self.availability_file is not None else "availability"
+            raise ValueError(
+                f"server.{key} applies to server.sampling = 'trace', not "
+                f"{self.sampling!r}; set server.sampling = 'trace' or remove server.{key}"
+            )
+        if self.availability_file is not None and self.availability != 1.0:
+            raise ValueError(
+                f"server.availability = {self.availability} and server.availability_file are "
+                "both set; the file says who is online: remove server.availability"
+            )
+        return self
 
 
 class PipelineConfig(Section):
@@ -305,6 +527,41 @@ class Config(Section):
                 f"server.min_clients = {self.server.min_clients} exceeds "
                 f"server.clients_per_round = {self.server.clients_per_round}; "
                 "no round could ever be accepted"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_rank_combinations(self) -> Config:
+        if not self.method.heterogeneous_ranks:
+            return self
+        refused = [
+            (
+                "client.drift_correction = 'scaffold'",
+                self.client.drift_correction == "scaffold",
+                "control variates are not truncated to a client's rank",
+            ),
+            (
+                f"personal.keys = {self.personal.keys}",
+                bool(self.personal.keys),
+                "personal LoRA factors are not truncated to a client's rank",
+            ),
+            (
+                f"federation.mode = {self.federation.mode!r}",
+                self.federation.mode != "federated",
+                "ranks apply to federated training only; the reference modes train rank r",
+            ),
+        ]
+        for setting, present, why in refused:
+            if present:
+                raise ValueError(
+                    "heterogeneous LoRA ranks (method.rank_min / method.ranks_by_client) "
+                    f"cannot be combined with {setting} ({why}); remove one of the two"
+                )
+        if self.method.rank_aggregation == "per_rank" and self.server.aggregator != "mean":
+            raise ValueError(
+                f"method.rank_aggregation = 'per_rank' replaces the weighted mean, but "
+                f"server.aggregator = {self.server.aggregator!r}; set server.aggregator = "
+                "'mean' or method.rank_aggregation = 'pad'"
             )
         return self
 

@@ -22,12 +22,16 @@ class ClientUpdate:
         delta: trained state minus broadcast state, same keys as the broadcast.
         num_examples: training examples seen (the aggregation weight).
         metrics: scalar local metrics (``train_loss``, ``steps``, ``tokens``...).
+        extra: tensors sent beside the delta that are not part of the model
+            (SCAFFOLD's control-variate change); they bypass the aggregation
+            pipeline and are counted in the bytes sent.
     """
 
     client_id: ClientId
     delta: Params
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    extra: Params = field(default_factory=dict)
 
 
 @dataclass

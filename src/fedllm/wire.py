@@ -52,6 +52,15 @@ def try_payload_bytes(params: object) -> int | None:
     return payload_bytes(params)
 
 
+EXTRA_PREFIX = "extra/"
+"""Key prefix of the tensors sent beside a model state or delta in the same message."""
+
+
+def with_extra(params: Params, extra: Params) -> Params:
+    """One message's tensors: ``params`` plus ``extra`` under :data:`EXTRA_PREFIX`."""
+    return {**params, **{EXTRA_PREFIX + k: v for k, v in extra.items()}}
+
+
 def payload_bytes(params: Params) -> int:
     """Exact size in bytes of ``encode(params)``, computed without copying any data."""
     # safetensors lays tensors out by descending dtype rank, then by name.

@@ -23,14 +23,14 @@ def test_personal_parameters_never_leave_the_client(tmp_path: Path) -> None:
     mode = build_mode(ws, tmp_path)
     assert isinstance(mode, FederatedMode)
     sent: list[bytes] = []
-    inner = mode.engine.client_half
+    inner = mode.engine.side.client_half
 
     def wire_tap(update: ClientUpdate) -> ClientUpdate:
         update = inner(update)
         sent.append(encode(update.delta))  # what would cross the network
         return update
 
-    mode.engine.client_half = wire_tap
+    mode.engine.side.client_half = wire_tap
     record = mode.play_round(1, None)
     assert len(sent) == 4 and record.accepted
     for payload in sent:

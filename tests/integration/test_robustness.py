@@ -80,7 +80,7 @@ def test_refuses_a_folder_that_is_not_a_run_even_with_overwrite(tmp_path: Path) 
 
 def sabotage(mode: FederatedMode, how: dict[str, object]) -> None:
     """The named clients send the given malformed update."""
-    inner = mode.engine.client_half
+    inner = mode.engine.side.client_half
 
     def half(update: ClientUpdate) -> ClientUpdate:
         update = inner(update)
@@ -100,7 +100,7 @@ def sabotage(mode: FederatedMode, how: dict[str, object]) -> None:
             update.delta = {k: torch.full_like(v, 3e38) for k, v in update.delta.items()}
         return update
 
-    mode.engine.client_half = half
+    mode.engine.side.client_half = half
 
 
 def tiny_mode(tmp_path: Path, *overrides: str) -> FederatedMode:

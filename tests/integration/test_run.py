@@ -87,7 +87,7 @@ def test_refuses_to_clobber_a_run(tmp_path: Path) -> None:
 
 def corrupting(mode: FederatedMode, bad: dict[str, str]) -> None:
     """Make the named clients send a NaN or a wrong-shape update."""
-    inner = mode.engine.client_half
+    inner = mode.engine.side.client_half
 
     def half(update: ClientUpdate) -> ClientUpdate:
         update = inner(update)
@@ -98,7 +98,7 @@ def corrupting(mode: FederatedMode, bad: dict[str, str]) -> None:
             update.delta[name] = update.delta[name][..., :1].clone()
         return update
 
-    mode.engine.client_half = half
+    mode.engine.side.client_half = half
 
 
 def test_bad_updates_are_rejected_and_the_round_goes_on(tmp_path: Path) -> None:

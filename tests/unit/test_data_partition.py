@@ -11,6 +11,7 @@ import pytest
 from fedllm.components import PARTITIONERS
 from fedllm.config import DataConfig
 from fedllm.data.partition import Partition, client_name, dirichlet, iid, natural
+from fedllm.data.skew import shards
 from fedllm.data.sources import DataError, Record
 
 
@@ -29,7 +30,43 @@ def _entropy(labels: list[Any]) -> float:
 
 
 def test_partitioners_are_registered() -> None:
-    assert {"natural", "iid", "dirichlet"} <= set(PARTITIONERS.names())
+    names = {"natural", "iid", "dirichlet", "shards", "quantity", "topic"}
+    assert names <= set(PARTITIONERS.names())
+
+
+def _mixed_corpus() -> list[Record]:
+    """240 records: 6 categories over 3 planted vocabularies, every text distinct."""
+    vocabularies = [
+        ["apple", "pear", "plum", "grape", "mango", "melon"],
+        ["truck", "boat", "train", "plane", "bicycle", "tractor"],
+        ["violin", "piano", "guitar", "cello", "flute", "drum"],
+    ]
+    records = []
+    for i in range(240):
+        words = vocabularies[i % 3]
+        text = " ".join(words[(i * j) % 6] for j in range(1, 7)) + f" item{i}"
+        records.append({"text": text, "category": f"c{i % 6}"})
+    return records
+
+
+@pytest.mark.parametrize("name", ["natural", "iid", "dirichlet", "shards", "quantity", "topic"])
+def test_every_partitioner_assigns_each_record_at_most_once_and_is_seeded(name: str) -> None:
+    records = _mixed_corpus()
+    cfg = DataConfig(
+        partition=name, partition_by="category", num_clients=4, labels_per_client=2, num_topics=3
+    )
+    part = PARTITIONERS.get(name)(records, cfg, 7)
+    rows = _assigned(part)
+    assert len(rows) == len(set(rows))  # no record given twice
+    assert all(0 <= i < len(records) for i in rows)
+    assert all(part.values())  # no empty client
+    if name in {"natural", "shards"}:  # documented drops: groups beyond num_clients
+        held = {records[i]["category"] for i in rows}  # (natural), labels no client drew (shards)
+        assert len(held) == 4 if name == "natural" else len(held) >= 4
+        assert rows == [i for i, r in enumerate(records) if r["category"] in held]
+    else:
+        assert rows == list(range(len(records)))
+    assert PARTITIONERS.get(name)(records, cfg, 7) == part
 
 
 def test_natural_keeps_largest_groups_ties_by_id() -> None:
@@ -98,7 +135,7 @@ def test_dirichlet_failure_is_a_clear_error() -> None:
         dirichlet(records, cfg, seed=0)
 
 
-@pytest.mark.parametrize("fn", [natural, dirichlet])
+@pytest.mark.parametrize("fn", [natural, dirichlet, shards])
 def test_missing_field_names_it_and_the_fields_present(fn: Any) -> None:
     records = _records(["a", "b", "c", "d"], field="category")
     with pytest.raises(DataError) as err:
@@ -110,3 +147,11 @@ def test_missing_field_names_it_and_the_fields_present(fn: Any) -> None:
 def test_more_clients_than_records_is_an_error() -> None:
     with pytest.raises(DataError, match="num_clients = 5 exceeds the 3 records"):
         iid(_records(["a", "b", "c"]), DataConfig(num_clients=5), 0)
+
+
+@pytest.mark.parametrize("name", ["iid", "dirichlet", "shards", "quantity", "topic"])
+def test_too_few_records_names_the_partitioner(name: str) -> None:
+    records = [{"text": f"{w} story", "user": w} for w in ("apple", "boat", "cello")]
+    cfg = DataConfig(partition=name, num_clients=5, labels_per_client=1, num_topics=2)
+    with pytest.raises(DataError, match=f"^{name} partition: data.num_clients = 5 exceeds the 3"):
+        PARTITIONERS.get(name)(records, cfg, 0)

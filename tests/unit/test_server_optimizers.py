@@ -112,3 +112,38 @@ def test_optimizers_differ_from_each_other() -> None:
     }
     assert not torch.allclose(results["fedyogi"]["w"], results["fedadam"]["w"])
     assert not torch.allclose(results["fedadagrad"]["w"], results["fedadam"]["w"])
+
+
+def test_nesterov_is_sgd_with_nesterov_momentum() -> None:
+    """DiLoCo's outer optimizer over several rounds, with the paper's lr and momentum."""
+    ours = run_ours(ServerConfig(optimizer="nesterov", lr=0.7, momentum=0.9))
+    expected = run_torch(torch.optim.SGD, lr=0.7, momentum=0.9, nesterov=True)
+    assert_same(ours, expected)
+    plain_momentum = run_torch(torch.optim.SGD, lr=0.7, momentum=0.9)
+    assert not torch.allclose(ours["w"], plain_momentum["w"])
+
+
+def test_one_nesterov_step_is_sgd_with_nesterov() -> None:
+    params = start()
+    opt = build_server_optimizer(ServerConfig(optimizer="nesterov", lr=0.3, momentum=0.5))
+    opt.step(params, pseudo_grads()[0], opt.initial_state(params))
+    torch_params = {k: torch.nn.Parameter(v) for k, v in start().items()}
+    sgd = torch.optim.SGD(list(torch_params.values()), lr=0.3, momentum=0.5, nesterov=True)
+    for name, p in torch_params.items():
+        p.grad = pseudo_grads()[0][name].clone()
+    sgd.step()
+    assert_same(params, {k: v.detach() for k, v in torch_params.items()})
+
+
+def test_nesterov_steps_by_hand() -> None:
+    opt = build_server_optimizer(ServerConfig(optimizer="nesterov", lr=0.5, momentum=0.9))
+    params = {"x": torch.tensor([1.0, -2.0])}
+    state = opt.initial_state(params)
+    # u1 = g1 = [0.2, -0.4]; x1 = x0 - 0.5 (g1 + 0.9 u1) = x0 - 0.95 g1
+    opt.step(params, {"x": torch.tensor([0.2, -0.4])}, state)
+    torch.testing.assert_close(params["x"], torch.tensor([1.0 - 0.19, -2.0 + 0.38]))
+    torch.testing.assert_close(state["m/x"], torch.tensor([0.2, -0.4]))
+    # u2 = 0.9 u1 + g2 = [0.28, -0.36]; x2 = x1 - 0.5 (g2 + 0.9 u2) = x1 - 0.5 [0.352, -0.324]
+    opt.step(params, {"x": torch.tensor([0.1, 0.0])}, state)
+    torch.testing.assert_close(params["x"], torch.tensor([0.81 - 0.176, -1.62 + 0.162]))
+    torch.testing.assert_close(state["m/x"], torch.tensor([0.28, -0.36]))

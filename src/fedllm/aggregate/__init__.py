@@ -1,5 +1,6 @@
 """Aggregators: how accepted client updates are combined."""
 
+from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import WeightedMean
 
-__all__ = ["WeightedMean"]
+__all__ = ["CoverageMean", "WeightedMean"]

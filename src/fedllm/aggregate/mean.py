@@ -31,7 +31,8 @@ class WeightedMean:
             self._acc[k].shape != t.shape for k, t in template.items()
         ):
             self._acc = {
-                k: torch.zeros(t.shape, dtype=_acc_dtype(t.dtype)) for k, t in template.items()
+                k: torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype))
+                for k, t in template.items()
             }
         else:
             for buf in self._acc.values():
@@ -56,5 +57,6 @@ class WeightedMean:
         return {k: (buf * scale).to(self._dtypes[k]) for k, buf in self._acc.items()}
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 sums for float64 tensors, float32 for everything else."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -13,7 +13,7 @@ back in when the client trains or evaluates. Two ways to choose them:
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -139,4 +139,4 @@ class PersonalState:
         own = self.of(client_id)
         with torch.no_grad():
             self.store.put(client_id, {k: own[k] + personal_delta[k] for k in own})
-        return ClientUpdate(update.client_id, shared, update.num_examples, update.metrics)
+        return replace(update, delta=shared)

@@ -10,21 +10,33 @@ from safetensors.torch import load_file, save_file
 
 from fedllm.types import ClientId, Params
 
+CONTROL_SUFFIX = ".control"
+"""Files of SCAFFOLD control variates: ``<client>.control.safetensors``."""
+
+KIND_SUFFIXES = (CONTROL_SUFFIX,)
+"""Suffixes of every kind of client state besides the plain one."""
+
 
 class ClientStateStore:
     """One safetensors file per client under ``root``; writes are atomic.
 
+    Several kinds of client state share ``root``, told apart by ``suffix``
+    (personal parameters: ``<client>.safetensors``; SCAFFOLD control variates:
+    ``<client>.control.safetensors``), so one snapshot saves them all.
+
     Args:
-        root: directory holding ``<client>.safetensors`` files.
+        root: directory holding the state files.
+        suffix: marks this kind of state in the file names ("" or ".<kind>").
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, suffix: str = "") -> None:
         self.root = root
+        self.suffix = suffix
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, client_id: ClientId) -> Path:
         """File of one client's state."""
-        return self.root / f"{client_id}.safetensors"
+        return self.root / f"{client_id}{self.suffix}.safetensors"
 
     def get(self, client_id: ClientId) -> Params | None:
         """The client's stored state, or None if it has none yet."""
@@ -39,8 +51,11 @@ class ClientStateStore:
         os.replace(tmp, final)
 
     def clients(self) -> list[ClientId]:
-        """Ids with stored state, sorted."""
-        return sorted(p.stem for p in self.root.glob("*.safetensors"))
+        """Ids with stored state of this kind, sorted."""
+        ids = [p.name.removesuffix(".safetensors") for p in self.root.glob("*.safetensors")]
+        if self.suffix:
+            return sorted(i.removesuffix(self.suffix) for i in ids if i.endswith(self.suffix))
+        return sorted(i for i in ids if not i.endswith(KIND_SUFFIXES))
 
     def snapshot(self, target: Path) -> None:
         """Hard-link (or copy) every state file into ``target``: cheap, and safe since

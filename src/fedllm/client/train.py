@@ -64,6 +64,7 @@ def train_locally(
     seed: int,
     pad_id: int,
     anchor: Sequence[torch.Tensor] | None = None,
+    correction: Sequence[torch.Tensor | None] | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps on ``examples``, in place on ``model``'s trainable params.
 
@@ -72,9 +73,17 @@ def train_locally(
     ``mu/2 ||w - anchor||^2``: its gradient ``mu (w - anchor)`` is added to each
     step's gradient (``anchor`` aligned with the trainable parameters).
 
+    ``correction`` (SCAFFOLD's ``c - c_i``, aligned with the trainable
+    parameters; None entries are left alone) moves each parameter by
+    ``-lr_t * correction`` after every optimizer step, ``lr_t`` being that
+    step's learning rate. For plain SGD this is exactly SCAFFOLD's corrected
+    step ``y -= lr (g + c - c_i)``; for AdamW and momentum it keeps the
+    correction out of the adaptive and momentum statistics (as OpenFedLLM does).
+
     Returns:
         metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
-        tokens seen), ``train_s`` (seconds).
+        tokens seen), ``lr_sum`` (sum of the steps' learning rates), ``train_s``
+        (seconds).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
@@ -83,6 +92,7 @@ def train_locally(
     batches = batch_indices(len(examples), cfg.batch_size, generator)
     losses: list[float] = []
     tokens = 0
+    lr_sum = 0.0
     start = time.perf_counter()
     model.train()
     with torch.random.fork_rng(devices=[]):
@@ -105,6 +115,10 @@ def train_locally(
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
+            step_lr = float(optimizer.param_groups[0]["lr"])
+            lr_sum += step_lr
+            if correction is not None:
+                apply_correction(trainable, correction, step_lr)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
@@ -112,8 +126,19 @@ def train_locally(
         "train_loss": sum(losses) / len(losses),
         "steps": float(steps),
         "tokens": float(tokens),
+        "lr_sum": lr_sum,
         "train_s": time.perf_counter() - start,
     }
+
+
+def apply_correction(
+    params: Sequence[torch.nn.Parameter], correction: Sequence[torch.Tensor | None], lr: float
+) -> None:
+    """``w -= lr * correction`` for each parameter with a correction."""
+    with torch.no_grad():
+        for param, term in zip(params, correction, strict=True):
+            if term is not None:
+                param.sub_(term.to(param.dtype), alpha=lr)
 
 
 def add_proximal_gradient(
@@ -136,15 +161,25 @@ def compute_update(
     cfg: ClientConfig,
     seed: int,
     pad_id: int,
+    steps: int | None = None,
+    correction: Params | None = None,
 ) -> ClientUpdate:
     """Load ``broadcast``, train locally, and return the delta against it.
+
+    Args:
+        steps: optimizer steps; None: :func:`count_local_steps` of the config.
+        correction: SCAFFOLD's ``c - c_i`` by parameter name (see
+            :func:`train_locally`); parameters it lacks are not corrected.
 
     The aggregation weight ``num_examples`` is the client's training-set size.
     """
     set_trainable_state(model, broadcast)
-    steps = count_local_steps(cfg, len(data.train))
-    anchor = [broadcast[n] for n, p in model.named_parameters() if p.requires_grad]
-    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, anchor)
+    if steps is None:
+        steps = count_local_steps(cfg, len(data.train))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    anchor = [broadcast[n] for n in names]
+    aligned = None if correction is None else [correction.get(n) for n in names]
+    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, anchor, aligned)
     trained = get_trainable_state(model)
     with torch.no_grad():
         delta = {name: trained[name].sub_(broadcast[name]) for name in broadcast}

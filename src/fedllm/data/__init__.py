@@ -3,6 +3,7 @@
 Importing this package registers the built-in data sources and partitioners.
 """
 
+from fedllm.data import skew, topic  # noqa: F401  (they register partitioners)
 from fedllm.data.build import (
     ClientData,
     ClientRecords,

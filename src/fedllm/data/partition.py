@@ -3,7 +3,9 @@
 Each partitioner is registered in :data:`fedllm.components.PARTITIONERS` and
 has the signature ``(records, cfg, seed) -> {client_id: [record index, ...]}``;
 every index it assigns appears exactly once. Only an index column and a label
-column are handed to flwr-datasets, never the text.
+column are handed to flwr-datasets, never the text. This module holds the
+basic ones; :mod:`fedllm.data.skew` adds ``shards`` and ``quantity``,
+:mod:`fedllm.data.topic` adds ``topic``.
 """
 
 from __future__ import annotations
@@ -50,19 +52,19 @@ def natural(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition:
     with contextlib.redirect_stderr(io.StringIO()):  # flwr-datasets draws a tqdm bar
         for pid in range(partitioner.num_partitions):
             client = str(partitioner.partition_id_to_natural_id[pid])
-            out[client] = _indices(partitioner.load_partition(pid))
+            out[client] = dataset_indices(partitioner.load_partition(pid))
     return out
 
 
 @PARTITIONERS.register("iid")
 def iid(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition:
     """``num_clients`` equal-sized random shards (``client-000``, ``client-001``...)."""
-    _check_enough(len(records), cfg.num_clients, "iid")
+    check_enough(len(records), cfg.num_clients, "iid")
     order = np.random.default_rng(seed).permutation(len(records))
     partitioner = IidPartitioner(num_partitions=cfg.num_clients)
     partitioner.dataset = Dataset.from_dict({"index": order})
     return {
-        client_name(k, cfg.num_clients): _indices(partitioner.load_partition(k))
+        client_name(k, cfg.num_clients): dataset_indices(partitioner.load_partition(k))
         for k in range(cfg.num_clients)
     }
 
@@ -75,10 +77,30 @@ def dirichlet(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partitio
     more skew. Every client gets at least ``min(cfg.min_client_examples,
     records // num_clients)`` records (flwr-datasets redraws up to 10 times).
     """
-    _check_enough(len(records), cfg.num_clients, "dirichlet")
-    values = [str(v) for v in field_values(records, cfg.partition_by)]
-    _, labels = np.unique(np.asarray(values, dtype=object), return_inverse=True)
-    min_size = min(cfg.min_client_examples, len(records) // cfg.num_clients)
+    values = field_values(records, cfg.partition_by)
+    return dirichlet_by_label(values, cfg, seed, f"values of {cfg.partition_by!r}")
+
+
+def dirichlet_by_label(
+    labels: Sequence[Any], cfg: DataConfig, seed: int, what: str, name: str = "dirichlet"
+) -> Partition:
+    """Spread the records of each label among clients by a Dirichlet(``cfg.dirichlet_alpha``) draw.
+
+    The engine of :func:`dirichlet`, for any per-record label (a field, a topic...).
+
+    Args:
+        labels: one label per record (compared as strings).
+        cfg: ``num_clients``, ``dirichlet_alpha`` and ``min_client_examples`` are used.
+        seed: fixes the draw.
+        what: what the labels are, for the error message (e.g. ``"values of 'user'"``).
+        name: the partitioner, for the error message.
+
+    Raises:
+        DataError: more clients than records, or no draw in 10 met the minimum size.
+    """
+    check_enough(len(labels), cfg.num_clients, name)
+    _, codes = np.unique(np.asarray([str(v) for v in labels], dtype=object), return_inverse=True)
+    min_size = min(cfg.min_client_examples, len(labels) // cfg.num_clients)
     partitioner = DirichletPartitioner(
         num_partitions=cfg.num_clients,
         partition_by="label",
@@ -89,20 +111,21 @@ def dirichlet(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partitio
         seed=seed,
     )
     partitioner.dataset = Dataset.from_dict(
-        {"index": np.arange(len(records)), "label": labels.astype(np.int64)}
+        {"index": np.arange(len(labels)), "label": codes.astype(np.int64)}
     )
     out: Partition = {}
     try:
         with warnings.catch_warnings():  # one warning per failed redraw
             warnings.simplefilter("ignore")
             for k in range(cfg.num_clients):
-                out[client_name(k, cfg.num_clients)] = _indices(partitioner.load_partition(k))
+                part = partitioner.load_partition(k)
+                out[client_name(k, cfg.num_clients)] = dataset_indices(part)
     except ValueError as err:
         raise DataError(
-            f"dirichlet partition failed: no draw in 10 gave every one of "
+            f"{name} partition failed: no draw in 10 gave every one of "
             f"{cfg.num_clients} clients at least {min_size} records "
-            f"(data.dirichlet_alpha = {cfg.dirichlet_alpha}, {len(records)} records, "
-            f"{labels.max() + 1} values of {cfg.partition_by!r}); raise "
+            f"(data.dirichlet_alpha = {cfg.dirichlet_alpha}, {len(labels)} records, "
+            f"{codes.max() + 1} {what}); raise "
             f"data.dirichlet_alpha or lower data.num_clients ({err})"
         ) from None
     return out
@@ -150,11 +173,13 @@ def _sanitize(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._")[:MAX_ID_CHARS]
 
 
-def _indices(part: Dataset) -> list[int]:
+def dataset_indices(part: Dataset) -> list[int]:
+    """The ``index`` column of a flwr-datasets partition, as ints."""
     return [int(i) for i in part[:]["index"]]
 
 
-def _check_enough(num_records: int, num_clients: int, name: str) -> None:
+def check_enough(num_records: int, num_clients: int, name: str) -> None:
+    """Refuse more clients than records (``name``: the partitioner, for the message)."""
     if num_clients > num_records:
         raise DataError(
             f"{name} partition: data.num_clients = {num_clients} exceeds the "

@@ -7,17 +7,20 @@ federated result is put beside.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import WeightedMean
+from fedllm.client.budget import check_budget_clients, client_steps
 from fedllm.client.personal import PersonalSplit, PersonalState
-from fedllm.client.store import ClientStateStore
-from fedllm.client.train import count_local_steps
+from fedllm.client.rank import RankPlan, check_rank_clients
+from fedllm.client.scaffold import ControlVariates
+from fedllm.client.side import ClientSide
+from fedllm.client.store import CONTROL_SUFFIX, ClientStateStore
 from fedllm.config import ClientConfig, Config, ServerConfig
 from fedllm.data import ClientData
 from fedllm.federation.evaluation import evaluate_states
@@ -26,9 +29,11 @@ from fedllm.pipeline import Pipeline, build_pipeline
 from fedllm.pipeline.stage import StageState
 from fedllm.runtime.engine import ClientDone
 from fedllm.runtime.simulation import SimulationEngine
+from fedllm.server.control import ServerControl
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.round import run_round
-from fedllm.server.sampling import sample_clients
+from fedllm.server.rank import RankExpansion
+from fedllm.server.round import Tally, run_round
+from fedllm.server.sampling import build_sampler
 from fedllm.server.state import ServerState
 from fedllm.server.validate import find_problem
 from fedllm.types import ClientId, Params, RoundRecord
@@ -81,6 +86,8 @@ class FederatedMode:
         pipeline: Pipeline,
         communicates: bool = True,
         personal: PersonalState | None = None,
+        controls: ControlVariates | None = None,
+        ranks: RankPlan | None = None,
     ) -> None:
         self.ws = ws
         self.communicates = communicates
@@ -93,14 +100,29 @@ class FederatedMode:
         params = {k: v.clone() for k, v in shared.items()}
         self.state = ServerState(0, params, self.optimizer.initial_state(params))
         self.cohort_size = min(server_cfg.clients_per_round, len(clients))
-        self.engine = SimulationEngine(
-            ws.model, clients, client_cfg, ws.config.seed, ws.pad_id, pipeline.client, personal
+        sizes = {cid: len(data.train) for cid, data in clients.items()}
+        self.sampler = build_sampler(server_cfg, sizes, ws.config.seed)
+        self.control = ServerControl(params, len(clients)) if controls is not None else None
+        self.fednova = server_cfg.normalize == "fednova"
+        self.expansion = None
+        if ranks is not None:
+            per_rank = ranks.cfg.rank_aggregation == "per_rank"
+            self.expansion = RankExpansion(ranks, per_rank)
+        side = ClientSide(
+            clients,
+            client_cfg,
+            ws.config.seed,
+            ws.pad_id,
+            pipeline.client,
+            personal=personal,
+            controls=controls,
+            fednova=self.fednova,
+            ranks=ranks,
         )
+        self.engine = SimulationEngine(ws.model, side)
 
     def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
-        cohort = sample_clients(
-            list(self.clients), self.server_cfg.clients_per_round, self.ws.config.seed, round_num
-        )
+        cohort = self.sampler.cohort(round_num)
         record = run_round(
             self.state,
             cohort,
@@ -110,7 +132,11 @@ class FederatedMode:
             self.server_cfg.min_clients,
             self.server_cfg.weighting,
             on_client_done,
+            self.control,
+            self.fednova,
+            expansion=self.expansion,
         )
+        record.extra.update(self.sampler.record_extra(round_num))
         if not self.communicates:  # pooled data trains where it lies: nothing is sent
             record.bytes_up = record.bytes_down = 0
         return record
@@ -128,10 +154,14 @@ class FederatedMode:
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
         tensors = {"global": self.state.params, "optimizer": self.state.optimizer_state}
+        if self.control is not None:
+            tensors["control"] = self.control.control
         return tensors, {"pipeline": self.pipeline.states}
 
     def restore(self, round_num: int, tensors: dict[str, Params], meta: dict[str, Any]) -> None:
         self.state = ServerState(round_num, tensors["global"], tensors.get("optimizer", {}))
+        if self.control is not None:
+            self.control.control = tensors["control"]
         states: dict[str, StageState] = meta.get("pipeline", {})
         self.pipeline.states.update(states)
 
@@ -160,37 +190,31 @@ class LocalMode:
         self.clients = ws.data.clients
         cfg = ws.config
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
-        self.engine = SimulationEngine(
-            ws.model, self.clients, cfg.client, cfg.seed, ws.pad_id, lambda u: u
-        )
+        sizes = {cid: len(data.train) for cid, data in self.clients.items()}
+        self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
+        side = ClientSide(self.clients, cfg.client, cfg.seed, ws.pad_id, lambda u: u)
+        self.engine = SimulationEngine(ws.model, side)
 
     def state_of(self, client_id: ClientId) -> Params:
         return self.store.get(client_id) or self.ws.initial
 
     def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
-        cfg = self.ws.config
-        cohort = sample_clients(
-            list(self.clients), cfg.server.clients_per_round, cfg.seed, round_num
-        )
+        cohort = self.sampler.cohort(round_num)
         record = RoundRecord(round=round_num, sampled=cohort)
-        client_metrics: dict[str, dict[str, float]] = {}
-        losses: list[float] = []
-        start_time = time.perf_counter()
+        record.extra.update(self.sampler.record_extra(round_num))
+        tally = Tally(record, counts_bytes=False)  # nothing leaves a client training alone
         for cid in cohort:
             start = self.state_of(cid)
             (update,) = self.engine.train([(cid, start)], round_num, on_client_done)
-            client_metrics[cid] = dict(update.metrics)
+            tally.receive(update)
             problem = find_problem(update, start)
             if problem is not None:
-                record.rejected.append({"client": cid, "reason": problem})
+                tally.reject(update, problem)
                 continue
             with torch.no_grad():
                 self.store.put(cid, {k: start[k] + update.delta[k] for k in start})
-            record.accepted.append(cid)
-            losses.append(update.metrics["train_loss"])
-        record.time_s["train"] = time.perf_counter() - start_time
-        record.train_loss = sum(losses) / len(losses) if losses else None
-        record.extra["client_metrics"] = client_metrics
+            tally.accept(update)
+        tally.close()
         return record
 
     def evaluate(self) -> dict[str, float]:
@@ -216,11 +240,18 @@ def pooled_client(clients: dict[ClientId, ClientData]) -> ClientData:
 def centralized_budget(config: Config, clients: dict[ClientId, ClientData]) -> ClientConfig:
     """Local steps per round for the pooled client: what the federation spends per round
     (``clients_per_round`` clients x their local steps)."""
-    sizes = [len(c.train) for c in clients.values()]
-    per_client = count_local_steps(config.client, round(sum(sizes) / len(sizes)))
+    per_client = [
+        client_steps(config.client, cid, len(c.train), config.seed) for cid, c in clients.items()
+    ]
     cohort = min(config.server.clients_per_round, len(clients))
+    steps = max(1, round(sum(per_client) / len(per_client) * cohort))
     return config.client.model_copy(
-        update={"local_steps": per_client * cohort, "local_epochs": 0.0}
+        update={
+            "local_steps": steps,
+            "local_epochs": 0.0,
+            "local_steps_min": None,
+            "local_steps_by_client": {},
+        }
     )
 
 
@@ -241,6 +272,7 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
             f"{config.federation.mode!r}: there is no shared model to personalise"
         )
     if config.federation.mode == "local":
+        check_budget_clients(config.client, ws.data.clients)
         return LocalMode(ws, ClientStateStore(run_root / "clients"))
     if config.federation.mode == "centralized":
         pooled = {POOLED: pooled_client(ws.data.clients)}
@@ -254,16 +286,30 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
         no_stages = Pipeline([], WeightedMean())
         budget = centralized_budget(config, ws.data.clients)
         return FederatedMode(ws, pooled, budget, plain, no_stages, communicates=False)
+    check_budget_clients(config.client, ws.data.clients)
     personal = None
     if split.active:
         split.check(ws.initial)
         store = ClientStateStore(run_root / "clients")
         personal = PersonalState(split, store, split.split(ws.initial)[1])
+    controls = None
+    if config.client.drift_correction == "scaffold":
+        shared = split.split(ws.initial)[0]
+        controls = ControlVariates(ClientStateStore(run_root / "clients", CONTROL_SUFFIX), shared)
+    pipeline = build_pipeline(config)
+    ranks = None
+    if config.method.heterogeneous_ranks:
+        check_rank_clients(config.method, ws.data.clients)
+        ranks = RankPlan(config.method, config.seed)
+        if config.method.rank_aggregation == "per_rank":  # each component over its holders
+            pipeline = Pipeline(pipeline.stages, CoverageMean())
     return FederatedMode(
         ws,
         dict(ws.data.clients),
         config.client,
         config.server,
-        build_pipeline(config),
+        pipeline,
         personal=personal,
+        controls=controls,
+        ranks=ranks,
     )

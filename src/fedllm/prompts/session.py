@@ -76,7 +76,7 @@ def run_selection(
             say(f"using the run's {', '.join(replaced)} (they differ from the config given)")
         tokenizer, score_fn, trained_round = trained_scorer(config, Path(run_dir))
     else:
-        tokenizer = load_tokenizer(config.model.name)
+        tokenizer = load_tokenizer(config.model)
         model = load_base_model(config.model, config.seed)
         score_fn = model_scorer(
             model, int(tokenizer.pad_token_id), config.eval.batch_size, bf16=config.client.bf16

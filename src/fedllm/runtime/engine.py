@@ -19,8 +19,12 @@ class Engine(Protocol):
         assignments: Sequence[tuple[ClientId, Params]],
         round_num: int,
         on_client_done: ClientDone | None = None,
+        extra: Params | None = None,
     ) -> Iterator[ClientUpdate]:
         """Each client trains from its assigned start state; yields updates as they arrive.
+
+        ``extra`` is sent to every client beside its start state (SCAFFOLD's
+        server control variate).
 
         Updates have already passed through the client halves of the pipeline.
         Consumers fold each one in and drop it, so a round holds one update at a

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from fedllm.client.personal import PersonalState
-from fedllm.client.train import compute_update
-from fedllm.config import ClientConfig
-from fedllm.data import ClientData
+from fedllm.client.side import ClientSide
 from fedllm.runtime.engine import ClientDone
-from fedllm.seeding import derive_seed
 from fedllm.types import ClientId, ClientUpdate, Params
-
-ClientHalf = Callable[[ClientUpdate], ClientUpdate]
 
 
 class SimulationEngine:
@@ -26,49 +20,23 @@ class SimulationEngine:
 
     Args:
         model: the model to train (trainable parameters are the exchanged state).
-        clients: each client's data, by id.
-        cfg: local training settings.
-        seed: the run seed (each client's seed is derived from it and the round).
-        pad_id: the tokenizer's padding id.
-        client_half: the client side of the aggregation pipeline.
-        personal: each client's personal parameters, if any are configured.
+        side: what each client does in a round.
     """
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        clients: Mapping[ClientId, ClientData],
-        cfg: ClientConfig,
-        seed: int,
-        pad_id: int,
-        client_half: ClientHalf,
-        personal: PersonalState | None = None,
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, side: ClientSide) -> None:
         self.model = model
-        self.clients = clients
-        self.cfg = cfg
-        self.seed = seed
-        self.pad_id = pad_id
-        self.client_half = client_half
-        self.personal = personal
+        self.side = side
 
     def train(
         self,
         assignments: Sequence[tuple[ClientId, Params]],
         round_num: int,
         on_client_done: ClientDone | None = None,
+        extra: Params | None = None,
     ) -> Iterator[ClientUpdate]:
-        """Run each assigned client's local update in turn, yielding each as it is done."""
+        """Run each assigned client's round in turn, yielding each update as it is done."""
         for client_id, start in assignments:
-            seed = derive_seed(self.seed, "client", round_num, client_id)
-            if self.personal is not None:
-                start = self.personal.full_start(client_id, start)
-            raw = compute_update(
-                self.model, start, self.clients[client_id], self.cfg, seed, self.pad_id
-            )
-            if self.personal is not None:  # personal parts stay here, on the client
-                raw = self.personal.keep(client_id, raw)
-            update = self.client_half(raw)
+            update = self.side.run(self.model, client_id, start, extra or {}, round_num)
             if on_client_done is not None:
                 on_client_done(update)
             yield update

@@ -12,8 +12,11 @@ Algorithm 2, with ``Delta = -g``::
     v_t = beta2 v_{t-1} + (1 - beta2) Delta_t^2                 (FedAdam)
     x_{t+1} = x_t + eta m_t / (sqrt(v_t) + tau)
 
-with ``m_{-1} = 0`` and ``v_{-1} = tau^2``. State tensors are named
-``m/<param>``, ``v/<param>`` and ``step`` so checkpoints carry them.
+with ``m_{-1} = 0`` and ``v_{-1} = tau^2``. ``nesterov`` is DiLoCo's outer
+optimizer (Douillard et al., "DiLoCo: Distributed Low-Communication Training
+of Language Models", 2023): SGD with Nesterov momentum on ``g``. State
+tensors are named ``m/<param>``, ``v/<param>`` and ``step`` so checkpoints
+carry them.
 """
 
 from __future__ import annotations
@@ -82,6 +85,34 @@ class FedAvgM:
                 buf = state[f"m/{name}"]
                 buf.mul_(self.momentum).add_(pseudo_grad[name].float())
                 value.sub_(buf.to(value.dtype), alpha=self.lr)
+
+
+@SERVER_OPTIMIZERS.register("nesterov")
+class OuterNesterov:
+    """DiLoCo's outer step (Douillard et al. 2023): Nesterov momentum on ``g``.
+
+    ``u <- momentum u + g; x <- x - lr (g + momentum u)``, the same as
+    ``torch.optim.SGD(momentum=..., nesterov=True, dampening=0)`` on ``g``.
+    The paper uses ``lr = 0.7`` and ``momentum = 0.9``.
+    """
+
+    name = "nesterov"
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.lr = cfg.lr
+        self.momentum = cfg.momentum
+
+    def initial_state(self, params: Params) -> Params:
+        return {f"m/{k}": torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}
+
+    def step(self, params: Params, pseudo_grad: Params, state: Params) -> None:
+        with torch.no_grad():
+            for name, value in params.items():
+                grad = pseudo_grad[name].float()
+                buf = state[f"m/{name}"]
+                buf.mul_(self.momentum).add_(grad)
+                update = grad.add(buf, alpha=self.momentum)
+                value.sub_(update.to(value.dtype), alpha=self.lr)
 
 
 class _Adaptive(ABC):

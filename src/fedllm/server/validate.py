@@ -22,7 +22,11 @@ def find_problem(update: ClientUpdate, reference: Params) -> str | None:
         return f"example count {count!r} is not an integer"
     if count < 0:
         return f"negative example count {count}"
-    delta = update.delta
+    return params_problem(update.delta, reference)
+
+
+def params_problem(delta: object, reference: Params) -> str | None:
+    """Why ``delta`` doesn't match ``reference`` (keys, shapes, dtypes) or isn't finite."""
     if not isinstance(delta, Mapping):
         return f"update is a {type(delta).__name__}, not a mapping of named tensors"
     missing = sorted(set(reference) - set(delta))

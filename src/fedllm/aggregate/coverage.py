@@ -1,0 +1,86 @@
+"""Per-entry weighted mean over the updates that hold each entry (partial updates)."""
+
+from __future__ import annotations
+
+import torch
+
+from fedllm.aggregate.mean import accumulator_dtype
+from fedllm.types import Params
+
+
+class CoverageMean:
+    """``sum_k w_k m_k u_k / sum_k w_k m_k``, entry by entry, one update at a time.
+
+    ``m_k`` is update ``k``'s coverage: a 0/1 mask per tensor, broadcastable
+    to it, of the entries the client trained (all of them for :meth:`add` and
+    for tensors the coverage leaves out). Entries no update covers come out 0
+    (no change). With full coverage everywhere this is
+    :class:`~fedllm.aggregate.mean.WeightedMean`. Heterogeneous LoRA ranks use
+    it to average each rank component over the clients that train it.
+
+    It is linear in the updates (the weights and masks are known), so a secure
+    sum could compute it from the masked sums and the per-entry weight totals.
+    """
+
+    name = "coverage_mean"
+    linear = True
+
+    def __init__(self) -> None:
+        self._acc: Params = {}
+        self._weight: Params = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        self._total = 0.0
+
+    def start(self, template: Params) -> None:
+        """Zero (or allocate) the sums for ``template``'s shapes."""
+        if set(self._acc) != set(template) or any(
+            self._acc[k].shape != t.shape for k, t in template.items()
+        ):
+            self._acc = {
+                k: torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype))
+                for k, t in template.items()
+            }
+        else:
+            for buf in self._acc.values():
+                buf.zero_()
+        self._weight = {k: torch.zeros((), dtype=buf.dtype) for k, buf in self._acc.items()}
+        self._dtypes = {k: t.dtype for k, t in template.items()}
+        self._total = 0.0
+
+    def add(self, update: Params, weight: float) -> None:
+        """Fold in an update that holds every entry."""
+        self.add_covered(update, weight, {})
+
+    def add_covered(self, update: Params, weight: float, coverage: Params) -> None:
+        """Fold in an update that holds only the entries where its mask is 1.
+
+        Args:
+            update: the update, in the template's shapes.
+            weight: its aggregation weight, ``>= 0``.
+            coverage: 0/1 masks by tensor name, each broadcastable to its
+                tensor; a tensor without a mask is covered entirely.
+        """
+        if weight < 0:
+            raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+        with torch.no_grad():
+            for name, buf in self._acc.items():
+                mask = coverage.get(name)
+                if mask is None:
+                    buf.add_(update[name].to(buf.dtype), alpha=weight)
+                    self._weight[name] = self._weight[name] + weight
+                else:
+                    mask = mask.to(buf.dtype)
+                    buf.addcmul_(update[name].to(buf.dtype), mask, value=weight)
+                    self._weight[name] = self._weight[name] + weight * mask
+        self._total += weight
+
+    def result(self) -> Params:
+        """The per-entry weighted mean; raises if every weight was zero."""
+        if self._total <= 0:
+            raise ValueError("weighted mean of updates whose weights sum to 0")
+        out: Params = {}
+        for name, buf in self._acc.items():
+            weight = self._weight[name]
+            safe = torch.where(weight > 0, weight, torch.ones_like(weight))
+            out[name] = (buf / safe).to(self._dtypes[name])
+        return out

@@ -1,0 +1,124 @@
+"""Heterogeneous LoRA ranks, client side (HetLoRA: Cho et al. 2024, "Heterogeneous
+LoRA for Federated Fine-tuning of On-Device Foundation Models").
+
+The federation holds one LoRA of the global rank ``r``; client ``i`` can only
+afford rank ``r_i <= r``. It trains exactly the truncated model: the broadcast
+with ``lora_A`` rows ``>= r_i`` and ``lora_B`` columns ``>= r_i`` set to zero.
+Those components then get exactly zero gradients (the gradient of ``A[k]`` is
+proportional to ``B[:, k]`` and that of ``B[:, k]`` to ``A[k]``), so they stay
+zero under SGD, momentum, AdamW with weight decay and FedProx (whose anchor is
+the truncated start). The client uploads only ``A[:r_i]`` and ``B[:, :r_i]``.
+
+The scale stays the global ``alpha / r`` for every client, so the truncated
+model is exactly the rank-``r_i`` slice of the global product:
+``(alpha / r) B[:, :r_i] A[:r_i]``; it equals a peft LoRA of rank ``r_i`` with
+``lora_alpha = alpha * r_i / r`` and those weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from fedllm.config import ConfigError, MethodConfig
+from fedllm.seeding import derive_seed
+from fedllm.types import ClientId, ClientUpdate, Params
+
+RANK_METRIC = "lora_rank"
+"""Metric carrying the rank a client trained."""
+
+
+def rank_axis(name: str) -> int | None:
+    """The axis of a tensor that indexes LoRA rank components, or None if it has none.
+
+    peft names the down-projection ``...lora_A.<adapter>.weight`` (``[r, in]``:
+    rank along rows) and the up-projection ``...lora_B.<adapter>.weight``
+    (``[out, r]``: rank along columns).
+    """
+    if ".lora_A." in name:
+        return 0
+    if ".lora_B." in name:
+        return 1
+    return None
+
+
+def client_rank(cfg: MethodConfig, client_id: ClientId, seed: int) -> int:
+    """A client's LoRA rank (a property of the client, fixed by the seed).
+
+    In order: ``ranks_by_client[client_id]``; with ``rank_min``, a seeded
+    uniform draw from ``[rank_min, r]``; otherwise ``r``.
+    """
+    if client_id in cfg.ranks_by_client:
+        return cfg.ranks_by_client[client_id]
+    if cfg.rank_min is not None:
+        rng = np.random.default_rng(derive_seed(seed, "lora-rank", client_id))
+        return int(rng.integers(cfg.rank_min, cfg.r + 1))
+    return cfg.r
+
+
+def check_rank_clients(cfg: MethodConfig, clients: Iterable[ClientId]) -> None:
+    """Refuse ``ranks_by_client`` entries naming clients that don't exist."""
+    known = sorted(clients)
+    unknown = sorted(set(cfg.ranks_by_client) - set(known))
+    if unknown:
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        raise ConfigError(
+            f"config error: method.ranks_by_client names unknown client(s) {unknown}; "
+            f"the federation's clients are: {shown}"
+        )
+
+
+def truncate(params: Params, rank: int) -> Params:
+    """``params`` with LoRA rank components ``>= rank`` set to zero (copies of those
+    tensors only; the others are shared)."""
+    out = dict(params)
+    for name, tensor in params.items():
+        axis = rank_axis(name)
+        if axis is not None and tensor.shape[axis] > rank:
+            cut = tensor.clone()
+            cut.narrow(axis, rank, tensor.shape[axis] - rank).zero_()
+            out[name] = cut
+    return out
+
+
+def compact(params: Params, rank: int) -> Params:
+    """The rank-``rank`` slices of the LoRA tensors (``A[:rank]``, ``B[:, :rank]``);
+    other tensors as they are."""
+    out = dict(params)
+    for name, tensor in params.items():
+        axis = rank_axis(name)
+        if axis is not None and tensor.shape[axis] > rank:
+            out[name] = tensor.narrow(axis, 0, rank).contiguous()
+    return out
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """Who trains which LoRA rank.
+
+    Attributes:
+        cfg: the method settings (``r``, ``rank_min``, ``ranks_by_client``,
+            ``rank_aggregation``).
+        seed: the run seed (each drawn rank derives from it and the client id).
+    """
+
+    cfg: MethodConfig
+    seed: int
+
+    def rank_of(self, client_id: ClientId) -> int:
+        """The client's rank, ``1 <= rank <= r``."""
+        return client_rank(self.cfg, client_id, self.seed)
+
+    def start(self, client_id: ClientId, broadcast: Params) -> Params:
+        """The state the client trains from: the broadcast truncated to its rank."""
+        return truncate(broadcast, self.rank_of(client_id))
+
+    def upload(self, update: ClientUpdate) -> ClientUpdate:
+        """The update the client sends: its rank's slices, its rank in the metrics."""
+        rank = self.rank_of(update.client_id)
+        with torch.no_grad():
+            delta = compact(update.delta, rank)
+        return replace(update, delta=delta, metrics={**update.metrics, RANK_METRIC: float(rank)})

@@ -1,0 +1,68 @@
+"""SCAFFOLD, FedNova and heterogeneous step budgets in whole runs on the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from fedllm.config import ConfigError
+from fedllm.federation.runner import resume, run
+from tests.support.runs import InterruptAfter, stable, tiny_config
+
+SCAFFOLD = ('client.drift_correction="scaffold"', "server.clients_per_round=2", "server.rounds=3")
+
+
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_scaffold_runs_and_sends_its_control_variates(tmp_path: Path, kind: str) -> None:
+    extra = ("method.kind=full", "server.rounds=2") if kind == "full" else ()
+    plain = run(tiny_config("server.rounds=2", *extra[:1]), tmp_path / "plain").records
+    result = run(tiny_config(*SCAFFOLD, *extra), tmp_path / "scaffold")
+    rounds = [r for r in result.records if r["round"] >= 1]
+    assert all(r["skipped"] is None and len(r["accepted"]) == 2 for r in rounds)
+    # the model and c go down, the delta and the change of c_i come up: twice the bytes
+    base = next(r for r in plain if r["round"] == 1)
+    first = rounds[0]
+    assert first["bytes_down"] == pytest.approx(2 * base["bytes_down"], rel=0.01)
+    assert first["bytes_up"] == pytest.approx(2 * base["bytes_up"], rel=0.01)
+    assert first["train_loss"] == pytest.approx(base["train_loss"])  # c = c_i = 0 at first
+    trained = {c for r in rounds for c in r["accepted"]}
+    stored = {p.name for p in (result.run_dir / "clients").glob("*.control.safetensors")}
+    assert stored == {f"{c}.control.safetensors" for c in trained}
+    ckpt = sorted((result.run_dir / "checkpoints").iterdir())[-1]
+    control = load_file(ckpt / "control.safetensors")
+    assert set(control) == set(load_file(ckpt / "global.safetensors"))
+    assert any(float(t.abs().sum()) > 0 for t in control.values())
+
+
+def test_scaffold_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    overrides = (*SCAFFOLD, "server.rounds=4", "run.checkpoint_every=2")
+    whole = run(tiny_config(*overrides), tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptAfter(3))
+    resumed = resume(tmp_path / "cut")
+    assert stable(resumed.records) == stable(whole.records)
+
+
+def test_heterogeneous_budgets_with_fednova(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        "client.local_steps=4",
+        "client.local_steps_min=1",
+        'server.normalize="fednova"',
+        "server.clients_per_round=4",
+        "server.rounds=1",
+    )
+    result = run(cfg, tmp_path / "nova")
+    (record,) = [r for r in result.records if r["round"] == 1]
+    steps = {c: m["steps"] for c, m in record["client_metrics"].items()}
+    assert all(1 <= s <= 4 for s in steps.values()) and len(set(steps.values())) > 1
+    assert all(m["fednova_a"] == m["steps"] for m in record["client_metrics"].values())
+    assert 1 <= record["fednova_tau_eff"] <= 4
+    again = run(cfg, tmp_path / "again").records
+    assert stable(again) == stable(result.records)  # budgets are fixed by the seed
+
+
+def test_budgets_by_client_are_checked_against_the_federation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown client"):
+        run(tiny_config("client.local_steps_by_client={nobody=2}"), tmp_path / "x")

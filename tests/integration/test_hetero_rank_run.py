@@ -1,0 +1,70 @@
+"""Heterogeneous LoRA ranks in whole runs on the tiny model (r = 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedllm.client.rank import compact
+from fedllm.config import ConfigError
+from fedllm.federation.runner import run
+from fedllm.federation.setup import prepare
+from fedllm.wire import payload_bytes
+from tests.support.runs import stable, tiny_config
+
+ALL_CLIENTS = ("server.clients_per_round=4", "server.rounds=2")
+
+
+def test_mixed_ranks_train_record_their_rank_and_repeat(tmp_path: Path) -> None:
+    cfg = tiny_config("method.rank_min=1", *ALL_CLIENTS)
+    result = run(cfg, tmp_path / "pad")
+    rounds = [r for r in result.records if r["round"] >= 1]
+    assert all(r["skipped"] is None and len(r["accepted"]) == 4 for r in rounds)
+    ranks = {c: int(m["lora_rank"]) for c, m in rounds[0]["client_metrics"].items()}
+    assert set(ranks.values()) <= {1, 2, 3, 4} and len(set(ranks.values())) > 1
+    for record in rounds:
+        assert {c: m["lora_rank"] for c, m in record["client_metrics"].items()} == ranks
+    # every client downloads the rank-4 state and uploads its rank's slices only
+    initial = prepare(cfg, with_data=False).initial
+    assert rounds[0]["bytes_down"] == 4 * payload_bytes(initial)
+    assert rounds[0]["bytes_up"] == sum(payload_bytes(compact(initial, r)) for r in ranks.values())
+    assert rounds[0]["bytes_up"] < 4 * payload_bytes(initial)
+    again = run(cfg, tmp_path / "again").records
+    assert stable(again) == stable(result.records)  # ranks are fixed by the seed
+
+    per_rank = run(
+        tiny_config("method.rank_min=1", 'method.rank_aggregation="per_rank"', *ALL_CLIENTS),
+        tmp_path / "per_rank",
+    ).records
+    pad_loss = {r["round"]: r["train_loss"] for r in rounds}
+    per_rank_loss = {r["round"]: r["train_loss"] for r in per_rank if r["round"] >= 1}
+    assert all(len(r["accepted"]) == 4 for r in per_rank if r["round"] >= 1)
+    assert per_rank_loss[1] == pad_loss[1]  # the same start
+    assert per_rank_loss[2] != pad_loss[2]  # from another aggregate
+
+
+def test_components_no_client_trains_keep_their_initial_values(tmp_path: Path) -> None:
+    ws = prepare(tiny_config())
+    assert ws.data is not None
+    everyone = ", ".join(f'"{c}" = 2' for c in ws.data.clients)
+    cfg = tiny_config(f"method.ranks_by_client={{{everyone}}}", *ALL_CLIENTS)
+    result = run(cfg, tmp_path / "two")
+    assert all(len(r["accepted"]) == 4 for r in result.records if r["round"] >= 1)
+    last = sorted((result.run_dir / "checkpoints").iterdir())[-1]
+    final = load_file(last / "global.safetensors")
+    assert set(final) == set(ws.initial)
+    for name, tensor in final.items():
+        axis = 0 if ".lora_A." in name else 1
+        start = ws.initial[name]
+        assert torch.equal(tensor.narrow(axis, 2, 2), start.narrow(axis, 2, 2)), name
+        assert not torch.equal(tensor.narrow(axis, 0, 2), start.narrow(axis, 0, 2)), name
+
+
+def test_ranks_by_client_are_checked_against_the_federation(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"ranks_by_client names unknown client\(s\) \['nobody'\]"
+    ):
+        run(tiny_config("method.ranks_by_client={nobody=2}"), tmp_path / "x")
