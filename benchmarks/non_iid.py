@@ -13,6 +13,7 @@ heterogeneity (label distribution per client). Writes
 benchmarks/results/non_iid.json and non_iid.png.
 
 Usage: python benchmarks/non_iid.py [--model smollm2-135m] [--rounds 6] [--steps 5]
+       [--work DIR]  (keep the runs; a second call reuses the finished ones)
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ ALGORITHMS = {
 
 
 def run_one(settings: list[str], out: Path) -> dict[str, Any]:
-    command = [sys.executable, "-m", "fedllm.cli", "run", str(ROOT / "configs" / "demo.toml")]
-    command += ["--out", str(out), "--quiet"]
-    for item in settings:
-        command += ["--set", item]
-    subprocess.run(command, check=True)
+    """Run (or reuse a finished run in ``out``) and read its results."""
+    if not (out / "summary.json").exists():
+        command = [sys.executable, "-m", "fedllm.cli", "run", str(ROOT / "configs" / "demo.toml")]
+        command += ["--out", str(out), "--quiet", "--overwrite"]
+        for item in settings:
+            command += ["--set", item]
+        subprocess.run(command, check=True)
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evaluated = [r for r in records if r.get("eval")]
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--clients", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=3)
+    parser.add_argument(
+        "--work", type=Path, help="keep runs here and reuse finished ones (default: a temp dir)"
+    )
     args = parser.parse_args()
     budget = [
         f'model.name="{args.model}"',
@@ -125,11 +131,12 @@ def main() -> None:
     ]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
         for partition in args.partitions:
             results[partition] = {}
             for algorithm in args.algorithms:
                 print(f"== {partition} / {algorithm}", flush=True)
-                out = Path(tmp) / f"{partition}-{algorithm}"
+                out = work / f"{partition}-{algorithm}"
                 settings = [*budget, *PARTITIONS[partition], *ALGORITHMS[algorithm]]
                 results[partition][algorithm] = run_one(settings, out)
     if "fedavg" in args.algorithms:

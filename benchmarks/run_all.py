@@ -1,8 +1,9 @@
 """`make bench`: every benchmark, each writing benchmarks/results/<name>.json.
 
-About 75 minutes on 2 cores: round overhead (2 min), memory vs clients
+About 85 minutes on 2 cores: round overhead (2 min), memory vs clients
 (1 min), the demo in three modes (9 min), every method on two federations
-(16 min), four partitions x four non-IID algorithms (about 45 min).
+(16 min), four partitions x four non-IID algorithms (about 45 min), local
+steps per round at an equal token budget (about 8 min).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ BENCHMARKS = [
     ["benchmarks.demo_result"],
     ["benchmarks.methods"],
     ["benchmarks.non_iid"],
+    ["benchmarks.local_steps"],
 ]
 
 

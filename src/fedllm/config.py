@@ -7,6 +7,7 @@ key, the bad value and what would be valid.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -92,6 +93,13 @@ class ModelConfig(Section):
         None,
         description="Presets only: share the input embedding with the output projection; "
         "none: the preset's (true).",
+    )
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = Field(
+        None,
+        description="CUDA only: spread the model's layers over the visible GPUs with accelerate "
+        "(model parallelism; 'auto' and 'balanced' even out memory, 'balanced_low_0' keeps GPU "
+        "0 light, 'sequential' fills GPU 0 first); needs run.device = 'cuda' or 'auto'; none: "
+        "the whole model on run.device.",
     )
 
     def architecture_overrides(self) -> dict[str, int | bool]:
@@ -288,6 +296,12 @@ class DataConfig(Section):
         None, ge=1, description="Cap on each client's examples (seeded subsample)."
     )
     seq_len: int = Field(64, ge=8, description="Tokens per example (truncate / pack).")
+    format: Literal["auto", "text"] = Field(
+        "auto",
+        description="'auto': chat records become SFT examples (loss on assistant replies), "
+        "text records packed blocks; 'text': every record's text (chat messages joined by "
+        "newlines) packed into blocks with loss on every token (continued pre-training).",
+    )
     eval_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of each client's examples held out for eval."
     )
@@ -300,6 +314,87 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(
         32, ge=1, description="Cap on each client's eval split (evaluation cost)."
     )
+
+
+class PublicConfig(Section):
+    """Public data: a corpus the server holds (and anyone may hold), beside the private
+    data of ``[data]``. Its modes combine freely."""
+
+    source: str | None = Field(
+        None,
+        description="Public corpus: 'pydoc', 'chitchat', 'chatterbot', or a .jsonl/.txt path; "
+        "tokenized like [data] (text packed into seq_len blocks). Must differ from "
+        "data.source (the two must not share text); none: no public data.",
+    )
+    max_examples: int | None = Field(
+        None,
+        ge=1,
+        description="Most public training examples (packed blocks or chats, from a seeded "
+        "shuffle of the corpus); none: all.",
+    )
+    eval_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=1,
+        description="Share of the public corpus's records held out; every evaluation reports "
+        "its perplexity as public_ppl.",
+    )
+    max_eval_examples: int | None = Field(
+        64, ge=1, description="Cap on the public held-out examples (evaluation cost)."
+    )
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Steps the server trains the global model on public data before round 1 "
+        "(reported as public_warmup on round 1's line; a resumed run does not redo it).",
+    )
+    server_steps: int = Field(
+        0,
+        ge=0,
+        description="Steps the server trains on public data each round, from the broadcast; "
+        "its change joins the clients' as a participant weighted server_weight.",
+    )
+    server_weight: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="Share lambda of the server's public update in each round's combined "
+        "update: (1 - lambda) x (mean of the clients') + lambda x (the server's); "
+        "needs server_steps > 0.",
+    )
+    mix_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of every client batch drawn from the public corpus (each client "
+        "holds a copy): round(mix_ratio x client.batch_size) public examples per batch, "
+        "the rest private.",
+    )
+
+    def public_per_batch(self, batch_size: int) -> int:
+        """Public examples in each client micro-batch of ``batch_size``."""
+        return round(self.mix_ratio * batch_size)
+
+    @model_validator(mode="after")
+    def _check_modes(self) -> PublicConfig:
+        used = [
+            f"public.{key} = {getattr(self, key)}"
+            for key in ("warmup_steps", "server_steps", "mix_ratio")
+            if getattr(self, key) > 0
+        ]
+        if used and self.source is None:
+            raise ValueError(
+                f"{', '.join(used)} needs a public corpus, but public.source is none; set "
+                "public.source (e.g. 'pydoc', or a .txt/.jsonl path)"
+            )
+        default_weight = type(self).model_fields["server_weight"].default
+        if self.server_steps == 0 and self.server_weight != default_weight:
+            raise ValueError(
+                f"public.server_weight = {self.server_weight} weighs the server's public "
+                "update, but public.server_steps = 0 (the server trains none); set "
+                "public.server_steps > 0 or remove public.server_weight"
+            )
+        return self
 
 
 class ClientConfig(Section):
@@ -340,6 +435,17 @@ class ClientConfig(Section):
         "and local_epochs for them).",
     )
     bf16: bool = Field(False, description="bfloat16 autocast for forward and backward.")
+    fp16: bool = Field(
+        False,
+        description="CUDA only: float16 autocast for forward and backward, with dynamic loss "
+        "scaling (a GradScaler; steps with inf/NaN gradients are skipped); not with bf16.",
+    )
+    offload: Literal["none", "optimizer"] = Field(
+        "none",
+        description="CUDA only: 'optimizer' keeps the local optimizer's state and an fp32 "
+        "master copy of the trainable weights in CPU memory (gradients go down, weights come "
+        "back up every step; ZeRO-Offload style); 'none': all on run.device.",
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations.")
 
     @model_validator(mode="after")
@@ -357,6 +463,21 @@ class ClientConfig(Section):
         bad = {k: v for k, v in self.local_steps_by_client.items() if v < 1}
         if bad:
             raise ValueError(f"client.local_steps_by_client needs steps >= 1, got {bad}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_precision(self) -> ClientConfig:
+        if self.bf16 and self.fp16:
+            raise ValueError(
+                "client.bf16 and client.fp16 are both true; autocast takes one dtype: "
+                "choose one (bf16 needs no loss scaling)"
+            )
+        if self.fp16 and self.offload != "none":
+            raise ValueError(
+                f"client.fp16 = true with client.offload = {self.offload!r}: the loss scaler "
+                "unscales gradients on the device, the offloaded optimizer steps in CPU memory; "
+                "use client.bf16 = true with offload"
+            )
         return self
 
 
@@ -468,6 +589,18 @@ class RunConfig(Section):
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N rounds.")
     keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu",
+        description="Where clients train and the model is evaluated: 'cpu', 'cuda' (an error "
+        "without a GPU) or 'auto' (cuda when torch sees a GPU, else cpu). The exchanged "
+        "state, the server and checkpoints stay in CPU memory.",
+    )
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="Peak dense TFLOP/s of the training device(s), the denominator of the MFU "
+        "estimate; none: looked up for known CUDA GPUs (bf16 dense), else MFU is not reported.",
+    )
 
 
 class HardPromptConfig(Section):
@@ -511,6 +644,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    public: PublicConfig = Field(default_factory=PublicConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
@@ -528,6 +662,84 @@ class Config(Section):
                 f"server.clients_per_round = {self.server.clients_per_round}; "
                 "no round could ever be accepted"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_device(self) -> Config:
+        if self.run.device != "cpu":
+            return self  # whether a GPU is there is checked when the run starts
+        cuda_only = [
+            ("client.fp16 = true", self.client.fp16, "use client.bf16 = true on the CPU"),
+            (
+                f"client.offload = {self.client.offload!r}",
+                self.client.offload != "none",
+                "set client.offload = 'none' on the CPU",
+            ),
+            (
+                f"model.device_map = {self.model.device_map!r}",
+                self.model.device_map is not None,
+                "remove model.device_map on the CPU",
+            ),
+        ]
+        for setting, present, fix in cuda_only:
+            if present:
+                raise ValueError(
+                    f"{setting} needs a CUDA GPU, but run.device = 'cpu'; set run.device = "
+                    f"'cuda' (or 'auto'), or {fix}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_public(self) -> Config:
+        public = self.public
+        if public.source is not None and _same_source(public.source, self.data.source):
+            raise ValueError(
+                f"public.source = {public.source!r} is also data.source: the public and "
+                "private data would share text; choose another public corpus, or split the "
+                "corpus into two files"
+            )
+        trained = [
+            f"public.{key} = {getattr(public, key)}"
+            for key in ("warmup_steps", "server_steps")
+            if getattr(public, key) > 0
+        ]
+        refused = [
+            (
+                f"federation.mode = {self.federation.mode!r}",
+                self.federation.mode == "local",
+                "clients training alone have no global model for the server to train",
+            ),
+            (
+                f"personal.keys = {self.personal.keys}, personal.prompt_tokens = "
+                f"{self.personal.prompt_tokens}",
+                bool(self.personal.keys) or self.personal.prompt_tokens > 0,
+                "the server holds no personal parameters to train the model with",
+            ),
+        ]
+        if public.server_steps > 0:
+            refused.append(
+                (
+                    "server.normalize = 'fednova'",
+                    self.server.normalize == "fednova",
+                    "the server's update is not step-normalised like the clients'",
+                )
+            )
+        for setting, present, why in refused:
+            if trained and present:
+                raise ValueError(
+                    f"{', '.join(trained)} cannot be combined with {setting} ({why}); "
+                    "remove one of the two"
+                )
+        if public.mix_ratio > 0:
+            batch = self.client.batch_size
+            n_public = public.public_per_batch(batch)
+            if not 0 < n_public < batch:
+                raise ValueError(
+                    f"public.mix_ratio = {public.mix_ratio} x client.batch_size = {batch} "
+                    f"rounds to {n_public} public example(s) per batch; it must leave 1 to "
+                    f"{batch - 1}: choose mix_ratio between {1 / batch:.3g} and "
+                    f"{(batch - 1) / batch:.3g}, or another batch_size"
+                )
         return self
 
     @model_validator(mode="after")
@@ -564,6 +776,22 @@ class Config(Section):
                 "'mean' or method.rank_aggregation = 'pad'"
             )
         return self
+
+
+def check_client_names(key: str, named: Iterable[str], clients: Iterable[str]) -> None:
+    """Refuse a per-client setting (``key``) that names clients the federation lacks.
+
+    Raises:
+        ConfigError: naming the unknown ids and listing (up to 10) valid ones.
+    """
+    known = sorted(clients)
+    unknown = sorted(set(named) - set(known))
+    if unknown:
+        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
+        raise ConfigError(
+            f"config error: {key} names unknown client(s) {unknown}; "
+            f"the federation's clients are: {shown}"
+        )
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
@@ -632,7 +860,10 @@ def _check_components(config: Config) -> None:
     from fedllm import components
 
     problems = []
-    for dotted, registry in components.named_fields():
+    named = components.named_fields()
+    if config.public.source is not None:
+        named.append(("public.source", components.DATA_SOURCES))
+    for dotted, registry in named:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
         if registry is components.DATA_SOURCES and Path(str(value)).suffix in {".jsonl", ".txt"}:
@@ -641,6 +872,14 @@ def _check_components(config: Config) -> None:
             problems.append(f"config error: {dotted} = {registry.unknown_message(value)}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _same_source(a: str, b: str) -> bool:
+    """True when two data sources name the same corpus (a name, or the same file)."""
+    if a == b:
+        return True
+    files = [Path(s) for s in (a, b) if Path(s).suffix in {".jsonl", ".txt"}]
+    return len(files) == 2 and files[0].resolve() == files[1].resolve()
 
 
 def _describe(err: ValidationError, raw: dict[str, Any]) -> str:

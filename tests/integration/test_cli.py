@@ -20,6 +20,7 @@ COMMANDS = [
     "config",
     "select-prompt",
     "inspect",
+    "data",
 ]
 
 

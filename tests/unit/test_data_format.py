@@ -216,3 +216,21 @@ def test_build_chitchat_default_config(data_tokenizer: Any) -> None:
         for example in client.train + client.eval:
             assert len(example.input_ids) <= cfg.seq_len
             assert any(label != IGNORE_INDEX for label in example.labels)
+
+
+def test_text_format_packs_chats_with_loss_on_every_token(
+    data_tokenizer: Any, tmp_path: Path
+) -> None:
+    path = _chat_file(tmp_path, {"ann": 40, "bob": 30})
+    sft = DataConfig(source=str(path), num_clients=2, seq_len=96)
+    text = sft.model_copy(update={"format": "text", "seq_len": 32})
+    packed = build_federated_data(text, data_tokenizer, seed=0)
+    chats = build_federated_data(sft, data_tokenizer, seed=0)
+    for cid, client in packed.clients.items():
+        assert all(e.labels == e.input_ids for e in client.train)  # every token is a target
+        assert all(len(e) == 32 for e in client.train[:-1])  # full blocks but the last
+        decoded = data_tokenizer.decode([t for e in client.train for t in e.input_ids])
+        other = "bob" if cid == "ann" else "ann"
+        assert f"question {cid}" in decoded and f"answer {cid}" in decoded
+        assert other not in decoded  # the same per-user split as the SFT build
+        assert any(-100 in e.labels for e in chats.clients[cid].train)  # SFT masks prompts

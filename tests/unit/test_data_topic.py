@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fedllm.config import DataConfig
-from fedllm.data.sources import DataError, Record
-from fedllm.data.topic import fit_topics, record_text, topic, topic_labels
+from fedllm.data.sources import DataError, Record, record_text
+from fedllm.data.topic import fit_topics, topic, topic_labels
 
 VOCABULARIES = [
     ["apple", "pear", "plum", "grape", "mango", "melon", "cherry", "peach"],

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from fedllm.aggregate.mean import accumulator_dtype
+from fedllm.aggregate.mean import WeightedMean
 from fedllm.types import Params
 
 
-class CoverageMean:
+class CoverageMean(WeightedMean):
     """``sum_k w_k m_k u_k / sum_k w_k m_k``, entry by entry, one update at a time.
 
     ``m_k`` is update ``k``'s coverage: a 0/1 mask per tensor, broadcastable
@@ -26,26 +26,13 @@ class CoverageMean:
     linear = True
 
     def __init__(self) -> None:
-        self._acc: Params = {}
+        super().__init__()
         self._weight: Params = {}
-        self._dtypes: dict[str, torch.dtype] = {}
-        self._total = 0.0
 
     def start(self, template: Params) -> None:
-        """Zero (or allocate) the sums for ``template``'s shapes."""
-        if set(self._acc) != set(template) or any(
-            self._acc[k].shape != t.shape for k, t in template.items()
-        ):
-            self._acc = {
-                k: torch.zeros(t.shape, dtype=accumulator_dtype(t.dtype))
-                for k, t in template.items()
-            }
-        else:
-            for buf in self._acc.values():
-                buf.zero_()
+        """Zero (or allocate) the sums and the per-entry weights for ``template``'s shapes."""
+        super().start(template)
         self._weight = {k: torch.zeros((), dtype=buf.dtype) for k, buf in self._acc.items()}
-        self._dtypes = {k: t.dtype for k, t in template.items()}
-        self._total = 0.0
 
     def add(self, update: Params, weight: float) -> None:
         """Fold in an update that holds every entry."""

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from fedllm.client.train import count_local_steps
-from fedllm.config import ClientConfig, ConfigError
+from fedllm.config import ClientConfig, check_client_names
 from fedllm.seeding import derive_seed
 from fedllm.types import ClientId
 
@@ -29,11 +29,4 @@ def client_steps(cfg: ClientConfig, client_id: ClientId, num_train: int, seed: i
 
 def check_budget_clients(cfg: ClientConfig, clients: Iterable[ClientId]) -> None:
     """Refuse ``local_steps_by_client`` entries naming clients that don't exist."""
-    known = sorted(clients)
-    unknown = sorted(set(cfg.local_steps_by_client) - set(known))
-    if unknown:
-        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-        raise ConfigError(
-            f"config error: client.local_steps_by_client names unknown client(s) {unknown}; "
-            f"the federation's clients are: {shown}"
-        )
+    check_client_names("client.local_steps_by_client", cfg.local_steps_by_client, clients)

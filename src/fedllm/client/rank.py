@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from fedllm.config import ConfigError, MethodConfig
+from fedllm.config import MethodConfig, check_client_names
 from fedllm.seeding import derive_seed
 from fedllm.types import ClientId, ClientUpdate, Params
 
@@ -61,14 +61,7 @@ def client_rank(cfg: MethodConfig, client_id: ClientId, seed: int) -> int:
 
 def check_rank_clients(cfg: MethodConfig, clients: Iterable[ClientId]) -> None:
     """Refuse ``ranks_by_client`` entries naming clients that don't exist."""
-    known = sorted(clients)
-    unknown = sorted(set(cfg.ranks_by_client) - set(known))
-    if unknown:
-        shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
-        raise ConfigError(
-            f"config error: method.ranks_by_client names unknown client(s) {unknown}; "
-            f"the federation's clients are: {shown}"
-        )
+    check_client_names("method.ranks_by_client", cfg.ranks_by_client, clients)
 
 
 def truncate(params: Params, rank: int) -> Params:

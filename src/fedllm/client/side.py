@@ -9,6 +9,7 @@ import torch
 
 from fedllm.client.budget import client_steps
 from fedllm.client.fednova import normalize
+from fedllm.client.mix import PublicMix
 from fedllm.client.personal import PersonalState
 from fedllm.client.rank import RankPlan
 from fedllm.client.scaffold import ControlVariates
@@ -28,7 +29,8 @@ class ClientSide:
 
     In order: merge the client's personal parameters into the broadcast;
     truncate it to the client's LoRA rank (heterogeneous ranks); train its step
-    budget (SCAFFOLD-corrected if it holds control variates); keep the personal
+    budget (SCAFFOLD-corrected if it holds control variates; public examples
+    mixed into its batches if it holds the public corpus); keep the personal
     part of the update; move its control variate and attach the change; divide
     by its step norm (FedNova); keep only its rank's slices; run the pipeline's
     client halves.
@@ -43,6 +45,7 @@ class ClientSide:
         controls: each client's SCAFFOLD control variate, if SCAFFOLD is on.
         fednova: send FedNova-normalised updates.
         ranks: each client's LoRA rank, if ranks are heterogeneous.
+        public: the public examples mixed into every client's batches, if any.
     """
 
     clients: Mapping[ClientId, ClientData]
@@ -54,6 +57,7 @@ class ClientSide:
     controls: ControlVariates | None = None
     fednova: bool = False
     ranks: RankPlan | None = None
+    public: PublicMix | None = None
 
     def run(
         self,
@@ -75,7 +79,9 @@ class ClientSide:
         correction = None
         if self.controls is not None:
             correction = self.controls.correction(client_id, extra)
-        update = compute_update(model, start, data, self.cfg, seed, self.pad_id, steps, correction)
+        update = compute_update(
+            model, start, data, self.cfg, seed, self.pad_id, steps, correction, self.public
+        )
         if self.personal is not None:  # personal parts stay here, on the client
             update = self.personal.keep(client_id, update)
         if self.controls is not None:

@@ -8,8 +8,11 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from fedllm.client.mix import PublicMix
+from fedllm.client.offload import offloaded_optimizer
 from fedllm.config import ClientConfig
 from fedllm.data import IGNORE_INDEX, ClientData, Example, collate
+from fedllm.model.device import autocast, input_device
 from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.types import ClientUpdate, Params
 
@@ -34,10 +37,30 @@ def batch_indices(
             yield order[start : start + batch_size]
 
 
+def draw_batches(
+    examples: Sequence[Example], batch_size: int, seed: int, public: PublicMix | None = None
+) -> Iterator[list[Example]]:
+    """Endless seeded micro-batches of ``examples`` (:func:`batch_indices`), or, with
+    ``public``, of private and public examples mixed (:meth:`PublicMix.batches`)."""
+    if public is not None:
+        return public.batches(examples, batch_size, seed)
+    rows = batch_indices(len(examples), batch_size, torch.Generator().manual_seed(seed))
+    return ([examples[i] for i in batch] for batch in rows)
+
+
 def build_optimizer(
     params: Sequence[torch.nn.Parameter], cfg: ClientConfig
 ) -> torch.optim.Optimizer:
-    """AdamW or SGD over the trainable parameters."""
+    """AdamW or SGD over the trainable parameters; with ``client.offload = "optimizer"``
+    its state lives in CPU memory (:func:`fedllm.client.offload.offloaded_optimizer`)."""
+    if cfg.offload == "optimizer":
+        return offloaded_optimizer(params, lambda master: _plain_optimizer(master, cfg))
+    return _plain_optimizer(params, cfg)
+
+
+def _plain_optimizer(
+    params: Sequence[torch.nn.Parameter], cfg: ClientConfig
+) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -65,6 +88,7 @@ def train_locally(
     pad_id: int,
     anchor: Sequence[torch.Tensor] | None = None,
     correction: Sequence[torch.Tensor | None] | None = None,
+    public: PublicMix | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps on ``examples``, in place on ``model``'s trainable params.
 
@@ -80,6 +104,9 @@ def train_locally(
     step ``y -= lr (g + c - c_i)``; for AdamW and momentum it keeps the
     correction out of the adaptive and momentum statistics (as OpenFedLLM does).
 
+    With ``public``, every micro-batch also holds ``public.per_batch`` public
+    examples (:meth:`PublicMix.batches`); ``tokens`` counts them too.
+
     Returns:
         metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
         tokens seen), ``lr_sum`` (sum of the steps' learning rates), ``train_s``
@@ -88,8 +115,9 @@ def train_locally(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    generator = torch.Generator().manual_seed(seed)
-    batches = batch_indices(len(examples), cfg.batch_size, generator)
+    batches = draw_batches(examples, cfg.batch_size, seed, public)
+    device = input_device(model)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.fp16)  # a no-op unless fp16
     losses: list[float] = []
     tokens = 0
     lr_sum = 0.0
@@ -100,21 +128,24 @@ def train_locally(
         for _ in range(steps):
             step_loss = 0.0
             for _ in range(cfg.grad_accum):
-                batch = collate([examples[i] for i in next(batches)], pad_id)
+                batch = collate(next(batches), pad_id)
                 # Label 0 has no input before it. Prompt-learning methods would score
                 # it from their last virtual token; mask it so that every method (and
                 # evaluate()) scores the same tokens.
                 batch["labels"][:, 0] = IGNORE_INDEX
                 tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast(device, cfg.bf16, cfg.fp16):
                     loss = model(**batch).loss
-                (loss / cfg.grad_accum).backward()
+                scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
+            scaler.unscale_(optimizer)  # true gradients for the prox term and the clip
             if cfg.prox_mu > 0 and anchor is not None:
                 add_proximal_gradient(trainable, anchor, cfg.prox_mu)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+            scaler.update()
             step_lr = float(optimizer.param_groups[0]["lr"])
             lr_sum += step_lr
             if correction is not None:
@@ -138,7 +169,7 @@ def apply_correction(
     with torch.no_grad():
         for param, term in zip(params, correction, strict=True):
             if term is not None:
-                param.sub_(term.to(param.dtype), alpha=lr)
+                param.sub_(term.to(param.device, param.dtype), alpha=lr)
 
 
 def add_proximal_gradient(
@@ -147,7 +178,7 @@ def add_proximal_gradient(
     """``grad += mu (w - anchor)``: the gradient of FedProx's ``mu/2 ||w - anchor||^2``."""
     with torch.no_grad():
         for param, start in zip(params, anchor, strict=True):
-            term = (param - start.to(param.dtype)) * mu
+            term = (param - start.to(param.device, param.dtype)) * mu
             if param.grad is None:
                 param.grad = term
             else:
@@ -163,6 +194,7 @@ def compute_update(
     pad_id: int,
     steps: int | None = None,
     correction: Params | None = None,
+    public: PublicMix | None = None,
 ) -> ClientUpdate:
     """Load ``broadcast``, train locally, and return the delta against it.
 
@@ -170,6 +202,7 @@ def compute_update(
         steps: optimizer steps; None: :func:`count_local_steps` of the config.
         correction: SCAFFOLD's ``c - c_i`` by parameter name (see
             :func:`train_locally`); parameters it lacks are not corrected.
+        public: public examples mixed into every batch (see :func:`train_locally`).
 
     The aggregation weight ``num_examples`` is the client's training-set size.
     """
@@ -179,7 +212,7 @@ def compute_update(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     anchor = [broadcast[n] for n in names]
     aligned = None if correction is None else [correction.get(n) for n in names]
-    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, anchor, aligned)
+    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, anchor, aligned, public)
     trained = get_trainable_state(model)
     with torch.no_grad():
         delta = {name: trained[name].sub_(broadcast[name]) for name in broadcast}

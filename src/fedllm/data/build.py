@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from fedllm.components import PARTITIONERS
 from fedllm.config import DataConfig
 from fedllm.data.format import IGNORE_INDEX, Example, encode_chats, pack_texts
-from fedllm.data.sources import DataError, Record, load_records, record_kind
+from fedllm.data.sources import DataError, Record, load_records, record_kind, record_text
 
 Encoder = Callable[[Sequence[Record], int | None], list[Example]]
 """Records (and an optional cap on examples) -> tokenized examples."""
@@ -134,7 +134,7 @@ def build_federated_data(
         DataError: unusable input, or no client left (with the reasons).
     """
     raw = build_client_records(cfg, seed)
-    encode = _encoder(raw.kind, tokenizer, cfg.seq_len)
+    encode = _encoder(raw.kind, tokenizer, cfg.seq_len, cfg.format == "text")
     clients: dict[str, ClientData] = {}
     dropped = dict(raw.dropped)
     for cid, split in raw.clients.items():
@@ -232,13 +232,29 @@ def _no_client_left(cfg: DataConfig, partitions: int, dropped: dict[str, str]) -
     )
 
 
-def _encoder(kind: str, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> Encoder:
-    """Chat records -> SFT examples; text records -> packed blocks."""
+def encode_records(
+    kind: str,
+    records: Sequence[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    cap: int | None,
+    as_text: bool = False,
+) -> list[Example]:
+    """Chat records -> SFT examples (unless ``as_text``); text -> packed ``seq_len`` blocks.
+
+    ``as_text`` packs chat records as plain text too (messages joined by
+    newlines), with loss on every token.
+    """
+    if kind == "chat" and not as_text:
+        return encode_chats([r["messages"] for r in records], tokenizer, seq_len, cap)
+    return pack_texts([record_text(r) for r in records], tokenizer, seq_len, cap)
+
+
+def _encoder(kind: str, tokenizer: PreTrainedTokenizerBase, seq_len: int, as_text: bool) -> Encoder:
+    """:func:`encode_records` with everything but the records and the cap fixed."""
 
     def encode(records: Sequence[Record], cap: int | None) -> list[Example]:
-        if kind == "chat":
-            return encode_chats([r["messages"] for r in records], tokenizer, seq_len, cap)
-        return pack_texts([r["text"] for r in records], tokenizer, seq_len, cap)
+        return encode_records(kind, records, tokenizer, seq_len, cap, as_text)
 
     return encode
 

@@ -76,6 +76,13 @@ def record_kind(records: list[Record]) -> str:
     )
 
 
+def record_text(record: Record) -> str:
+    """The text of a record: ``text``, or its messages' contents joined by newlines."""
+    if "messages" in record:
+        return "\n".join(str(m.get("content", "")) for m in record["messages"])
+    return str(record.get("text", ""))
+
+
 # ---------------------------------------------------------------- built-in sources
 
 

@@ -10,8 +10,8 @@ from transformers import PreTrainedTokenizerBase
 from fedllm.config import DataConfig
 from fedllm.data.build import ClientRecords, build_client_records, build_federated_data
 from fedllm.data.heterogeneity import Heterogeneity, measure_heterogeneity
-from fedllm.data.sources import DataError, Record, load_records
-from fedllm.data.topic import fit_topics, record_text
+from fedllm.data.sources import DataError, Record, load_records, record_text
+from fedllm.data.topic import fit_topics
 
 Labeler = Callable[[Record], str]
 """A record -> its label (a field value or a topic name)."""

@@ -16,7 +16,7 @@ import numpy as np
 from fedllm.components import PARTITIONERS
 from fedllm.config import DataConfig
 from fedllm.data.partition import Partition, dirichlet_by_label
-from fedllm.data.sources import DataError, Record
+from fedllm.data.sources import DataError, Record, record_text
 
 MAX_FEATURES = 20_000
 """Largest TF-IDF vocabulary (the most frequent terms are kept)."""
@@ -44,13 +44,6 @@ class TopicModel:
     def names(self) -> list[str]:
         """``"t0 (term term term)"`` for each topic, for tables and plots."""
         return [f"t{i} ({' '.join(words[:3])})" for i, words in enumerate(self.terms)]
-
-
-def record_text(record: Record) -> str:
-    """The text of a record: ``text``, or its messages' contents joined by newlines."""
-    if "messages" in record:
-        return "\n".join(str(m.get("content", "")) for m in record["messages"])
-    return str(record.get("text", ""))
 
 
 def fit_topics(texts: Sequence[str], num_topics: int, seed: int) -> TopicModel:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fedllm.data import IGNORE_INDEX, Example, collate
+from fedllm.model.device import autocast, input_device
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,16 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
+    device = input_device(model)
     loss_sum, tokens = 0.0, 0
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id)
         labels = batch.pop("labels")
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**batch).logits
+        with autocast(device, bf16):
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         # Shift the labels, not the logits: slicing logits would copy them
         # (batch x length x vocab floats, the largest tensor of the step).
-        targets = aligned_targets(labels, logits.shape[1])
+        targets = aligned_targets(labels, logits.shape[1]).to(logits.device)
         flat = logits.reshape(-1, logits.shape[-1])
         loss_sum += float(F.cross_entropy(flat.float(), targets.reshape(-1), reduction="sum"))
         tokens += int((targets != IGNORE_INDEX).sum())

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from fedllm.model.device import input_device
 from fedllm.model.methods.prompt_learning import is_prompt_learning
 
 
@@ -30,7 +31,7 @@ def generate_reply(
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = prompt
-    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(input_device(model))
     model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

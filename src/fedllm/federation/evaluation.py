@@ -15,6 +15,9 @@ def evaluate_states(
 ) -> dict[str, float]:
     """Each client's eval split under the state ``state_of(client)``, and the test split.
 
+    With a public corpus, its held-out part too (``public_loss``, ``public_ppl``),
+    scored like the test split.
+
     Args:
         ws: the workspace (model and data).
         state_of: the trainable state each client's model has.
@@ -27,6 +30,8 @@ def evaluate_states(
     bf16 = cfg.client.bf16
     per_client: dict[str, HeldOut] = {}
     test_sum, test_tokens = 0.0, 0
+    public = ws.public.eval if ws.public is not None else []
+    public_sum, public_tokens = 0.0, 0
     for cid, client in ws.data.clients.items():
         set_trainable_state(ws.model, state_of(cid))
         per_client[cid] = evaluate(ws.model, client.eval, cfg.eval.batch_size, ws.pad_id, bf16)
@@ -34,8 +39,15 @@ def evaluate_states(
             held = evaluate(ws.model, ws.data.test, cfg.eval.batch_size, ws.pad_id, bf16)
             test_sum += held.loss_sum
             test_tokens += held.tokens
+        if public and (not shared or not public_tokens):
+            held = evaluate(ws.model, public, cfg.eval.batch_size, ws.pad_id, bf16)
+            public_sum += held.loss_sum
+            public_tokens += held.tokens
     test = HeldOut(test_sum, test_tokens) if test_tokens else None
     metrics = summarize(per_client, test)
+    if public_tokens:
+        scored = HeldOut(public_sum, public_tokens)
+        metrics.update(public_loss=scored.loss, public_ppl=scored.perplexity)
     for cid, held in per_client.items():
         metrics[f"client/{cid}/loss"] = held.loss
     return metrics

@@ -16,6 +16,7 @@ import torch
 from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.client.budget import check_budget_clients, client_steps
+from fedllm.client.mix import PublicMix
 from fedllm.client.personal import PersonalSplit, PersonalState
 from fedllm.client.rank import RankPlan, check_rank_clients
 from fedllm.client.scaffold import ControlVariates
@@ -24,6 +25,7 @@ from fedllm.client.store import CONTROL_SUFFIX, ClientStateStore
 from fedllm.config import ClientConfig, Config, ServerConfig
 from fedllm.data import ClientData
 from fedllm.federation.evaluation import evaluate_states
+from fedllm.federation.public import PublicServer, public_mix
 from fedllm.federation.setup import Workspace
 from fedllm.pipeline import Pipeline, build_pipeline
 from fedllm.pipeline.stage import StageState
@@ -73,7 +75,12 @@ class Mode(Protocol):
 
 
 class FederatedMode:
-    """Sample, train, validate, aggregate through the pipeline, step the server."""
+    """Sample, train, validate, aggregate through the pipeline, step the server.
+
+    With a public corpus the server warms the global model up on it before round
+    1 (once: a resumed run starts past it), trains on it beside each cohort (its
+    update a weighted participant), and clients may mix it into their batches.
+    """
 
     name = "federated"
 
@@ -88,8 +95,12 @@ class FederatedMode:
         personal: PersonalState | None = None,
         controls: ControlVariates | None = None,
         ranks: RankPlan | None = None,
+        public: PublicServer | None = None,
+        mix: PublicMix | None = None,
     ) -> None:
         self.ws = ws
+        self.public = public
+        self.participant = public.participant() if public is not None else None
         self.communicates = communicates
         self.clients = clients
         self.server_cfg = server_cfg
@@ -118,10 +129,14 @@ class FederatedMode:
             controls=controls,
             fednova=self.fednova,
             ranks=ranks,
+            public=mix,
         )
         self.engine = SimulationEngine(ws.model, side)
 
     def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
+        warmup = None
+        if self.public is not None and self.state.round == 0 and self.public.warms_up:
+            warmup = self.public.warm_up(self.state.params)  # round 0's training
         cohort = self.sampler.cohort(round_num)
         record = run_round(
             self.state,
@@ -135,7 +150,10 @@ class FederatedMode:
             self.control,
             self.fednova,
             expansion=self.expansion,
+            participant=self.participant,
         )
+        if warmup is not None:
+            record.extra["public_warmup"] = warmup
         record.extra.update(self.sampler.record_extra(round_num))
         if not self.communicates:  # pooled data trains where it lies: nothing is sent
             record.bytes_up = record.bytes_down = 0
@@ -192,7 +210,8 @@ class LocalMode:
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
         sizes = {cid: len(data.train) for cid, data in self.clients.items()}
         self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
-        side = ClientSide(self.clients, cfg.client, cfg.seed, ws.pad_id, lambda u: u)
+        mix = public_mix(cfg, ws.public)
+        side = ClientSide(self.clients, cfg.client, cfg.seed, ws.pad_id, lambda u: u, public=mix)
         self.engine = SimulationEngine(ws.model, side)
 
     def state_of(self, client_id: ClientId) -> Params:
@@ -285,7 +304,16 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
         )
         no_stages = Pipeline([], WeightedMean())
         budget = centralized_budget(config, ws.data.clients)
-        return FederatedMode(ws, pooled, budget, plain, no_stages, communicates=False)
+        return FederatedMode(
+            ws,
+            pooled,
+            budget,
+            plain,
+            no_stages,
+            communicates=False,
+            public=public_server(ws),
+            mix=public_mix(config, ws.public),
+        )
     check_budget_clients(config.client, ws.data.clients)
     personal = None
     if split.active:
@@ -312,4 +340,14 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
         personal=personal,
         controls=controls,
         ranks=ranks,
+        public=public_server(ws),
+        mix=public_mix(config, ws.public),
     )
+
+
+def public_server(ws: Workspace) -> PublicServer | None:
+    """The server's public-data training, when ``[public]`` asks for a warm-up or steps."""
+    cfg = ws.config.public
+    if ws.public is None or (cfg.warmup_steps == 0 and cfg.server_steps == 0):
+        return None
+    return PublicServer(ws.model, ws.public, ws.config, ws.pad_id)

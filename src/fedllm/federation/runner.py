@@ -18,10 +18,12 @@ from fedllm.federation.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.federation.setup import Workspace, prepare
+from fedllm.model.device import model_devices
 from fedllm.model.flops import describe_flops
 from fedllm.model.state import count_parameters
 from fedllm.report.progress import Reporter, SilentReporter
@@ -142,11 +144,13 @@ def _train(
         rundir.append_metrics(baseline.to_json())
 
     rounds = config.server.rounds
+    efficiency = Efficiency.of(ws)
     reporter.start(first_round, rounds, _header(ws, config))
     for round_num in range(first_round, rounds + 1):
         reporter.round_started(round_num, mode.cohort_size)
         round_start = time.perf_counter()
         record = mode.play_round(round_num, reporter.client_done)
+        efficiency.annotate(record)
         if round_num % config.eval.every == 0 or round_num == rounds:
             eval_start = time.perf_counter()
             record.eval = mode.evaluate()
@@ -217,6 +221,7 @@ def build_summary(
         "rejected_updates": sum(len(r.get("rejected", [])) for r in records),
         "skipped_rounds": [r["round"] for r in records if r.get("skipped")],
         "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0),
+        **Efficiency.of(ws).summary(records),
         "wall_s": wall_s,
         "final_dir": str(rundir.final),
         "data": ws.data.summary() if ws.data else {},
@@ -245,11 +250,13 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _header(ws: Workspace, config: Config) -> str:
     total, trainable = count_parameters(ws.model)
     clients = len(ws.data.clients) if ws.data else 0
-    flops = describe_flops(ws.model, config.data.seq_len)
+    flops = describe_flops(ws.model, config.data.seq_len, config.method.kind != "full")
+    devices = ", ".join(str(d) for d in model_devices(ws.model))
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "
         f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload{', ' + flops if flops else ''}) "
         f"· {clients} clients, "
-        f"{config.server.clients_per_round} per round · {config.server.rounds} rounds"
+        f"{config.server.clients_per_round} per round · {config.server.rounds} rounds "
+        f"· on {devices}"
     )

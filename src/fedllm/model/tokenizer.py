@@ -16,11 +16,9 @@ pydoc topics differ between Python versions) gets a new entry.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from fedllm.config import ConfigError, DataConfig
+from fedllm.model.cachefiles import remove_stale_tmp_dirs
 
 UNK_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"
@@ -51,7 +50,6 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)
 
 _RECIPE_VERSION = "1"
 """Part of the cache key: bump it when the training recipe changes."""
-_STALE_TMP_S = 3600.0
 
 
 def train_bpe(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -132,7 +130,7 @@ def bpe_tokenizer(
     if not (final / "tokenizer.json").is_file():
         tokenizer = train_bpe(texts, vocab_size)
         final.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp_dirs(final)
+        remove_stale_tmp_dirs(final)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
             tokenizer.save_pretrained(tmp)
@@ -155,12 +153,3 @@ def _digest(texts: Sequence[str]) -> str:
         hasher.update(len(text).to_bytes(8, "little"))
         hasher.update(text.encode("utf-8"))
     return hasher.hexdigest()[:12]
-
-
-def _remove_stale_tmp_dirs(final: Path) -> None:
-    """Delete temporary directories left by killed processes (older than an hour)."""
-    now = time.time()
-    for path in final.parent.glob(f".{final.name}.tmp-*"):
-        with contextlib.suppress(OSError):
-            if now - path.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(path, ignore_errors=True)

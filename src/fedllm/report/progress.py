@@ -63,6 +63,10 @@ class RichReporter(Reporter):
             parts.append(f"train loss {record.train_loss:.3f}")
         if "clients_ppl_mean" in record.eval:
             parts.append(f"eval ppl {record.eval['clients_ppl_mean']:.2f}")
+        if "tokens_per_s" in record.extra:
+            parts.append(f"{record.extra['tokens_per_s']:,.0f} tok/s")
+        if "mfu" in record.extra:
+            parts.append(f"MFU {100 * record.extra['mfu']:.1f}%")
         if record.skipped:
             parts.append(f"skipped: {record.skipped}")
         if record.rejected:
@@ -88,7 +92,7 @@ class RichReporter(Reporter):
 
 
 def result_table(records: list[dict[str, Any]]) -> Table:
-    """One row per round: losses, perplexities, bytes, seconds."""
+    """One row per round: losses, perplexities, bytes, training tokens/s, seconds."""
     table = Table(title="fedllm run")
     for column in (
         "round",
@@ -98,6 +102,7 @@ def result_table(records: list[dict[str, Any]]) -> Table:
         "eval ppl (worst)",
         "test ppl",
         "MB up",
+        "tok/s",
         "s",
     ):
         table.add_column(column, justify="right")
@@ -111,6 +116,7 @@ def result_table(records: list[dict[str, Any]]) -> Table:
             fmt(ev.get("clients_ppl_worst")),
             fmt(ev.get("test_ppl")),
             f"{rec.get('bytes_up', 0) / 1e6:.2f}",
+            fmt(rec.get("tokens_per_s"), 0),
             f"{_seconds(rec.get('time_s', {})):.1f}",
         )
     return table

@@ -71,32 +71,7 @@ class FedAvgM:
     """
 
     name = "fedavgm"
-
-    def __init__(self, cfg: ServerConfig) -> None:
-        self.lr = cfg.lr
-        self.momentum = cfg.momentum
-
-    def initial_state(self, params: Params) -> Params:
-        return {f"m/{k}": torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}
-
-    def step(self, params: Params, pseudo_grad: Params, state: Params) -> None:
-        with torch.no_grad():
-            for name, value in params.items():
-                buf = state[f"m/{name}"]
-                buf.mul_(self.momentum).add_(pseudo_grad[name].float())
-                value.sub_(buf.to(value.dtype), alpha=self.lr)
-
-
-@SERVER_OPTIMIZERS.register("nesterov")
-class OuterNesterov:
-    """DiLoCo's outer step (Douillard et al. 2023): Nesterov momentum on ``g``.
-
-    ``u <- momentum u + g; x <- x - lr (g + momentum u)``, the same as
-    ``torch.optim.SGD(momentum=..., nesterov=True, dampening=0)`` on ``g``.
-    The paper uses ``lr = 0.7`` and ``momentum = 0.9``.
-    """
-
-    name = "nesterov"
+    nesterov = False
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.lr = cfg.lr
@@ -111,8 +86,21 @@ class OuterNesterov:
                 grad = pseudo_grad[name].float()
                 buf = state[f"m/{name}"]
                 buf.mul_(self.momentum).add_(grad)
-                update = grad.add(buf, alpha=self.momentum)
+                update = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
                 value.sub_(update.to(value.dtype), alpha=self.lr)
+
+
+@SERVER_OPTIMIZERS.register("nesterov")
+class OuterNesterov(FedAvgM):
+    """DiLoCo's outer step (Douillard et al. 2023): Nesterov momentum on ``g``.
+
+    ``u <- momentum u + g; x <- x - lr (g + momentum u)``, the same as
+    ``torch.optim.SGD(momentum=..., nesterov=True, dampening=0)`` on ``g``.
+    The paper uses ``lr = 0.7`` and ``momentum = 0.9``.
+    """
+
+    name = "nesterov"
+    nesterov = True
 
 
 class _Adaptive(ABC):

@@ -30,18 +30,40 @@ class Expansion(Protocol):
         ...
 
 
+class Participant(Protocol):
+    """A party that trains on the server beside the cohort (on public data); its
+    update joins the aggregate with a weight set against the clients'."""
+
+    name: str
+
+    def contribute(self, broadcast: Params, round_num: int) -> ClientUpdate:
+        """Its update, trained from ``broadcast`` (where its data lies: nothing is sent)."""
+        ...
+
+    def weight(self, client_weight: float) -> float:
+        """Its aggregation weight, given the accepted clients' total weight."""
+        ...
+
+
 class Tally:
-    """The per-update bookkeeping of a round: bytes, metrics, accepted and rejected."""
+    """The per-update bookkeeping of a round: bytes, tokens, metrics, accepted and rejected."""
 
     def __init__(self, record: RoundRecord, counts_bytes: bool = True) -> None:
         self.record = record
         self.counts_bytes = counts_bytes
         self.client_metrics: dict[str, dict[str, float]] = {}
         self.losses: list[float] = []
+        self.tokens = 0.0
         self.start = time.perf_counter()
 
     def receive(self, update: ClientUpdate) -> None:
-        """Count an arriving update's bytes and keep its metrics."""
+        """Count an arriving update's bytes and tokens and keep its metrics.
+
+        Tokens count whether or not the update is then accepted: they were trained.
+        """
+        tokens = update.metrics.get("tokens")
+        if isinstance(tokens, int | float) and math.isfinite(tokens) and tokens >= 0:
+            self.tokens += tokens
         if self.counts_bytes:
             message = with_extra(update.delta, update.extra) if update.extra else update.delta
             self.record.bytes_up += try_payload_bytes(message) or 0
@@ -58,8 +80,13 @@ class Tally:
             self.losses.append(update.metrics["train_loss"])
 
     def close(self) -> None:
-        """Write the training time, mean loss and client metrics into the record."""
-        self.record.time_s["train"] = time.perf_counter() - self.start
+        """Write the training time, mean loss, tokens (and tokens/s over the training
+        time) and client metrics into the record."""
+        train_s = time.perf_counter() - self.start
+        self.record.time_s["train"] = train_s
+        self.record.extra["tokens"] = int(self.tokens)
+        if self.tokens > 0 and train_s > 0:
+            self.record.extra["tokens_per_s"] = self.tokens / train_s
         self.record.train_loss = sum(self.losses) / len(self.losses) if self.losses else None
         self.record.extra["client_metrics"] = self.client_metrics
 
@@ -76,6 +103,7 @@ def run_round(
     control: ServerControl | None = None,
     fednova: bool = False,
     expansion: Expansion | None = None,
+    participant: Participant | None = None,
 ) -> RoundRecord:
     """Broadcast, train the cohort, validate and fold in each update as it arrives,
     then step the server optimizer.
@@ -90,7 +118,10 @@ def run_round(
     ``fednova`` the mean of the normalised updates is rescaled by the accepted
     clients' effective steps. With ``expansion`` (heterogeneous LoRA ranks) each
     update's bytes are counted as sent, then it is padded to the broadcast's
-    shapes before it is validated, and folded in with its coverage.
+    shapes before it is validated, and folded in with its coverage. With
+    ``participant`` (the server's public-data step), once the cohort is in and
+    enough of it was accepted, the participant trains from the broadcast and its
+    update is validated and folded in with :meth:`Participant.weight`.
     """
     round_num = state.round + 1
     record = RoundRecord(round=round_num, sampled=list(cohort))
@@ -124,6 +155,8 @@ def run_round(
         weights.append(weight)
         norms.append(update.metrics.get(NORM_METRIC, 1.0))
         tally.accept(update)
+    if participant is not None and sum(weights) > 0 and len(record.accepted) >= min_clients:
+        add_participant(participant, broadcast, round_num, sum(weights), pipeline, tally)
     tally.close()
 
     start = time.perf_counter()
@@ -143,6 +176,26 @@ def run_round(
     record.time_s["aggregate"] = time.perf_counter() - start
     state.round = round_num
     return record
+
+
+def add_participant(
+    participant: Participant,
+    broadcast: Params,
+    round_num: int,
+    client_weight: float,
+    pipeline: Pipeline,
+    tally: Tally,
+) -> None:
+    """Train the participant, validate its update and fold it in (no bytes counted);
+    its metrics and weight go to ``record.extra[participant.name]``."""
+    update = participant.contribute(broadcast, round_num)
+    weight = participant.weight(client_weight)
+    tally.record.extra[participant.name] = {**update.metrics, "weight": weight}
+    problem = find_problem(update, broadcast)
+    if problem is not None:
+        tally.reject(update, problem)
+        return
+    pipeline.add(update, weight)
 
 
 def _algorithm_problem(update: ClientUpdate, extra: Params, fednova: bool) -> str | None:

@@ -1,0 +1,143 @@
+"""The server's training on the public corpus: a warm-up, and a participant in every round.
+
+The server trains with the clients' machinery (:class:`ClientSide`, so the
+same optimizer, batch size and learning rate) on a pseudo-client
+``"public"`` that holds the public corpus. It trains where that data lies, so
+no bytes are counted.
+
+Each round its update joins the aggregate as a participant with share
+``lambda = public.server_weight`` of the combined update::
+
+    combined = (1 - lambda) * mean_clients + lambda * delta_public
+
+which the weighted mean gives when the server's weight is
+``lambda / (1 - lambda) * W``, ``W`` the accepted clients' total weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fedllm.client.mix import PublicMix
+from fedllm.client.side import ClientSide
+from fedllm.config import ClientConfig, Config
+from fedllm.data import ClientData
+from fedllm.data.public import PublicData
+from fedllm.server.validate import find_problem
+from fedllm.types import ClientUpdate, Params
+
+PUBLIC_ID = "public"
+"""The pseudo-client the server trains as."""
+
+Trainer = Callable[[Params, int], ClientUpdate]
+"""(start state, round) -> the update trained from it."""
+
+
+def public_mix(config: Config, public: PublicData | None) -> PublicMix | None:
+    """The public examples mixed into client batches, or None (no corpus, or ratio 0)."""
+    if public is None or config.public.mix_ratio == 0:
+        return None
+    return PublicMix(public.train, config.public.public_per_batch(config.client.batch_size))
+
+
+def server_client_config(cfg: ClientConfig, steps: int) -> ClientConfig:
+    """The clients' settings with ``steps`` steps a round and no per-client budgets or
+    FedProx term (the server has no anchor to stay near)."""
+    return cfg.model_copy(
+        update={
+            "local_steps": steps,
+            "local_epochs": 0.0,
+            "local_steps_min": None,
+            "local_steps_by_client": {},
+            "prox_mu": 0.0,
+            "drift_correction": "none",
+        }
+    )
+
+
+class PublicParticipant:
+    """The server's public step as a round participant (see the module docstring).
+
+    Args:
+        train: trains from a broadcast and returns the update.
+        server_weight: ``lambda``, its share of the combined update, ``0 < lambda < 1``.
+    """
+
+    name = "public_server"
+
+    def __init__(self, train: Trainer, server_weight: float) -> None:
+        if not 0 < server_weight < 1:
+            raise ValueError(f"public.server_weight must be in (0, 1), got {server_weight}")
+        self.train = train
+        self.server_weight = server_weight
+
+    def contribute(self, broadcast: Params, round_num: int) -> ClientUpdate:
+        """The server's update from ``broadcast``."""
+        return self.train(broadcast, round_num)
+
+    def weight(self, client_weight: float) -> float:
+        """``lambda / (1 - lambda) * client_weight``: a share ``lambda`` of the mean."""
+        lam = self.server_weight
+        return lam / (1 - lam) * client_weight
+
+
+class PublicServer:
+    """The server's public-data training on the run's one model.
+
+    Args:
+        model: the model every client trains on (the server trains on it too).
+        data: the public corpus.
+        config: the run configuration (``[public]`` and ``[client]``).
+        pad_id: the tokenizer's padding id.
+    """
+
+    def __init__(self, model: torch.nn.Module, data: PublicData, config: Config, pad_id: int):
+        self.model = model
+        self.data = ClientData(PUBLIC_ID, data.train, data.eval)
+        self.config = config
+        self.pad_id = pad_id
+
+    @property
+    def warms_up(self) -> bool:
+        """True when the server trains on public data before round 1."""
+        return self.config.public.warmup_steps > 0
+
+    def train(self, start: Params, steps: int, round_num: int) -> ClientUpdate:
+        """``steps`` steps on the public corpus from ``start``, seeded by the round."""
+        cfg = server_client_config(self.config.client, steps)
+        side = ClientSide({PUBLIC_ID: self.data}, cfg, self.config.seed, self.pad_id, _as_is)
+        return side.run(self.model, PUBLIC_ID, start, {}, round_num)
+
+    def warm_up(self, params: Params) -> dict[str, Any]:
+        """Train ``params`` in place for ``public.warmup_steps`` steps (as round 0).
+
+        Returns:
+            The training metrics (``train_loss``, ``steps``, ``tokens``...), and
+            ``refused`` with the reason if the update was not finite (``params``
+            are then left as they were).
+        """
+        update = self.train(params, self.config.public.warmup_steps, 0)
+        problem = find_problem(update, params)
+        if problem is not None:
+            return {**update.metrics, "refused": problem}
+        with torch.no_grad():
+            for name, delta in update.delta.items():
+                params[name].add_(delta)
+        return dict(update.metrics)
+
+    def participant(self) -> PublicParticipant | None:
+        """The per-round participant, or None when ``public.server_steps`` is 0."""
+        steps = self.config.public.server_steps
+        if steps == 0:
+            return None
+        return PublicParticipant(
+            lambda start, round_num: self.train(start, steps, round_num),
+            self.config.public.server_weight,
+        )
+
+
+def _as_is(update: ClientUpdate) -> ClientUpdate:
+    return update

@@ -1,0 +1,136 @@
+"""The server's public-data step joins each round with its configured weight:
+combined = (1 - lambda) * mean_clients + lambda * delta_public, checked by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+import torch
+
+from fedllm.aggregate.mean import WeightedMean
+from fedllm.config import ServerConfig
+from fedllm.federation.public import PublicParticipant
+from fedllm.pipeline.stage import Pipeline
+from fedllm.server.optimizer import build_server_optimizer
+from fedllm.server.round import run_round
+from fedllm.server.state import ServerState
+from fedllm.types import ClientUpdate, Params
+from fedllm.wire import payload_bytes
+
+X = torch.tensor([1.0, -2.0, 0.5])
+D1, D2 = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([3.0, 0.0, -1.0])
+D_PUBLIC = torch.tensor([-4.0, 6.0, 1.0])
+
+
+class Scripted:
+    """An engine replaying fixed updates (to check the server's arithmetic alone)."""
+
+    def __init__(self, updates: list[ClientUpdate]) -> None:
+        self.updates = updates
+
+    def train(
+        self,
+        assignments: Sequence[tuple[str, Params]],
+        round_num: int,
+        on_client_done: object = None,
+        extra: Params | None = None,
+    ) -> Iterator[ClientUpdate]:
+        yield from self.updates
+
+
+class ScriptedServer:
+    """Returns a fixed public update and remembers what it was asked to train from."""
+
+    def __init__(self, delta: torch.Tensor) -> None:
+        self.delta = delta
+        self.calls: list[tuple[Params, int]] = []
+
+    def __call__(self, broadcast: Params, round_num: int) -> ClientUpdate:
+        self.calls.append(({k: v.clone() for k, v in broadcast.items()}, round_num))
+        return ClientUpdate("public", {"w": self.delta.clone()}, 0, {"train_loss": 1.5})
+
+
+def play(
+    updates: list[ClientUpdate],
+    server: ScriptedServer,
+    lam: float,
+    weighting: str = "examples",
+    min_clients: int = 1,
+    server_cfg: ServerConfig | None = None,
+) -> tuple[ServerState, dict[str, object]]:
+    optimizer = build_server_optimizer(server_cfg or ServerConfig())
+    params = {"w": X.clone()}
+    state = ServerState(0, params, optimizer.initial_state(params))
+    record = run_round(
+        state,
+        [u.client_id for u in updates],
+        Scripted(updates),
+        Pipeline([], WeightedMean()),
+        optimizer,
+        min_clients,
+        weighting,
+        participant=PublicParticipant(server, lam),
+    )
+    return state, record.to_json()
+
+
+@pytest.mark.parametrize("lam", [0.2, 0.5, 0.9])
+def test_the_public_update_takes_its_share_of_the_example_weighted_mean(lam: float) -> None:
+    updates = [ClientUpdate("a", {"w": D1}, 10), ClientUpdate("b", {"w": D2}, 30)]
+    server = ScriptedServer(D_PUBLIC)
+    state, record = play(updates, server, lam)
+    clients = (10 * D1 + 30 * D2) / 40
+    assert torch.allclose(state.params["w"], X + (1 - lam) * clients + lam * D_PUBLIC)
+    assert record["public_server"] == {
+        "train_loss": 1.5,
+        "weight": pytest.approx(lam / (1 - lam) * 40),
+    }
+    assert record["accepted"] == ["a", "b"]
+    assert record["bytes_up"] == 2 * payload_bytes({"w": D1})  # the server's update is not sent
+    ((start, round_num),) = server.calls  # trained once, from the broadcast
+    assert round_num == 1 and torch.equal(start["w"], X)
+
+
+def test_uniform_weighting_uses_the_plain_client_mean() -> None:
+    updates = [ClientUpdate("a", {"w": D1}, 10), ClientUpdate("b", {"w": D2}, 30)]
+    state, _ = play(updates, ScriptedServer(D_PUBLIC), 0.25, weighting="uniform")
+    expected = X + 0.75 * (D1 + D2) / 2 + 0.25 * D_PUBLIC
+    assert torch.allclose(state.params["w"], expected)
+
+
+def test_the_server_optimizer_steps_on_the_combined_update() -> None:
+    cfg = ServerConfig(optimizer="fedavgm", lr=0.5, momentum=0.9)
+    updates = [ClientUpdate("a", {"w": D1}, 1)]
+    state, _ = play(updates, ScriptedServer(D_PUBLIC), 0.4, server_cfg=cfg)
+    combined = 0.6 * D1 + 0.4 * D_PUBLIC
+    assert torch.allclose(state.params["w"], X + 0.5 * combined)  # first step: no momentum yet
+
+
+def test_rejected_clients_do_not_count_toward_the_public_weight() -> None:
+    bad = ClientUpdate("bad", {"w": torch.tensor([float("nan"), 0.0, 0.0])}, 1000)
+    updates = [ClientUpdate("a", {"w": D1}, 10), bad]
+    state, record = play(updates, ScriptedServer(D_PUBLIC), 0.5)
+    assert record["accepted"] == ["a"]
+    assert torch.allclose(state.params["w"], X + 0.5 * D1 + 0.5 * D_PUBLIC)
+
+
+def test_no_public_step_in_a_round_that_is_skipped() -> None:
+    server = ScriptedServer(D_PUBLIC)
+    updates = [ClientUpdate("a", {"w": D1}, 10)]
+    state, record = play(updates, server, 0.5, min_clients=2)
+    assert record["skipped"] and torch.equal(state.params["w"], X)
+    assert server.calls == [] and "public_server" not in record
+
+
+def test_a_non_finite_public_update_is_refused_and_the_clients_still_count() -> None:
+    updates = [ClientUpdate("a", {"w": D1}, 10)]
+    state, record = play(updates, ScriptedServer(torch.tensor([float("inf"), 0, 0])), 0.5)
+    assert record["rejected"][0]["client"] == "public"  # type: ignore[index]
+    assert torch.allclose(state.params["w"], X + D1)
+
+
+def test_lambda_outside_zero_one_is_refused() -> None:
+    for lam in (0.0, 1.0):
+        with pytest.raises(ValueError, match="server_weight"):
+            PublicParticipant(ScriptedServer(D_PUBLIC), lam)
