@@ -21,7 +21,7 @@ from fedllm.pipeline.stage import Pipeline
 from fedllm.runtime.simulation import SimulationEngine
 from fedllm.server.control import ServerControl
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.round import run_round
+from fedllm.server.round import RoundExtensions, run_round
 from fedllm.server.state import ServerState
 from fedllm.types import ClientUpdate
 
@@ -73,8 +73,9 @@ def play(
     pipeline = Pipeline([], WeightedMean())
     for r in range(rounds):
         cohort = cohorts[r % len(cohorts)]
+        extensions = RoundExtensions(control=control, fednova=fednova)
         record = run_round(
-            state, cohort, engine, pipeline, optimizer, 1, "uniform", None, control, fednova
+            state, cohort, engine, pipeline, optimizer, 1, "uniform", None, extensions
         )
         assert record.skipped is None and record.accepted == cohort
     return float(state.params["w"])
@@ -164,7 +165,10 @@ def test_fednova_rescales_by_the_effective_steps_by_hand() -> None:
     optimizer = build_server_optimizer(ServerConfig())
     state = ServerState(0, {"w": x["w"].clone()}, optimizer.initial_state(x))
     pipeline = Pipeline([], WeightedMean())
-    record = run_round(state, ["a", "b"], Scripted(updates), pipeline, optimizer, 1, fednova=True)
+    nova = RoundExtensions(fednova=True)
+    record = run_round(
+        state, ["a", "b"], Scripted(updates), pipeline, optimizer, 1, extensions=nova
+    )
     tau_eff = (10 * 1.0 + 30 * 4.0) / 40
     expected = x["w"] + tau_eff * (10 * d1 + 30 * d2) / 40
     assert torch.allclose(state.params["w"], expected)
@@ -186,7 +190,7 @@ def test_fednova_refuses_updates_without_a_step_norm() -> None:
         Pipeline([], WeightedMean()),
         optimizer,
         1,
-        fednova=True,
+        extensions=RoundExtensions(fednova=True),
     )
     assert record.accepted == ["a"]
     assert "fednova_a" in record.rejected[0]["reason"]

@@ -13,7 +13,7 @@ from fedllm.config import ServerConfig
 from fedllm.federation.public import PublicParticipant
 from fedllm.pipeline.stage import Pipeline
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.round import run_round
+from fedllm.server.round import RoundExtensions, run_round
 from fedllm.server.state import ServerState
 from fedllm.types import ClientUpdate, Params
 from fedllm.wire import payload_bytes
@@ -70,7 +70,7 @@ def play(
         optimizer,
         min_clients,
         weighting,
-        participant=PublicParticipant(server, lam),
+        extensions=RoundExtensions(participant=PublicParticipant(server, lam)),
     )
     return state, record.to_json()
 

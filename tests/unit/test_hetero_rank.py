@@ -20,7 +20,7 @@ from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.pipeline.stage import Pipeline, PipelineError
 from fedllm.server.optimizer import build_server_optimizer
 from fedllm.server.rank import RankExpansion
-from fedllm.server.round import run_round
+from fedllm.server.round import RoundExtensions, run_round
 from fedllm.server.state import ServerState
 from fedllm.types import ClientId, ClientUpdate, Params
 from fedllm.wire import payload_bytes
@@ -63,7 +63,10 @@ def one_round(rank_aggregation: str, updates: list[ClientUpdate]) -> tuple[Param
     state = ServerState(0, params, optimizer.initial_state(params))
     expansion = RankExpansion(RankPlan(method, seed=0), per_rank)
     cohort = [u.client_id for u in updates]
-    record = run_round(state, cohort, Replay(updates), pipeline, optimizer, 1, expansion=expansion)
+    extensions = RoundExtensions(expansion=expansion)
+    record = run_round(
+        state, cohort, Replay(updates), pipeline, optimizer, 1, extensions=extensions
+    )
     return state.params, record
 
 

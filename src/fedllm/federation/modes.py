@@ -34,7 +34,7 @@ from fedllm.runtime.simulation import SimulationEngine
 from fedllm.server.control import ServerControl
 from fedllm.server.optimizer import build_server_optimizer
 from fedllm.server.rank import RankExpansion
-from fedllm.server.round import Tally, run_round
+from fedllm.server.round import RoundExtensions, Tally, run_round
 from fedllm.server.sampling import build_sampler
 from fedllm.server.state import ServerState
 from fedllm.server.validate import find_problem
@@ -147,10 +147,7 @@ class FederatedMode:
             self.server_cfg.min_clients,
             self.server_cfg.weighting,
             on_client_done,
-            self.control,
-            self.fednova,
-            expansion=self.expansion,
-            participant=self.participant,
+            RoundExtensions(self.control, self.fednova, self.expansion, self.participant),
         )
         if warmup is not None:
             record.extra["public_warmup"] = warmup

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from fedllm.client.fednova import NORM_METRIC, effective_steps
@@ -43,6 +44,23 @@ class Participant(Protocol):
     def weight(self, client_weight: float) -> float:
         """Its aggregation weight, given the accepted clients' total weight."""
         ...
+
+
+@dataclass(frozen=True)
+class RoundExtensions:
+    """The optional algorithms a round carries (each off when None or False).
+
+    Attributes:
+        control: SCAFFOLD's server control variate.
+        fednova: rescale the mean of FedNova-normalised updates.
+        expansion: pads heterogeneous-rank LoRA updates to the broadcast's shapes.
+        participant: the server's own public-data update, folded in with its weight.
+    """
+
+    control: ServerControl | None = None
+    fednova: bool = False
+    expansion: Expansion | None = None
+    participant: Participant | None = None
 
 
 class Tally:
@@ -100,10 +118,7 @@ def run_round(
     min_clients: int,
     weighting: str = "examples",
     on_client_done: ClientDone | None = None,
-    control: ServerControl | None = None,
-    fednova: bool = False,
-    expansion: Expansion | None = None,
-    participant: Participant | None = None,
+    extensions: RoundExtensions | None = None,
 ) -> RoundRecord:
     """Broadcast, train the cohort, validate and fold in each update as it arrives,
     then step the server optimizer.
@@ -113,7 +128,8 @@ def run_round(
     zero total weight, or a non-finite aggregate) the global model is left as
     it was and the reason is recorded. ``state.round`` advances either way.
 
-    With ``control`` (SCAFFOLD) the server control variate goes out with the
+    :class:`RoundExtensions` adds the optional algorithms. With ``control``
+    (SCAFFOLD) the server control variate goes out with the
     model and the clients' changes to theirs come back beside the deltas; with
     ``fednova`` the mean of the normalised updates is rescaled by the accepted
     clients' effective steps. With ``expansion`` (heterogeneous LoRA ranks) each
@@ -123,6 +139,13 @@ def run_round(
     enough of it was accepted, the participant trains from the broadcast and its
     update is validated and folded in with :meth:`Participant.weight`.
     """
+    ext = extensions or RoundExtensions()
+    control, fednova, expansion, participant = (
+        ext.control,
+        ext.fednova,
+        ext.expansion,
+        ext.participant,
+    )
     round_num = state.round + 1
     record = RoundRecord(round=round_num, sampled=list(cohort))
     broadcast = state.params
