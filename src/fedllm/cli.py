@@ -35,6 +35,18 @@ EPILOG = """examples:
 """
 
 
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The ``--set SECTION.KEY=VALUE`` option (repeatable) every config command takes."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedllm",
@@ -55,14 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+    add_overrides(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -126,9 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate CONFIG with overrides and print it as TOML.",
     )
     p.add_argument("config", type=Path)
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    add_overrides(p)
 
     p = sub.add_parser(
         "select-prompt",
@@ -138,9 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "best are mutated and scored again. Writes OUT/hard_prompt.json and OUT/config.toml.",
     )
     p.add_argument("config", type=Path, help="TOML config file (see configs/hard_prompt.toml)")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    add_overrides(p)
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: runs/<config name>-prompt)"
     )
@@ -179,9 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/partition.json and OUT/heatmap.png (clients x labels).",
     )
     q.add_argument("config", type=Path, help="TOML config file (see configs/)")
-    q.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
-    )
+    add_overrides(q)
     q.add_argument(
         "--out",
         type=Path,
