@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from fedllm.client.personal import PersonalSplit
 from fedllm.config import ConfigError
+from fedllm.federation.rundir import RunDir
 from fedllm.federation.runner import resume, run
+from fedllm.federation.setup import prepare
+from fedllm.federation.trained import load_trained
 from tests.support.runs import InterruptAfter, stable, tiny_config
 
 SCAFFOLD = ('client.drift_correction="scaffold"', "server.clients_per_round=2", "server.rounds=3")
@@ -66,3 +70,20 @@ def test_heterogeneous_budgets_with_fednova(tmp_path: Path) -> None:
 def test_budgets_by_client_are_checked_against_the_federation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown client"):
         run(tiny_config("client.local_steps_by_client={nobody=2}"), tmp_path / "x")
+
+
+def test_scaffold_with_personal_parameters_keeps_the_two_stores_apart(tmp_path: Path) -> None:
+    overrides = (*SCAFFOLD, "server.rounds=2", 'personal.keys=["*lora_B*"]')
+    result = run(tiny_config(*overrides), tmp_path / "both")
+    clients = result.summary["data"]["clients"]
+    exported = sorted(p.name for p in (result.run_dir / "final" / "clients").iterdir())
+    assert exported == sorted(clients)
+    ws = prepare(tiny_config(*overrides), with_data=False)
+    trained = load_trained(RunDir(result.run_dir), ws.initial, PersonalSplit(("*lora_B*",)))
+    assert set(trained.client_files) <= set(clients)  # no "<id>.control" entries
+    trained_ids = {c for r in result.records for c in r.get("accepted", [])}
+    for cid in trained_ids:
+        personal = load_file(trained.client_files[cid])
+        control = load_file(result.run_dir / "clients" / f"{cid}.control.safetensors")
+        assert all("lora_B" in k for k in personal)
+        assert not any("lora_B" in k for k in control)  # c_i covers the shared part only

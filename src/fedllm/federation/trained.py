@@ -8,6 +8,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from fedllm.client.personal import PersonalSplit
+from fedllm.client.store import KIND_SUFFIXES
 from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.types import ClientId, Params
@@ -72,6 +73,10 @@ def load_trained(rundir: RunDir, initial: Params, split: PersonalSplit | None = 
     ckpt = load_checkpoint(checkpoints[-1])
     files = {}
     if ckpt.clients_dir is not None:
-        files = {p.stem: p for p in sorted(ckpt.clients_dir.glob("*.safetensors"))}
+        files = {
+            p.stem: p
+            for p in sorted(ckpt.clients_dir.glob("*.safetensors"))
+            if not p.stem.endswith(KIND_SUFFIXES)  # SCAFFOLD variates are not models
+        }
     active = split if split is not None and split.active else None
     return Trained(ckpt.round, initial, ckpt.tensors.get("global"), files, active)
