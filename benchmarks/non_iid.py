@@ -7,8 +7,8 @@ the same model, clients, rounds and local steps with FedAvg, FedProx,
 SCAFFOLD and FedAdam. Each run is its own process.
 
 Records per (partition, algorithm): held-out perplexity by round (client
-mean and worst client), final values, rounds to reach a target (half of
-FedAvg's gain on that partition), bytes per round and the partition's
+mean and worst client), final values, rounds to reach a target (within 10%
+of where FedAvg ends on that partition), bytes per round and the partition's
 heterogeneity (label distribution per client). Writes
 benchmarks/results/non_iid.json and non_iid.png.
 
@@ -71,11 +71,15 @@ def rounds_to(curve: list[float], target: float) -> int | None:
     return next((i for i, value in enumerate(curve) if value <= target), None)
 
 
+TARGET_SLACK = 1.10
+"""Target per partition: within 10% of the client-mean perplexity FedAvg ends at."""
+
+
 def add_targets(results: dict[str, dict[str, Any]]) -> None:
-    """Target per partition: half of FedAvg's gain in client-mean perplexity."""
+    """Rounds each algorithm needs to come within :data:`TARGET_SLACK` of FedAvg's final
+    client-mean perplexity on the same partition (None: never within the budget)."""
     for runs in results.values():
-        base = runs["fedavg"]["ppl_mean"]
-        target = base[0] - 0.5 * (base[0] - base[-1])
+        target = TARGET_SLACK * runs["fedavg"]["ppl_mean"][-1]
         for run in runs.values():
             run["target_ppl"] = target
             run["rounds_to_target"] = rounds_to(run["ppl_mean"], target)
