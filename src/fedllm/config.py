@@ -418,6 +418,12 @@ class ClientConfig(Section):
     prox_mu: float = Field(
         0.0, ge=0, description="FedProx proximal weight mu (0: plain local training)."
     )
+    keep_optimizer_state: bool = Field(
+        False,
+        description="Keep each client's local optimizer state (AdamW moments, SGD momentum) "
+        "across rounds, as DiLoCo's inner optimizer does; stored per client on disk "
+        "(2x the trainable parameters for AdamW). False: a fresh optimizer every round.",
+    )
     drift_correction: Literal["none", "scaffold"] = Field(
         "none",
         description="'scaffold': SCAFFOLD control variates (Karimireddy et al. 2020, option II), "

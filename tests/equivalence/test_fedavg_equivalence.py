@@ -149,3 +149,36 @@ def test_fedprox_equals_training_with_the_proximal_term_in_the_loss() -> None:
     without.play_round(1, None)
     plain = dict(without.final_states())[""]
     assert relative_update_error(plain, reference, ws.initial) > 1e-3, "mu must matter"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_optimizer_state_makes_rounds_one_continuous_training(
+    tmp_path: Path, keep: bool
+) -> None:
+    """One client, server lr 1: with its AdamW state kept, 2 rounds of 2 steps are
+    the same 4 steps a plain loop takes; with a fresh AdamW each round they are not."""
+    cfg = tiny_config(
+        "data.num_clients=1",
+        "data.max_examples_per_client=12",
+        "client.local_steps=2",
+        "client.batch_size=64",  # full batch: the order of examples cannot matter
+        "client.max_grad_norm=none",
+        "client.lr=0.01",
+        f"client.keep_optimizer_state={str(keep).lower()}",
+        "server.clients_per_round=1",
+        "server.rounds=2",
+    )
+    ws = prepare(cfg)
+    assert ws.data is not None
+    (client,) = ws.data.clients.values()
+    mode = build_mode(ws, tmp_path)
+    mode.play_round(1, None)
+    mode.play_round(2, None)
+    federated = dict(mode.final_states())[""]
+    continuous = plain_full_batch_training(ws, client.train, steps=4, lr=0.01)
+    error = relative_update_error(federated, continuous, ws.initial)
+    if keep:
+        assert error < 1e-4
+        assert (tmp_path / "clients" / f"{client.client_id}.optimizer.safetensors").is_file()
+    else:
+        assert error > 1e-2  # a fresh AdamW restarts its bias correction and moments

@@ -87,3 +87,14 @@ def test_scaffold_with_personal_parameters_keeps_the_two_stores_apart(tmp_path: 
         control = load_file(result.run_dir / "clients" / f"{cid}.control.safetensors")
         assert all("lora_B" in k for k in personal)
         assert not any("lora_B" in k for k in control)  # c_i covers the shared part only
+
+
+def test_kept_optimizer_state_resumes_exactly(tmp_path: Path) -> None:
+    overrides = ("client.keep_optimizer_state=true", "server.rounds=4", "run.checkpoint_every=2")
+    whole = run(tiny_config(*overrides), tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptAfter(3))
+    resumed = resume(tmp_path / "cut")
+    assert stable(resumed.records) == stable(whole.records)
+    fresh = run(tiny_config("server.rounds=4"), tmp_path / "fresh")
+    assert stable(fresh.records) != stable(whole.records)  # the state changes training

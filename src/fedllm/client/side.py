@@ -13,10 +13,12 @@ from fedllm.client.mix import PublicMix
 from fedllm.client.personal import PersonalState
 from fedllm.client.rank import RankPlan
 from fedllm.client.scaffold import ControlVariates
+from fedllm.client.store import ClientStateStore
 from fedllm.client.train import compute_update
 from fedllm.config import ClientConfig
 from fedllm.data import ClientData
 from fedllm.seeding import derive_seed
+from fedllm.server.validate import all_finite
 from fedllm.types import ClientId, ClientUpdate, Params
 
 ClientHalf = Callable[[ClientUpdate], ClientUpdate]
@@ -30,7 +32,8 @@ class ClientSide:
     In order: merge the client's personal parameters into the broadcast;
     truncate it to the client's LoRA rank (heterogeneous ranks); train its step
     budget (SCAFFOLD-corrected if it holds control variates; public examples
-    mixed into its batches if it holds the public corpus); keep the personal
+    mixed into its batches if it holds the public corpus; continuing its own
+    optimizer state if that is kept); keep the personal
     part of the update; move its control variate and attach the change; divide
     by its step norm (FedNova); keep only its rank's slices; run the pipeline's
     client halves.
@@ -46,6 +49,7 @@ class ClientSide:
         fednova: send FedNova-normalised updates.
         ranks: each client's LoRA rank, if ranks are heterogeneous.
         public: the public examples mixed into every client's batches, if any.
+        optimizer_states: each client's local optimizer state, if kept across rounds.
     """
 
     clients: Mapping[ClientId, ClientData]
@@ -58,6 +62,7 @@ class ClientSide:
     fednova: bool = False
     ranks: RankPlan | None = None
     public: PublicMix | None = None
+    optimizer_states: ClientStateStore | None = None
 
     def run(
         self,
@@ -79,9 +84,14 @@ class ClientSide:
         correction = None
         if self.controls is not None:
             correction = self.controls.correction(client_id, extra)
+        inner = None
+        if self.optimizer_states is not None:
+            inner = self.optimizer_states.get(client_id) or {}
         update = compute_update(
-            model, start, data, self.cfg, seed, self.pad_id, steps, correction, self.public
+            model, start, data, self.cfg, seed, self.pad_id, steps, correction, self.public, inner
         )
+        if self.optimizer_states is not None and inner and all_finite(inner):
+            self.optimizer_states.put(client_id, inner)
         if self.personal is not None:  # personal parts stay here, on the client
             update = self.personal.keep(client_id, update)
         if self.controls is not None:

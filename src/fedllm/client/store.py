@@ -13,7 +13,10 @@ from fedllm.types import ClientId, Params
 CONTROL_SUFFIX = ".control"
 """Files of SCAFFOLD control variates: ``<client>.control.safetensors``."""
 
-KIND_SUFFIXES = (CONTROL_SUFFIX,)
+OPTIMIZER_SUFFIX = ".optimizer"
+"""Files of local optimizer state kept across rounds: ``<client>.optimizer.safetensors``."""
+
+KIND_SUFFIXES = (CONTROL_SUFFIX, OPTIMIZER_SUFFIX)
 """Suffixes of every kind of client state besides the plain one."""
 
 

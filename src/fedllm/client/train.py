@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from fedllm.client.inner import export_state, import_state
 from fedllm.client.mix import PublicMix
 from fedllm.client.offload import offloaded_optimizer
 from fedllm.config import ClientConfig
@@ -89,6 +90,7 @@ def train_locally(
     anchor: Sequence[torch.Tensor] | None = None,
     correction: Sequence[torch.Tensor | None] | None = None,
     public: PublicMix | None = None,
+    optimizer_state: Params | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps on ``examples``, in place on ``model``'s trainable params.
 
@@ -107,6 +109,10 @@ def train_locally(
     With ``public``, every micro-batch also holds ``public.per_batch`` public
     examples (:meth:`PublicMix.batches`); ``tokens`` counts them too.
 
+    ``optimizer_state`` (in and out): the optimizer starts from it (if not
+    empty) and it is replaced by the state after the last step
+    (:mod:`fedllm.client.inner`).
+
     Returns:
         metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
         tokens seen), ``lr_sum`` (sum of the steps' learning rates), ``train_s``
@@ -114,6 +120,8 @@ def train_locally(
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, cfg)
+    if optimizer_state is not None:
+        import_state(optimizer, optimizer_state)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
     batches = draw_batches(examples, cfg.batch_size, seed, public)
     device = input_device(model)
@@ -153,6 +161,9 @@ def train_locally(
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
+    if optimizer_state is not None:
+        optimizer_state.clear()
+        optimizer_state.update(export_state(optimizer))
     return {
         "train_loss": sum(losses) / len(losses),
         "steps": float(steps),
@@ -195,6 +206,7 @@ def compute_update(
     steps: int | None = None,
     correction: Params | None = None,
     public: PublicMix | None = None,
+    optimizer_state: Params | None = None,
 ) -> ClientUpdate:
     """Load ``broadcast``, train locally, and return the delta against it.
 
@@ -212,7 +224,9 @@ def compute_update(
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     anchor = [broadcast[n] for n in names]
     aligned = None if correction is None else [correction.get(n) for n in names]
-    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, anchor, aligned, public)
+    metrics = train_locally(
+        model, data.train, cfg, steps, seed, pad_id, anchor, aligned, public, optimizer_state
+    )
     trained = get_trainable_state(model)
     with torch.no_grad():
         delta = {name: trained[name].sub_(broadcast[name]) for name in broadcast}

@@ -21,7 +21,7 @@ from fedllm.client.personal import PersonalSplit, PersonalState
 from fedllm.client.rank import RankPlan, check_rank_clients
 from fedllm.client.scaffold import ControlVariates
 from fedllm.client.side import ClientSide
-from fedllm.client.store import CONTROL_SUFFIX, ClientStateStore
+from fedllm.client.store import CONTROL_SUFFIX, OPTIMIZER_SUFFIX, ClientStateStore
 from fedllm.config import ClientConfig, Config, ServerConfig
 from fedllm.data import ClientData
 from fedllm.federation.evaluation import evaluate_states
@@ -97,6 +97,7 @@ class FederatedMode:
         ranks: RankPlan | None = None,
         public: PublicServer | None = None,
         mix: PublicMix | None = None,
+        optimizer_states: ClientStateStore | None = None,
     ) -> None:
         self.ws = ws
         self.public = public
@@ -130,6 +131,7 @@ class FederatedMode:
             fednova=self.fednova,
             ranks=ranks,
             public=mix,
+            optimizer_states=optimizer_states,
         )
         self.engine = SimulationEngine(ws.model, side)
 
@@ -198,7 +200,12 @@ class LocalMode:
 
     name = "local"
 
-    def __init__(self, ws: Workspace, store: ClientStateStore) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        store: ClientStateStore,
+        optimizer_states: ClientStateStore | None = None,
+    ) -> None:
         assert ws.data is not None
         self.ws = ws
         self.store = store
@@ -208,7 +215,15 @@ class LocalMode:
         sizes = {cid: len(data.train) for cid, data in self.clients.items()}
         self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
         mix = public_mix(cfg, ws.public)
-        side = ClientSide(self.clients, cfg.client, cfg.seed, ws.pad_id, lambda u: u, public=mix)
+        side = ClientSide(
+            self.clients,
+            cfg.client,
+            cfg.seed,
+            ws.pad_id,
+            lambda u: u,
+            public=mix,
+            optimizer_states=optimizer_states,
+        )
         self.engine = SimulationEngine(ws.model, side)
 
     def state_of(self, client_id: ClientId) -> Params:
@@ -287,9 +302,12 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
             f"[personal] applies to federation.mode = 'federated', not "
             f"{config.federation.mode!r}: there is no shared model to personalise"
         )
+    optimizer_states = None
+    if config.client.keep_optimizer_state:
+        optimizer_states = ClientStateStore(run_root / "clients", OPTIMIZER_SUFFIX)
     if config.federation.mode == "local":
         check_budget_clients(config.client, ws.data.clients)
-        return LocalMode(ws, ClientStateStore(run_root / "clients"))
+        return LocalMode(ws, ClientStateStore(run_root / "clients"), optimizer_states)
     if config.federation.mode == "centralized":
         pooled = {POOLED: pooled_client(ws.data.clients)}
         plain = ServerConfig(
@@ -310,6 +328,7 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
             communicates=False,
             public=public_server(ws),
             mix=public_mix(config, ws.public),
+            optimizer_states=optimizer_states,
         )
     check_budget_clients(config.client, ws.data.clients)
     personal = None
@@ -339,6 +358,7 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
         ranks=ranks,
         public=public_server(ws),
         mix=public_mix(config, ws.public),
+        optimizer_states=optimizer_states,
     )
 
 
