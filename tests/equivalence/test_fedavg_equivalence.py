@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedllm.config import Config
 from fedllm.data import ClientData, Example, FederatedData, collate
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.setup import Workspace, prepare
@@ -31,18 +32,24 @@ def plain_full_batch_training(
     return get_trainable_state(ws.model)
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_fedavg_one_client_one_round_equals_local_training(tmp_path: Path, method: str) -> None:
-    cfg = tiny_config(
-        f'method.kind="{method}"',
+def one_full_batch_client(*overrides: str) -> Config:
+    """The tiny recipe with one client of 12 examples, trained full batch (so the order
+    of examples cannot matter) with AdamW lr 0.01 and no clipping, sampled every round."""
+    return tiny_config(
         "data.num_clients=1",
         "data.max_examples_per_client=12",
-        "client.local_steps=4",
-        "client.batch_size=64",  # full batch: the order of examples cannot matter
+        "client.batch_size=64",
         "client.max_grad_norm=none",
         "client.lr=0.01",
         "server.clients_per_round=1",
-        "server.rounds=1",
+        *overrides,
+    )
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_fedavg_one_client_one_round_equals_local_training(tmp_path: Path, method: str) -> None:
+    cfg = one_full_batch_client(
+        f'method.kind="{method}"', "client.local_steps=4", "server.rounds=1"
     )
     ws = prepare(cfg)
     assert ws.data is not None
@@ -157,15 +164,9 @@ def test_kept_optimizer_state_makes_rounds_one_continuous_training(
 ) -> None:
     """One client, server lr 1: with its AdamW state kept, 2 rounds of 2 steps are
     the same 4 steps a plain loop takes; with a fresh AdamW each round they are not."""
-    cfg = tiny_config(
-        "data.num_clients=1",
-        "data.max_examples_per_client=12",
+    cfg = one_full_batch_client(
         "client.local_steps=2",
-        "client.batch_size=64",  # full batch: the order of examples cannot matter
-        "client.max_grad_norm=none",
-        "client.lr=0.01",
         f"client.keep_optimizer_state={str(keep).lower()}",
-        "server.clients_per_round=1",
         "server.rounds=2",
     )
     ws = prepare(cfg)

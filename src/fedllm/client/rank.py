@@ -20,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
+from fedllm.client.budget import per_client_value
 from fedllm.config import MethodConfig, check_client_names
-from fedllm.seeding import derive_seed
 from fedllm.types import ClientId, ClientUpdate, Params
 
 RANK_METRIC = "lora_rank"
@@ -51,12 +50,8 @@ def client_rank(cfg: MethodConfig, client_id: ClientId, seed: int) -> int:
     In order: ``ranks_by_client[client_id]``; with ``rank_min``, a seeded
     uniform draw from ``[rank_min, r]``; otherwise ``r``.
     """
-    if client_id in cfg.ranks_by_client:
-        return cfg.ranks_by_client[client_id]
-    if cfg.rank_min is not None:
-        rng = np.random.default_rng(derive_seed(seed, "lora-rank", client_id))
-        return int(rng.integers(cfg.rank_min, cfg.r + 1))
-    return cfg.r
+    drawn = per_client_value(cfg.ranks_by_client, cfg.rank_min, cfg.r, client_id, seed, "lora-rank")
+    return cfg.r if drawn is None else drawn
 
 
 def check_rank_clients(cfg: MethodConfig, clients: Iterable[ClientId]) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import WeightedMean
-from fedllm.client.budget import check_budget_clients, client_steps
+from fedllm.client.budget import check_budget_clients, client_steps, with_fixed_steps
 from fedllm.client.mix import PublicMix
 from fedllm.client.personal import PersonalSplit, PersonalState
 from fedllm.client.rank import RankPlan, check_rank_clients
@@ -276,14 +276,7 @@ def centralized_budget(config: Config, clients: dict[ClientId, ClientData]) -> C
     ]
     cohort = min(config.server.clients_per_round, len(clients))
     steps = max(1, round(sum(per_client) / len(per_client) * cohort))
-    return config.client.model_copy(
-        update={
-            "local_steps": steps,
-            "local_epochs": 0.0,
-            "local_steps_min": None,
-            "local_steps_by_client": {},
-        }
-    )
+    return with_fixed_steps(config.client, steps)
 
 
 def build_mode(ws: Workspace, run_root: Path) -> Mode:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from fedllm.client.budget import with_fixed_steps
 from fedllm.client.mix import PublicMix
 from fedllm.client.side import ClientSide
 from fedllm.config import ClientConfig, Config
@@ -46,15 +47,8 @@ def public_mix(config: Config, public: PublicData | None) -> PublicMix | None:
 def server_client_config(cfg: ClientConfig, steps: int) -> ClientConfig:
     """The clients' settings with ``steps`` steps a round and no per-client budgets or
     FedProx term (the server has no anchor to stay near)."""
-    return cfg.model_copy(
-        update={
-            "local_steps": steps,
-            "local_epochs": 0.0,
-            "local_steps_min": None,
-            "local_steps_by_client": {},
-            "prox_mu": 0.0,
-            "drift_correction": "none",
-        }
+    return with_fixed_steps(cfg, steps).model_copy(
+        update={"prox_mu": 0.0, "drift_correction": "none"}
     )
 
 
