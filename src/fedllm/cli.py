@@ -209,7 +209,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, not a bug: shown as one line, no traceback."""
     from fedllm.client.personal import PersonalizationError
     from fedllm.data.sources import DataError
-    from fedllm.federation.modes import ModeError
+    from fedllm.federation.algorithms.base import ModeError
     from fedllm.model.load import ModelLoadError
     from fedllm.model.methods.base import MethodError
     from fedllm.model.state import StateMismatchError

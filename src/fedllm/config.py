@@ -542,6 +542,30 @@ class ServerConfig(Section):
         description="'trace': JSON file mapping every round to the client ids online in it, "
         'e.g. {"1": ["a", "b"], "2": []}; none: the seeded availability draw.',
     )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Simulated dropouts: probability that a sampled client never answers in a "
+        "round (seeded per round and client); 0: none. For testing protocols with dropouts.",
+    )
+    dropout_trace: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Simulated dropouts by round instead of the draw, e.g. {"2" = ["a"]}: '
+        "client a drops in round 2.",
+    )
+
+    @model_validator(mode="after")
+    def _check_dropout(self) -> ServerConfig:
+        bad = [key for key in self.dropout_trace if not key.isdigit() or int(key) < 1]
+        if bad:
+            raise ValueError(f"server.dropout_trace keys must be round numbers >= 1, got {bad}")
+        if self.dropout_trace and self.dropout > 0:
+            raise ValueError(
+                f"server.dropout = {self.dropout} and server.dropout_trace are both set; "
+                "the trace says who drops: remove server.dropout"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_sampling(self) -> ServerConfig:
@@ -583,6 +607,12 @@ class FederationConfig(Section):
         "federated",
         description="'federated'; 'local': every client trains alone on its own data; "
         "'centralized': all training data pooled. Same step budget in all three.",
+    )
+    algorithms: list[str] = Field(
+        default_factory=list,
+        description="Registered opt-in algorithms to turn on by name (ones with no config "
+        "section of their own, e.g. a plug-in a user registers); built-in ones are turned on "
+        "by their own settings.",
     )
 
 
@@ -704,38 +734,6 @@ class Config(Section):
                 "private data would share text; choose another public corpus, or split the "
                 "corpus into two files"
             )
-        trained = [
-            f"public.{key} = {getattr(public, key)}"
-            for key in ("warmup_steps", "server_steps")
-            if getattr(public, key) > 0
-        ]
-        refused = [
-            (
-                f"federation.mode = {self.federation.mode!r}",
-                self.federation.mode == "local",
-                "clients training alone have no global model for the server to train",
-            ),
-            (
-                f"personal.keys = {self.personal.keys}, personal.prompt_tokens = "
-                f"{self.personal.prompt_tokens}",
-                bool(self.personal.keys) or self.personal.prompt_tokens > 0,
-                "the server holds no personal parameters to train the model with",
-            ),
-        ]
-        if public.server_steps > 0:
-            refused.append(
-                (
-                    "server.normalize = 'fednova'",
-                    self.server.normalize == "fednova",
-                    "the server's update is not step-normalised like the clients'",
-                )
-            )
-        for setting, present, why in refused:
-            if trained and present:
-                raise ValueError(
-                    f"{', '.join(trained)} cannot be combined with {setting} ({why}); "
-                    "remove one of the two"
-                )
         if public.mix_ratio > 0:
             batch = self.client.batch_size
             n_public = public.public_per_batch(batch)
@@ -746,41 +744,6 @@ class Config(Section):
                     f"{batch - 1}: choose mix_ratio between {1 / batch:.3g} and "
                     f"{(batch - 1) / batch:.3g}, or another batch_size"
                 )
-        return self
-
-    @model_validator(mode="after")
-    def _check_rank_combinations(self) -> Config:
-        if not self.method.heterogeneous_ranks:
-            return self
-        refused = [
-            (
-                "client.drift_correction = 'scaffold'",
-                self.client.drift_correction == "scaffold",
-                "control variates are not truncated to a client's rank",
-            ),
-            (
-                f"personal.keys = {self.personal.keys}",
-                bool(self.personal.keys),
-                "personal LoRA factors are not truncated to a client's rank",
-            ),
-            (
-                f"federation.mode = {self.federation.mode!r}",
-                self.federation.mode != "federated",
-                "ranks apply to federated training only; the reference modes train rank r",
-            ),
-        ]
-        for setting, present, why in refused:
-            if present:
-                raise ValueError(
-                    "heterogeneous LoRA ranks (method.rank_min / method.ranks_by_client) "
-                    f"cannot be combined with {setting} ({why}); remove one of the two"
-                )
-        if self.method.rank_aggregation == "per_rank" and self.server.aggregator != "mean":
-            raise ValueError(
-                f"method.rank_aggregation = 'per_rank' replaces the weighted mean, but "
-                f"server.aggregator = {self.server.aggregator!r}; set server.aggregator = "
-                "'mean' or method.rank_aggregation = 'pad'"
-            )
         return self
 
 
@@ -862,9 +825,19 @@ def _none_to_word(tree: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_components(config: Config) -> None:
-    """Every component name must be in its registry."""
+    """The algorithms the config turns on must work together (first: a combination is
+    the more useful message), and every component name must be in its registry."""
     from fedllm import components
 
+    unknown = [name for name in config.federation.algorithms if name not in components.ALGORITHMS]
+    if unknown:
+        raise ConfigError(
+            f"config error: federation.algorithms names {unknown}, which are not registered; "
+            f"choose from {', '.join(components.ALGORITHMS.names())}"
+        )
+    problems = components.composition_problems(config)
+    if problems:
+        raise ConfigError("\n".join(f"config error: {p}" for p in problems))
     problems = []
     named = components.named_fields()
     if config.public.source is not None:

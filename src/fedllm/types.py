@@ -13,25 +13,55 @@ Params = dict[str, torch.Tensor]
 ClientId = str
 
 
+PART_SEPARATOR = "/"
+"""A message's arrays named ``<plug-in>/<name>`` belong to that plug-in, not to the model
+(model parameter names never hold it)."""
+
+
 @dataclass
 class ClientUpdate:
-    """What one client sends back after local training.
+    """What one client sends back after local training, as the server reads it.
 
     Attributes:
         client_id: who trained.
         delta: trained state minus broadcast state, same keys as the broadcast.
         num_examples: training examples seen (the aggregation weight).
         metrics: scalar local metrics (``train_loss``, ``steps``, ``tokens``...).
-        extra: tensors sent beside the delta that are not part of the model
+        parts: tensors sent beside the delta by a plug-in, by plug-in name
             (SCAFFOLD's control-variate change); they bypass the aggregation
             pipeline and are counted in the bytes sent.
+        coverage: the entries of the delta the client really trained (0/1 masks by
+            tensor name, broadcastable; None: all), for an aggregator that averages
+            each entry over its holders (heterogeneous LoRA ranks).
     """
 
     client_id: ClientId
     delta: Params
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
-    extra: Params = field(default_factory=dict)
+    parts: dict[str, Params] = field(default_factory=dict)
+    coverage: Params | None = None
+
+
+def split_parts(arrays: Params) -> tuple[Params, dict[str, Params]]:
+    """(model tensors, plug-in parts by plug-in name) of a message's arrays."""
+    own: Params = {}
+    parts: dict[str, Params] = {}
+    for key, tensor in arrays.items():
+        plugin, sep, name = key.partition(PART_SEPARATOR)
+        if sep:
+            parts.setdefault(plugin, {})[name] = tensor
+        else:
+            own[key] = tensor
+    return own, parts
+
+
+def join_parts(own: Params, parts: dict[str, Params]) -> Params:
+    """Inverse of :func:`split_parts`."""
+    out = dict(own)
+    for plugin, arrays in parts.items():
+        out.update({f"{plugin}{PART_SEPARATOR}{k}": v for k, v in arrays.items()})
+    return out
 
 
 @dataclass

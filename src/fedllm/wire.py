@@ -1,20 +1,31 @@
 """Everything that crosses the wire is encoded here, and bytes are counted here.
 
+A :class:`~fedllm.message.Message` is encoded as::
+
+    [8-byte little-endian length N][N bytes of JSON: config and metric names]
+    [8 bytes per metric: float64 values][safetensors of the arrays]
+
 Tensors are encoded as safetensors: an 8-byte length, a JSON header padded
-to 8 bytes, then the raw tensor data. Hard-prompt selection exchanges small
-tables instead, as compact UTF-8 JSON: candidate instructions down, score
-tables up.
+to 8 bytes, then the raw tensor data. Config values are JSON (bytes as
+``{"$b64": ...}``, ASCII only), so the size of a message depends on its
+names, shapes and config, never on the values of its floats.
+:func:`message_bytes` gives ``len(encode_message(m))`` without copying any
+tensor. Hard-prompt tables (candidate instructions down, score tables up)
+travel in a message's config as compact UTF-8 JSON bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import struct
 from collections.abc import Mapping
 
 import torch
 from safetensors.torch import load, save
 
+from fedllm.message import ConfigValue, Message
 from fedllm.types import Params
 
 # dtype -> (safetensors code, rank in safetensors' Dtype enum, which orders the layout)
@@ -42,6 +53,76 @@ def decode(payload: bytes) -> Params:
     return load(payload)
 
 
+class WireError(ValueError):
+    """Bytes that are not an encoded message."""
+
+
+def encode_message(message: Message) -> bytes:
+    """Serialise a message (see the module docstring)."""
+    header = _header(message)
+    values = struct.pack(f"<{len(message.metrics)}d", *message.metrics.values())
+    return struct.pack("<Q", len(header)) + header + values + encode(message.arrays)
+
+
+def decode_message(payload: bytes) -> Message:
+    """Inverse of :func:`encode_message`.
+
+    Raises:
+        WireError: a truncated or malformed payload.
+    """
+    try:
+        (length,) = struct.unpack_from("<Q", payload)
+        head = json.loads(payload[8 : 8 + length].decode("ascii"))
+        names = head["metrics"]
+        start = 8 + length
+        values = struct.unpack_from(f"<{len(names)}d", payload, start)
+        arrays = decode(payload[start + 8 * len(names) :])
+        config = {k: _decode_value(v) for k, v in head["config"].items()}
+    except (struct.error, UnicodeDecodeError, KeyError, TypeError, ValueError) as err:
+        raise WireError(f"not an encoded message: {err}") from None
+    except Exception as err:  # safetensors raises its own error type
+        raise WireError(f"not an encoded message: {err}") from None
+    return Message(arrays, config, dict(zip(names, values, strict=True)))
+
+
+def message_bytes(message: Message) -> int:
+    """Exact ``len(encode_message(message))``, computed without copying any tensor."""
+    return 8 + len(_header(message)) + 8 * len(message.metrics) + payload_bytes(message.arrays)
+
+
+def try_message_bytes(message: object) -> int | None:
+    """:func:`message_bytes`, or None for something that isn't a well-formed message
+    (a malformed reply still crossed the wire, but has no size here)."""
+    if not isinstance(message, Message):
+        return None
+    if try_payload_bytes(message.arrays) is None:
+        return None
+    try:
+        return message_bytes(message)
+    except (TypeError, ValueError):
+        return None
+
+
+def _header(message: Message) -> bytes:
+    config = {k: _encode_value(v) for k, v in message.config.items()}
+    head = {"config": config, "metrics": list(message.metrics)}
+    return json.dumps(head, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _encode_value(value: ConfigValue) -> object:
+    if isinstance(value, bytes):
+        return {"$b64": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def _decode_value(value: object) -> ConfigValue:
+    if isinstance(value, dict):
+        return base64.b64decode(value["$b64"], validate=True)
+    if not isinstance(value, (bool, int, float, str)):
+        raise ValueError(f"config value of type {type(value).__name__}")
+    return value
+
+
 def try_payload_bytes(params: object) -> int | None:
     """:func:`payload_bytes`, or None for something that isn't named tensors of a
     supported dtype (a malformed update still crossed the wire, but has no size here)."""
@@ -50,15 +131,6 @@ def try_payload_bytes(params: object) -> int | None:
     if not all(isinstance(t, torch.Tensor) and t.dtype in _DTYPES for t in params.values()):
         return None
     return payload_bytes(params)
-
-
-EXTRA_PREFIX = "extra/"
-"""Key prefix of the tensors sent beside a model state or delta in the same message."""
-
-
-def with_extra(params: Params, extra: Params) -> Params:
-    """One message's tensors: ``params`` plus ``extra`` under :data:`EXTRA_PREFIX`."""
-    return {**params, **{EXTRA_PREFIX + k: v for k, v in extra.items()}}
 
 
 def payload_bytes(params: Params) -> int:
@@ -75,7 +147,9 @@ def payload_bytes(params: Params) -> int:
             "data_offsets": [offset, offset + size],
         }
         offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
+    # safetensors (serde_json) writes non-ASCII as raw UTF-8 and escapes only quotes,
+    # backslashes and control characters, as ensure_ascii=False does.
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     padded = -(-len(text) // 8) * 8
     return 8 + padded + offset
 

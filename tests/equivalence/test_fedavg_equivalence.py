@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedllm.client.store import ClientStateStore
 from fedllm.config import Config
 from fedllm.data import ClientData, Example, FederatedData, collate
+from fedllm.federation.algorithms.base import Composition
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.setup import Workspace, prepare
 from fedllm.model.state import get_trainable_state, set_trainable_state
@@ -81,7 +83,9 @@ def equal_length_examples(n: int, seq_len: int, seed: int) -> list[Example]:
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_one_step_fedsgd_equals_a_centralized_step_on_the_union(method: str) -> None:
+def test_one_step_fedsgd_equals_a_centralized_step_on_the_union(
+    tmp_path: Path, method: str
+) -> None:
     cfg = tiny_config(
         f'method.kind="{method}"',
         'client.optimizer="sgd"',
@@ -99,7 +103,9 @@ def test_one_step_fedsgd_equals_a_centralized_step_on_the_union(method: str) -> 
         for i, (cid, n) in enumerate(sizes.items())
     }
     ws.data = FederatedData(clients, [])
-    mode = FederatedMode(ws, clients, cfg.client, cfg.server, build_pipeline(cfg))
+    store = ClientStateStore(tmp_path / "clients")
+    plain = Composition()  # FedAvg alone: no algorithm plug-ins
+    mode = FederatedMode(ws, clients, cfg.client, cfg.server, build_pipeline(cfg), plain, store)
     record = mode.play_round(1, None)
     assert record.accepted == ["a", "b", "c"]
 
@@ -115,7 +121,7 @@ def test_one_step_fedsgd_equals_a_centralized_step_on_the_union(method: str) -> 
         torch.testing.assert_close(mode.state.params[name], expected[name], rtol=1e-4, atol=1e-6)
 
 
-def test_fedprox_equals_training_with_the_proximal_term_in_the_loss() -> None:
+def test_fedprox_equals_training_with_the_proximal_term_in_the_loss(tmp_path: Path) -> None:
     mu, lr, steps = 0.5, 0.05, 3
     cfg = tiny_config(
         'client.optimizer="sgd"',
@@ -131,7 +137,7 @@ def test_fedprox_equals_training_with_the_proximal_term_in_the_loss() -> None:
     ws = prepare(cfg)
     assert ws.data is not None
     (client,) = ws.data.clients.values()
-    mode = build_mode(ws, Path("unused"))
+    mode = build_mode(ws, tmp_path / "with")
     mode.play_round(1, None)
     fedprox = dict(mode.final_states())[""]
 
@@ -151,7 +157,7 @@ def test_fedprox_equals_training_with_the_proximal_term_in_the_loss() -> None:
 
     without = build_mode(
         prepare(cfg.model_copy(update={"client": cfg.client.model_copy(update={"prox_mu": 0.0})})),
-        Path("unused"),
+        tmp_path / "without",
     )
     without.play_round(1, None)
     plain = dict(without.final_states())[""]
@@ -180,6 +186,6 @@ def test_kept_optimizer_state_makes_rounds_one_continuous_training(
     error = relative_update_error(federated, continuous, ws.initial)
     if keep:
         assert error < 1e-4
-        assert (tmp_path / "clients" / f"{client.client_id}.optimizer.safetensors").is_file()
+        assert (tmp_path / "clients" / "optimizer" / f"{client.client_id}.safetensors").is_file()
     else:
         assert error > 1e-2  # a fresh AdamW restarts its bias correction and moments

@@ -3,20 +3,22 @@ combined = (1 - lambda) * mean_clients + lambda * delta_public, checked by hand.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 
 import pytest
 import torch
 
 from fedllm.aggregate.mean import WeightedMean
+from fedllm.client.side import ClientSide
 from fedllm.config import ServerConfig
-from fedllm.federation.public import PublicParticipant
+from fedllm.federation.public import PublicServerPlugin
+from fedllm.message import Message, Reply
 from fedllm.pipeline.stage import Pipeline
+from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.round import RoundExtensions, run_round
 from fedllm.server.state import ServerState
 from fedllm.types import ClientUpdate, Params
-from fedllm.wire import payload_bytes
+from fedllm.wire import encode_message
 
 X = torch.tensor([1.0, -2.0, 0.5])
 D1, D2 = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([3.0, 0.0, -1.0])
@@ -29,14 +31,12 @@ class Scripted:
     def __init__(self, updates: list[ClientUpdate]) -> None:
         self.updates = updates
 
-    def train(
-        self,
-        assignments: Sequence[tuple[str, Params]],
-        round_num: int,
-        on_client_done: object = None,
-        extra: Params | None = None,
-    ) -> Iterator[ClientUpdate]:
-        yield from self.updates
+    def exchange(self, phase: str, messages: Mapping[str, Message]) -> Iterator[tuple[str, Reply]]:
+        for update in self.updates:
+            yield update.client_id, ClientSide.reply(update)
+
+
+SERVER_STEPS = 3
 
 
 class ScriptedServer:
@@ -46,9 +46,15 @@ class ScriptedServer:
         self.delta = delta
         self.calls: list[tuple[Params, int]] = []
 
-    def __call__(self, broadcast: Params, round_num: int) -> ClientUpdate:
-        self.calls.append(({k: v.clone() for k, v in broadcast.items()}, round_num))
+    def train(self, start: Params, steps: int, round_num: int) -> ClientUpdate:
+        assert steps == SERVER_STEPS
+        self.calls.append(({k: v.clone() for k, v in start.items()}, round_num))
         return ClientUpdate("public", {"w": self.delta.clone()}, 0, {"train_loss": 1.5})
+
+
+def participant(server: ScriptedServer, lam: float) -> PublicServerPlugin:
+    """The server's public step each round (no warm-up), with share ``lam``."""
+    return PublicServerPlugin(server, 0, SERVER_STEPS, lam)  # type: ignore[arg-type]
 
 
 def play(
@@ -62,16 +68,9 @@ def play(
     optimizer = build_server_optimizer(server_cfg or ServerConfig())
     params = {"w": X.clone()}
     state = ServerState(0, params, optimizer.initial_state(params))
-    record = run_round(
-        state,
-        [u.client_id for u in updates],
-        Scripted(updates),
-        Pipeline([], WeightedMean()),
-        optimizer,
-        min_clients,
-        weighting,
-        extensions=RoundExtensions(participant=PublicParticipant(server, lam)),
-    )
+    pipeline = Pipeline([], WeightedMean())
+    setup = TrainingSetup(pipeline, optimizer, [participant(server, lam)], min_clients, weighting)
+    record = run_round(state, [u.client_id for u in updates], Scripted(updates), setup)
     return state, record.to_json()
 
 
@@ -87,7 +86,8 @@ def test_the_public_update_takes_its_share_of_the_example_weighted_mean(lam: flo
         "weight": pytest.approx(lam / (1 - lam) * 40),
     }
     assert record["accepted"] == ["a", "b"]
-    assert record["bytes_up"] == 2 * payload_bytes({"w": D1})  # the server's update is not sent
+    sent = sum(len(encode_message(ClientSide.reply(u))) for u in updates)
+    assert record["bytes_up"] == sent  # the server's update is not sent
     ((start, round_num),) = server.calls  # trained once, from the broadcast
     assert round_num == 1 and torch.equal(start["w"], X)
 
@@ -133,4 +133,4 @@ def test_a_non_finite_public_update_is_refused_and_the_clients_still_count() -> 
 def test_lambda_outside_zero_one_is_refused() -> None:
     for lam in (0.0, 1.0):
         with pytest.raises(ValueError, match="server_weight"):
-            PublicParticipant(ScriptedServer(D_PUBLIC), lam)
+            participant(ScriptedServer(D_PUBLIC), lam)

@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -52,10 +53,18 @@ MATRIX: dict[str, tuple[str, ...]] = {
     "full": ("method.kind=full",),
     "prompt": ("method.kind=prompt", "method.num_virtual_tokens=4"),
     "prefix": ("method.kind=prefix", "method.num_virtual_tokens=4"),
-    "ptuning": ("method.kind=ptuning", "method.num_virtual_tokens=4", "method.encoder_hidden_size=16"),
+    "ptuning": (
+        "method.kind=ptuning",
+        "method.num_virtual_tokens=4",
+        "method.encoder_hidden_size=16",
+    ),
     "ia3": ("method.kind=ia3",),
     "adapter": ("method.kind=adapter", "method.adapter_size=8"),
-    "personal_prompt": ("method.kind=prompt", "method.num_virtual_tokens=4", "personal.prompt_tokens=2"),
+    "personal_prompt": (
+        "method.kind=prompt",
+        "method.num_virtual_tokens=4",
+        "personal.prompt_tokens=2",
+    ),
     "personal_keys": ("personal.keys=['*lora_B*']",),
     "hetero_rank_pad": ("method.rank_min=1", "method.rank_aggregation=pad"),
     "hetero_rank_per_rank": ("method.rank_min=1", "method.rank_aggregation=per_rank"),
@@ -125,10 +134,8 @@ def run_case(overrides: tuple[str, ...], out: Path, interrupt: bool) -> dict[str
     """Train one case into ``out``; with ``interrupt``, stop after round 2 and resume."""
     config = load_config(TINY, [*COMMON, *overrides])
     if interrupt:
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run(config, out, reporter=InterruptAfter(2))
-        except KeyboardInterrupt:
-            pass
         result = resume(out)
     else:
         result = run(config, out)
@@ -150,6 +157,8 @@ def selection_case(overrides: tuple[str, ...], out: Path) -> dict[str, Any]:
     config = load_config(TINY, [*COMMON, *overrides])
     result = run_selection(config, out)
     kept = {k: v for k, v in result.result.items() if k not in VOLATILE_SUMMARY}
+    for scoring_round in kept.get("rounds", []):
+        scoring_round.pop("seconds", None)  # wall-clock time
     return {"overrides": list(overrides), "result": stable(kept)}
 
 
@@ -192,7 +201,9 @@ def differences(expected: Any, got: Any, path: str, ignore: set[str]) -> list[st
 def contents(case: dict[str, Any]) -> dict[str, list[str]]:
     """A case's tensor hashes by group, as sorted lists of ``name:hash`` without paths."""
     return {
-        group: sorted(f"{key.split('.safetensors:', 1)[-1]}:{digest}" for key, digest in hashes.items())
+        group: sorted(
+            f"{key.split('.safetensors:', 1)[-1]}:{digest}" for key, digest in hashes.items()
+        )
         for group, hashes in case["tensors"].items()
     }
 

@@ -32,10 +32,10 @@ def test_scaffold_runs_and_sends_its_control_variates(tmp_path: Path, kind: str)
     assert first["bytes_up"] == pytest.approx(2 * base["bytes_up"], rel=0.01)
     assert first["train_loss"] == pytest.approx(base["train_loss"])  # c = c_i = 0 at first
     trained = {c for r in rounds for c in r["accepted"]}
-    stored = {p.name for p in (result.run_dir / "clients").glob("*.control.safetensors")}
-    assert stored == {f"{c}.control.safetensors" for c in trained}
+    stored = {p.name for p in (result.run_dir / "clients" / "scaffold").glob("*.safetensors")}
+    assert stored == {f"{c}.safetensors" for c in trained}
     ckpt = sorted((result.run_dir / "checkpoints").iterdir())[-1]
-    control = load_file(ckpt / "control.safetensors")
+    control = load_file(ckpt / "scaffold.safetensors")
     assert set(control) == set(load_file(ckpt / "global.safetensors"))
     assert any(float(t.abs().sum()) > 0 for t in control.values())
 
@@ -80,11 +80,11 @@ def test_scaffold_with_personal_parameters_keeps_the_two_stores_apart(tmp_path: 
     assert exported == sorted(clients)
     ws = prepare(tiny_config(*overrides), with_data=False)
     trained = load_trained(RunDir(result.run_dir), ws.initial, PersonalSplit(("*lora_B*",)))
-    assert set(trained.client_files) <= set(clients)  # no "<id>.control" entries
+    assert set(trained.client_files) <= set(clients)  # no control-variate entries
     trained_ids = {c for r in result.records for c in r.get("accepted", [])}
     for cid in trained_ids:
         personal = load_file(trained.client_files[cid])
-        control = load_file(result.run_dir / "clients" / f"{cid}.control.safetensors")
+        control = load_file(result.run_dir / "clients" / "scaffold" / f"{cid}.safetensors")
         assert all("lora_B" in k for k in personal)
         assert not any("lora_B" in k for k in control)  # c_i covers the shared part only
 

@@ -9,10 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 from fedllm.client.rank import compact
+from fedllm.client.side import NUM_EXAMPLES
 from fedllm.config import ConfigError
 from fedllm.federation.runner import run
 from fedllm.federation.setup import prepare
-from fedllm.wire import payload_bytes
+from fedllm.message import ROUND, Message
+from fedllm.wire import message_bytes
 from tests.support.runs import stable, tiny_config
 
 ALL_CLIENTS = ("server.clients_per_round=4", "server.rounds=2")
@@ -28,10 +30,18 @@ def test_mixed_ranks_train_record_their_rank_and_repeat(tmp_path: Path) -> None:
     for record in rounds:
         assert {c: m["lora_rank"] for c, m in record["client_metrics"].items()} == ranks
     # every client downloads the rank-4 state and uploads its rank's slices only
-    initial = prepare(cfg, with_data=False).initial
-    assert rounds[0]["bytes_down"] == 4 * payload_bytes(initial)
-    assert rounds[0]["bytes_up"] == sum(payload_bytes(compact(initial, r)) for r in ranks.values())
-    assert rounds[0]["bytes_up"] < 4 * payload_bytes(initial)
+    ws = prepare(cfg)
+    assert ws.data is not None
+    initial, clients = ws.initial, ws.data.clients
+    assert rounds[0]["bytes_down"] == 4 * message_bytes(Message(initial, {ROUND: 1}))
+
+    def reply_bytes(client: str, arrays: dict[str, torch.Tensor]) -> int:
+        config = {NUM_EXAMPLES: len(clients[client].train)}
+        return message_bytes(Message(arrays, config, rounds[0]["client_metrics"][client]))
+
+    sliced = sum(reply_bytes(c, compact(initial, r)) for c, r in ranks.items())
+    assert rounds[0]["bytes_up"] == sliced
+    assert rounds[0]["bytes_up"] < sum(reply_bytes(c, initial) for c in ranks)
     again = run(cfg, tmp_path / "again").records
     assert stable(again) == stable(result.records)  # ranks are fixed by the seed
 

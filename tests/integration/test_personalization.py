@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from fedllm.federation.modes import FederatedMode, ModeError, build_mode
 from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
-from fedllm.types import ClientUpdate
-from fedllm.wire import decode, encode
+from fedllm.message import Message
+from fedllm.wire import decode_message, encode_message
 from tests.support.runs import InterruptAfter, stable, tiny_config
 
 PERSONAL = ("personal.keys=['*lora_B*']",)
@@ -23,23 +23,24 @@ def test_personal_parameters_never_leave_the_client(tmp_path: Path) -> None:
     mode = build_mode(ws, tmp_path)
     assert isinstance(mode, FederatedMode)
     sent: list[bytes] = []
-    inner = mode.engine.side.client_half
+    handler = mode.engine.handler
 
-    def wire_tap(update: ClientUpdate) -> ClientUpdate:
-        update = inner(update)
-        sent.append(encode(update.delta))  # what would cross the network
-        return update
+    def wire_tap(client_id: str, phase: str, message: Message) -> Message:
+        reply = handler(client_id, phase, message)
+        sent.append(encode_message(reply))  # what would cross the network
+        return reply
 
-    mode.engine.side.client_half = wire_tap
+    mode.engine.handler = wire_tap
     record = mode.play_round(1, None)
     assert len(sent) == 4 and record.accepted
     for payload in sent:
-        keys = set(decode(payload))
+        keys = set(decode_message(payload).arrays)
         assert keys and not any("lora_B" in k for k in keys)
         assert keys == set(mode.state.params)
     assert record.bytes_up == sum(len(p) for p in sent)
 
-    stored = {cid: load_file(tmp_path / "clients" / f"{cid}.safetensors") for cid in mode.clients}
+    own = tmp_path / "clients" / "personal"
+    stored = {cid: load_file(own / f"{cid}.safetensors") for cid in mode.clients}
     first, second = list(stored.values())[:2]
     assert all("lora_B" in k for k in first)
     assert any(not torch.equal(first[k], second[k]) for k in first), "each client its own"
@@ -76,7 +77,7 @@ def test_personal_prompt_tokens_stay_home(tmp_path: Path) -> None:
     ]
     shared = load_file(result.run_dir / "checkpoints" / "round-00002" / "global.safetensors")[name]
     assert shared.shape[0] == 4, "only the first 4 virtual tokens are shared"
-    trained = sorted((result.run_dir / "clients").glob("*.safetensors"))
+    trained = sorted((result.run_dir / "clients" / "personal").glob("*.safetensors"))
     assert trained
     for path in trained:
         (own,) = load_file(path).values()

@@ -10,7 +10,10 @@ import pytest
 
 from fedllm.cli import main
 from fedllm.federation.rundir import RunDir
+from fedllm.message import Message
 from fedllm.model.load import load_tokenizer
+from fedllm.prompts.score import SCORES, PromptClient
+from fedllm.wire import message_bytes
 from tests.support.runs import TINY, tiny_config
 
 SMOLLM_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -38,8 +41,17 @@ def _select(out: Path, *extra: str) -> list[str]:
 
 
 def test_select_prompt_writes_the_choice_and_the_score_table(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    replies: dict[str, list[Message]] = {}
+    handle = PromptClient.handle
+
+    def recording(client: PromptClient, message: Message) -> Message:
+        reply = handle(client, message)
+        replies.setdefault(client.client_id, []).append(reply)
+        return reply
+
+    monkeypatch.setattr(PromptClient, "handle", recording)
     out = tmp_path / "selection"
     assert main(_select(out)) == 0
     printed = capsys.readouterr().out
@@ -57,7 +69,13 @@ def test_select_prompt_writes_the_choice_and_the_score_table(
         assert default["client_loss"][client] == pytest.approx(loss, rel=1e-6)
     assert set(result["clients"]) == {"emotion", "tech_support", "trivia"}
     assert result["bytes_up"] == sum(c["bytes_up"] for c in result["clients"].values())
-    assert all(0 < c["bytes_up"] < 300 for c in result["clients"].values())
+    # Only the score tables go up: each reply is a message holding its table and nothing
+    # else, and the tables' own bytes are few.
+    for client, counts in result["clients"].items():
+        tables = [reply.config[SCORES] for reply in replies[client]]
+        assert all(isinstance(table, bytes) for table in tables)
+        assert counts["bytes_up"] == sum(message_bytes(Message(config={SCORES: t})) for t in tables)
+        assert 0 < sum(len(table) for table in tables) < 300
     assert all(math.isfinite(r["loss"]) for r in result["candidates"])
     # the same selection again overwrites the result; a training run is never written into
     assert main(_select(out)) == 0

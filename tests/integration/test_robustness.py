@@ -9,11 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedllm.client.plugin import ClientContext, ClientPlugin
+from fedllm.client.side import ClientSide
 from fedllm.eval.evaluate import evaluate
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.rundir import RunDirError
 from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
+from fedllm.message import Message
 from fedllm.model.state import set_trainable_state
 from fedllm.types import ClientUpdate
 from tests.support.runs import stable, tiny_config
@@ -78,13 +81,17 @@ def test_refuses_a_folder_that_is_not_a_run_even_with_overwrite(tmp_path: Path) 
     assert (folder / "config.toml").read_text() == "# someone else's\n"
 
 
-def sabotage(mode: FederatedMode, how: dict[str, object]) -> None:
-    """The named clients send the given malformed update."""
-    inner = mode.engine.side.client_half
+class Saboteur(ClientPlugin):
+    """The named clients corrupt their update once trained (composed after every other
+    plug-in; the tiny recipe's pipeline has no client stage that would act after it)."""
 
-    def half(update: ClientUpdate) -> ClientUpdate:
-        update = inner(update)
-        bad = how.get(update.client_id)
+    name = "saboteur"
+
+    def __init__(self, how: dict[str, object]) -> None:
+        self.how = how
+
+    def after_train(self, ctx: ClientContext, update: ClientUpdate) -> ClientUpdate:
+        bad = self.how.get(ctx.client_id)
         name = next(iter(update.delta))
         if bad == "list":
             update.delta[name] = update.delta[name].tolist()  # type: ignore[assignment]
@@ -92,15 +99,30 @@ def sabotage(mode: FederatedMode, how: dict[str, object]) -> None:
             update.delta[name] = update.delta[name].to(torch.uint32)
         elif bad == "nan-weight":
             update.num_examples = math.nan  # type: ignore[assignment]
-        elif bad == "not-a-dict":
-            update.delta = None  # type: ignore[assignment]
         elif bad == "zero-weight":
             update.num_examples = 0
         elif bad == "huge":
             update.delta = {k: torch.full_like(v, 3e38) for k, v in update.delta.items()}
         return update
 
-    mode.engine.side.client_half = half
+
+def sabotage(mode: FederatedMode, how: dict[str, object]) -> None:
+    """The named clients send the given malformed update."""
+    side = mode.engine.handler.__self__  # type: ignore[attr-defined]
+    assert isinstance(side, ClientSide)
+    assert not mode.pipeline.stages, "no client stage may act on the update after the saboteur"
+    side.plugins = [*side.plugins, Saboteur(how)]
+    handler = mode.engine.handler
+
+    def handle(client_id: str, phase: str, message: Message) -> Message:
+        reply = handler(client_id, phase, message)
+        if how.get(client_id) == "not-a-dict":
+            # a delta that is no mapping can't be joined into a message's arrays: the
+            # client sends arrays that are no mapping
+            reply.arrays = None  # type: ignore[assignment]
+        return reply
+
+    mode.engine.handler = handle
 
 
 def tiny_mode(tmp_path: Path, *overrides: str) -> FederatedMode:

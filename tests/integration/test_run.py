@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from fedllm.client.side import ClientSide
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
+from fedllm.message import ConfigValue
 from fedllm.model.load import load_base_model
 from fedllm.model.state import set_trainable_state
 from fedllm.types import ClientUpdate
@@ -87,10 +90,12 @@ def test_refuses_to_clobber_a_run(tmp_path: Path) -> None:
 
 def corrupting(mode: FederatedMode, bad: dict[str, str]) -> None:
     """Make the named clients send a NaN or a wrong-shape update."""
-    inner = mode.engine.side.client_half
+    side = mode.engine.handler.__self__  # type: ignore[attr-defined]
+    assert isinstance(side, ClientSide)
+    inner = side.client_halves
 
-    def half(update: ClientUpdate) -> ClientUpdate:
-        update = inner(update)
+    def halves(update: ClientUpdate, config: Mapping[str, ConfigValue]) -> ClientUpdate:
+        update = inner(update, config)
         name = next(iter(update.delta))
         if bad.get(update.client_id) == "nan":
             update.delta[name] = torch.full_like(update.delta[name], float("nan"))
@@ -98,7 +103,7 @@ def corrupting(mode: FederatedMode, bad: dict[str, str]) -> None:
             update.delta[name] = update.delta[name][..., :1].clone()
         return update
 
-    mode.engine.side.client_half = half
+    side.client_halves = halves
 
 
 def test_bad_updates_are_rejected_and_the_round_goes_on(tmp_path: Path) -> None:

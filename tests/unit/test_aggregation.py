@@ -1,5 +1,7 @@
 """The streaming weighted mean, the pipeline's composition checks and FedAvg."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -77,7 +79,7 @@ class Scale:
     def client(self, update: Params, state: StageState) -> tuple[Params, dict[str, float]]:
         return {k: v * self.factor for k, v in update.items()}, {}
 
-    def server(self, combined: Params, state: StageState) -> Params:
+    def server(self, combined: Params, state: StageState, report: RoundReport) -> Params:
         return {k: v / self.factor for k, v in combined.items()}
 
     def next_state(self, state: StageState, report: RoundReport) -> StageState:
@@ -99,7 +101,8 @@ def test_pipeline_runs_client_halves_then_server_halves_in_reverse() -> None:
     stage_b.name = "scale5"
     pipeline = Pipeline([stage_a, stage_b], WeightedMean())
     updates = [ClientUpdate(str(i), u, 1) for i, u in enumerate(random_updates(3))]
-    sent = [pipeline.client(u) for u in updates]
+    config = pipeline.broadcast_config()  # the stages' states, as the broadcast carries them
+    sent = [pipeline.client(u, config) for u in updates]
     assert torch.allclose(sent[0].delta["w"], updates[0].delta["w"] * 10)
     combined = pipeline.combine(sent, [1.0, 1.0, 1.0])
     expected = sum(u.delta["w"] for u in updates) / 3
@@ -137,3 +140,27 @@ def test_fedavg_with_lr_one_lands_on_the_mean_model() -> None:
     assert torch.equal(params["w"], torch.tensor([1.5, 1.0]))
     FedAvg(ServerConfig(lr=0.5)).step(params, {"w": torch.tensor([2.0, 2.0])}, {})
     assert torch.equal(params["w"], torch.tensor([0.5, 0.0]))
+
+
+class Halving:
+    """An estimator: the parameter halves after every round."""
+
+    def initial(self) -> float:
+        return 4.0
+
+    def next(self, value: float, report: RoundReport) -> float:
+        return value / 2
+
+
+def test_an_estimated_clip_norm_moves_and_reaches_clients_through_the_broadcast() -> None:
+    pipeline = Pipeline([ClipStage(Halving())], WeightedMean())
+    update = ClientUpdate("a", {"w": torch.full((4,), 10.0)}, 1)  # norm 20
+    assert pipeline.broadcast_config() == {"clip/max_norm": 4.0}
+    pipeline.end_round(RoundReport(1, 1))
+    config = pipeline.broadcast_config()
+    assert config == {"clip/max_norm": 2.0}
+    clipped = pipeline.client(update, config)
+    assert math.isclose(float(clipped.delta["w"].norm()), 2.0, rel_tol=1e-6)
+    assert clipped.metrics["clip/clipped"] == 1.0
+    with pytest.raises(PipelineError, match="lacks stage 'clip'"):
+        pipeline.client(update, {})

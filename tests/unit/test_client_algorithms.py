@@ -10,7 +10,7 @@ import torch
 from fedllm.client.budget import check_budget_clients, client_steps
 from fedllm.client.fednova import step_norm
 from fedllm.client.scaffold import ControlVariates
-from fedllm.client.store import CONTROL_SUFFIX, ClientStateStore
+from fedllm.client.store import ClientStateStore
 from fedllm.config import ClientConfig, ConfigError, parse_config
 from fedllm.server.control import ServerControl
 
@@ -60,19 +60,25 @@ def test_budget_settings_are_checked() -> None:
 
 
 def test_personal_and_control_files_share_a_folder_without_mixing(tmp_path: Path) -> None:
-    personal = ClientStateStore(tmp_path)
-    controls = ClientStateStore(tmp_path, CONTROL_SUFFIX)
+    clients = ClientStateStore(tmp_path)  # a mode's own client models (local mode)
+    personal = clients.slot("personal")
+    controls = clients.slot("scaffold")
+    clients.put("a.b", {"x": torch.full((1,), 2.0)})
     personal.put("a.b", {"x": torch.ones(1)})
     controls.put("a.b", {"x": torch.zeros(1)})
     controls.put("c", {"x": torch.zeros(1)})
+    assert clients.clients() == ["a.b"]
     assert personal.clients() == ["a.b"]
     assert controls.clients() == ["a.b", "c"]
+    assert float(clients.get("a.b")["x"]) == 2.0  # type: ignore[index]
     assert float(personal.get("a.b")["x"]) == 1.0  # type: ignore[index]
+    assert float(controls.get("a.b")["x"]) == 0.0  # type: ignore[index]
+    assert (tmp_path / "scaffold" / "c.safetensors").exists()
 
 
 def test_control_variates_start_at_zero_and_skip_non_finite_results(tmp_path: Path) -> None:
     template = {"w": torch.ones(2, 3)}
-    variates = ControlVariates(ClientStateStore(tmp_path, CONTROL_SUFFIX), template)
+    variates = ControlVariates(ClientStateStore(tmp_path).slot("scaffold"), template)
     assert torch.equal(variates.of("new")["w"], torch.zeros(2, 3))
     server = {"w": torch.full((2, 3), 0.5)}
     change = variates.advance("a", server, {"w": torch.full((2, 3), -1.0)}, lr_sum=0.5)

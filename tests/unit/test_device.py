@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from fedllm.client.hooks import TrainHook
 from fedllm.client.offload import offloaded_optimizer
+from fedllm.client.plugins.prox import ProximalTerm
+from fedllm.client.plugins.scaffold import Correction
 from fedllm.client.train import build_optimizer, train_locally
 from fedllm.config import ClientConfig, ConfigError, ModelConfig, parse_config
 from fedllm.data import Example
@@ -145,10 +148,13 @@ def train_from_start(
     set_trainable_state(ws.model, ws.initial)
     cfg = ws.config.client.model_copy(update=client)
     names = [n for n, p in ws.model.named_parameters() if p.requires_grad]
-    anchor = [ws.initial[n] for n in names]
-    correction = [torch.full_like(ws.initial[n], 1e-3) for n in names]
-    extras = {"anchor": anchor, "correction": correction} if cfg.prox_mu > 0 else {}
-    metrics = train_locally(model or ws.model, examples_of(ws), cfg, steps, 7, ws.pad_id, **extras)
+    correction = {n: torch.full_like(ws.initial[n], 1e-3) for n in names}
+    hooks: list[TrainHook] = []
+    if cfg.prox_mu > 0:  # FedProx anchored at the start, and a SCAFFOLD correction
+        hooks = [ProximalTerm(cfg.prox_mu), Correction(correction)]
+    metrics = train_locally(
+        model or ws.model, examples_of(ws), cfg, steps, 7, ws.pad_id, hooks, ws.initial
+    )
     return get_trainable_state(ws.model), metrics
 
 

@@ -11,14 +11,16 @@ from rich.console import Console
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaForCausalLM
 
+from fedllm.client.side import ClientSide
 from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.setup import prepare
 from fedllm.model.flops import describe_flops, flops_per_token, matmul_parameters
 from fedllm.model.presets import llama_config, preset_spec
+from fedllm.protocol.screen import read_update
+from fedllm.protocol.tally import Tally
 from fedllm.report.progress import RichReporter, result_table
-from fedllm.server.round import Tally
 from fedllm.types import ClientUpdate, RoundRecord
-from fedllm.wire import payload_bytes
+from fedllm.wire import encode_message
 from tests.support.runs import stable, tiny_config
 
 
@@ -31,13 +33,16 @@ def test_tally_counts_every_trained_token() -> None:
     record = RoundRecord(round=1)
     tally = Tally(record)
     for client, tokens in (("a", 100.0), ("b", 60.0), ("c", float("nan")), ("d", "many")):
-        tally.receive(update(client, tokens))
+        reply = ClientSide.reply(update(client, tokens))
+        tally.received(client, reply)
+        tally.trained(read_update(client, reply))
     tally.accept(update("a", 100.0))
     tally.reject(update("b", 60.0), "rejected updates were trained all the same")
     tally.close()
     assert record.extra["tokens"] == 160  # malformed counts are ignored
     assert record.extra["tokens_per_s"] == pytest.approx(160 / record.time_s["train"])
-    assert record.bytes_up == 4 * payload_bytes({"w": torch.zeros(4)})  # bytes still counted
+    one = len(encode_message(ClientSide.reply(update("a", 100.0))))  # sizes: names, not values
+    assert record.bytes_up == 4 * one  # bytes still counted
 
 
 def test_annotate_gives_bytes_per_token_and_mfu() -> None:

@@ -19,6 +19,7 @@ from fedllm.data.format import IGNORE_INDEX, encode_chats
 from fedllm.data.instruct import InstructedEncoder, insert_instruction
 from fedllm.data.sources import DataError
 from fedllm.eval.evaluate import HeldOut
+from fedllm.message import Message
 from fedllm.prompts.aggregate import aggregate, client_ranks, mean_ranks, order, pooled_loss
 from fedllm.prompts.candidates import builtin_candidates, initial_candidates
 from fedllm.prompts.inspect import InspectError, check_supported, nearest_tokens
@@ -32,10 +33,12 @@ from fedllm.prompts.mutate import (
     reorder,
     sentences,
 )
-from fedllm.prompts.score import PromptClient, Score
-from fedllm.prompts.select import select_prompt
+from fedllm.prompts.score import CANDIDATES, SCORES, PromptClient, Score, prompt_handler
+from fedllm.prompts.select import SelectionError, select_prompt
 from fedllm.prompts.session import prompt_clients
-from fedllm.wire import decode_scores, encode_texts
+from fedllm.runtime.dropout import DropoutPlan
+from fedllm.runtime.simulation import SimulationEngine
+from fedllm.wire import decode_scores, encode_message, encode_texts
 from tests.support.runs import tiny_config
 
 SMOLLM_DEFAULT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -273,8 +276,14 @@ def _clients(tokenizer: Any, secrets: Sequence[str], score: Any) -> list[PromptC
 def test_only_scores_leave_a_client(data_tokenizer: Any) -> None:
     secret = "my account number is 99-1234-5678"
     (client,) = _clients(data_tokenizer, [secret], _fake_scorer(data_tokenizer))
-    reply = client.handle(encode_texts({"p000": "Be brief.", "baseline": ""}))
-    assert secret.encode() not in reply and b"question" not in reply
+    answer = client.handle(
+        Message(config={CANDIDATES: encode_texts({"p000": "Be brief.", "baseline": ""})})
+    )
+    wire = encode_message(answer)  # everything that leaves the client
+    assert secret.encode() not in wire and b"question" not in wire
+    assert not answer.arrays and not answer.metrics and set(answer.config) == {SCORES}
+    reply = answer.config[SCORES]
+    assert isinstance(reply, bytes)
     raw = json.loads(reply)
     assert set(raw) == {"p000", "baseline"}
     for loss_sum, tokens in raw.values():
@@ -297,7 +306,8 @@ def test_selection_picks_the_known_best_candidate(data_tokenizer: Any, how: str)
         mutations_per_round=2,
     )
     start = initial_candidates(cfg)
-    selection = select_prompt(start, clients, cfg, seed=0)
+    engine = SimulationEngine(prompt_handler(clients))
+    selection = select_prompt(start, [c.client_id for c in clients], engine, cfg, seed=0)
     assert selection.chosen.candidate.id == "p001"  # MAGIC; its mutants tie and come later
     assert 1.0 < selection.chosen.loss < 1.02 < 2.0 < selection.baseline_loss() < 2.02
     assert len(selection.ranking) == 3 + 4
@@ -306,10 +316,43 @@ def test_selection_picks_the_known_best_candidate(data_tokenizer: Any, how: str)
     assert {r.candidate.id for r in selection.kept} <= {r.candidate.id for r in selection.ranking}
     # 3 clients answered every round; each upload is the small score table, counted
     assert set(selection.bytes_up) == {"client-0", "client-1", "client-2"}
-    assert all(0 < b < 400 for b in selection.bytes_up.values())
+    assert all(0 < b < 1000 for b in selection.bytes_up.values())  # 3 tables of 2-4 rows
     result = json.loads(json.dumps(selection.to_json()))
     assert result["chosen"]["text"] == "Use the MAGIC word. Keep it short."
     assert result["bytes_up"] == sum(selection.bytes_up.values())
+
+
+def test_a_client_that_drops_is_left_out_from_then_on(data_tokenizer: Any) -> None:
+    secrets = ["alpha beta", "gamma delta", "epsilon"]
+    clients = _clients(data_tokenizer, secrets, _fake_scorer(data_tokenizer))
+    cfg = HardPromptConfig(
+        templates=["Say hello. Be nice.", "Use the MAGIC word. Keep it short."],
+        keep=1,
+        mutation_rounds=2,
+        mutations_per_round=1,
+    )
+    ids = [c.client_id for c in clients]
+    engine = SimulationEngine(prompt_handler(clients), DropoutPlan(trace={1: ["client-1"]}))
+    selection = select_prompt(initial_candidates(cfg), ids, engine, cfg, seed=0)
+    assert "client-1" in selection.rounds[1]["dropped"]
+    assert "dropped" not in selection.rounds[0] and "dropped" not in selection.rounds[2]
+    assert set(selection.baseline) == {"client-0", "client-2"}
+    assert all(set(r.per_client) == {"client-0", "client-2"} for r in selection.ranking)
+    assert selection.chosen.candidate.id == "p001"
+    # it received round 1's request but sent nothing after round 0
+    whole = SimulationEngine(prompt_handler(clients))
+    full = select_prompt(initial_candidates(cfg), ids, whole, cfg, seed=0)
+    assert selection.bytes_up["client-1"] < full.bytes_up["client-1"]
+    assert selection.bytes_up["client-0"] == full.bytes_up["client-0"]
+    everyone = DropoutPlan(trace={1: ids})
+    with pytest.raises(SelectionError, match="every client dropped"):
+        select_prompt(
+            initial_candidates(cfg),
+            ids,
+            SimulationEngine(prompt_handler(clients), everyone),
+            cfg,
+            seed=0,
+        )
 
 
 # ---------------------------------------------------------------- soft prompt neighbours

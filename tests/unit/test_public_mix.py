@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fedllm.client.mix import PublicMix
+from fedllm.client.plugins.public_mix import MixedBatches
 from fedllm.client.train import batch_indices, draw_batches, train_locally
 from fedllm.config import ClientConfig, parse_config
 from fedllm.data import Example
@@ -36,7 +37,7 @@ def trained_batches(seed: int, per_batch: int, batch_size: int = 4) -> list[list
     model = Recorder()
     cfg = ClientConfig(batch_size=batch_size, grad_accum=2, local_steps=15)
     mix = PublicMix(PUBLIC, per_batch)
-    train_locally(model, PRIVATE, cfg, cfg.local_steps, seed, 0, public=mix)
+    train_locally(model, PRIVATE, cfg, cfg.local_steps, seed, 0, hooks=[MixedBatches(mix)])
     return model.batches
 
 

@@ -6,7 +6,7 @@ import itertools
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,12 @@ import torch
 
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.config import ConfigError, ServerConfig, parse_config
+from fedllm.message import Message, Reply
 from fedllm.pipeline.stage import Pipeline
+from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.seeding import derive_seed
 from fedllm.server.availability import BernoulliAvailability, read_trace
 from fedllm.server.optimizer import FedAvg
-from fedllm.server.round import run_round
 from fedllm.server.sampling import build_sampler
 from fedllm.server.state import ServerState
 from fedllm.types import ClientId
@@ -279,17 +280,18 @@ def test_bad_sampling_settings_are_refused(fields: dict[str, Any], message: str)
 class NoClients:
     """An engine that is never asked to train anyone."""
 
-    def train(self, assignments: Sequence[object], *args: object) -> list[object]:
-        assert not assignments
-        return []
+    def exchange(
+        self, phase: str, messages: Mapping[ClientId, Message]
+    ) -> Iterator[tuple[ClientId, Reply]]:
+        assert not messages
+        return iter([])
 
 
 def test_an_empty_cohort_skips_the_round_with_a_clear_reason() -> None:
     params = {"w": torch.ones(3)}
     state = ServerState(0, {"w": params["w"].clone()}, {})
-    record = run_round(
-        state, [], NoClients(), Pipeline([], WeightedMean()), FedAvg(server()), min_clients=1
-    )
+    setup = TrainingSetup(Pipeline([], WeightedMean()), FedAvg(server()), min_clients=1)
+    record = run_round(state, [], NoClients(), setup)
     assert record.sampled == [] and record.accepted == []
     assert record.skipped is not None and "empty cohort" in record.skipped
     assert record.bytes_down == 0

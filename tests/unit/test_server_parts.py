@@ -107,15 +107,22 @@ def test_lr_schedules() -> None:
 
 def test_client_store_round_trip_and_snapshot(tmp_path: Path) -> None:
     store = ClientStateStore(tmp_path / "clients")
+    slot = store.slot("scaffold")  # a plug-in's state: saved and restored with the rest
     assert store.get("a") is None
     store.put("a", {"w": torch.ones(3)})
+    slot.put("a", {"c": torch.ones(2)})
     store.snapshot(tmp_path / "snap")
     store.put("a", {"w": torch.zeros(3)})  # must not change the snapshot
     store.put("b", {"w": torch.ones(1)})
+    slot.put("a", {"c": torch.zeros(2)})
+    slot.put("b", {"c": torch.ones(1)})
     store.restore(tmp_path / "snap")
     assert store.clients() == ["a"]
     restored = store.get("a")
     assert restored is not None and torch.equal(restored["w"], torch.ones(3))
+    assert slot.clients() == ["a"]
+    control = slot.get("a")
+    assert control is not None and torch.equal(control["c"], torch.ones(2))
 
 
 def test_checkpoint_round_trip_prunes_and_restores_rng(tmp_path: Path) -> None:

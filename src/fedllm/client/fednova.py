@@ -45,11 +45,3 @@ def normalize(update: ClientUpdate, cfg: ClientConfig) -> ClientUpdate:
     with torch.no_grad():
         delta = {k: v / norm for k, v in update.delta.items()}
     return replace(update, delta=delta, metrics={**update.metrics, NORM_METRIC: norm})
-
-
-def effective_steps(norms: list[float], weights: list[float]) -> float:
-    """``tau_eff``: the weighted mean of the accepted clients' ``a_i``."""
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError("effective steps of a cohort whose weights sum to 0")
-    return sum(a * w for a, w in zip(norms, weights, strict=True)) / total

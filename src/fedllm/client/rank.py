@@ -24,24 +24,11 @@ import torch
 
 from fedllm.client.budget import per_client_value
 from fedllm.config import MethodConfig, check_client_names
+from fedllm.model.methods.lora import rank_axis
 from fedllm.types import ClientId, ClientUpdate, Params
 
 RANK_METRIC = "lora_rank"
 """Metric carrying the rank a client trained."""
-
-
-def rank_axis(name: str) -> int | None:
-    """The axis of a tensor that indexes LoRA rank components, or None if it has none.
-
-    peft names the down-projection ``...lora_A.<adapter>.weight`` (``[r, in]``:
-    rank along rows) and the up-projection ``...lora_B.<adapter>.weight``
-    (``[out, r]``: rank along columns).
-    """
-    if ".lora_A." in name:
-        return 0
-    if ".lora_B." in name:
-        return 1
-    return None
 
 
 def client_rank(cfg: MethodConfig, client_id: ClientId, seed: int) -> int:

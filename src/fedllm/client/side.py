@@ -2,103 +2,122 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
 from fedllm.client.budget import client_steps
-from fedllm.client.fednova import normalize
-from fedllm.client.mix import PublicMix
-from fedllm.client.personal import PersonalState
-from fedllm.client.rank import RankPlan
-from fedllm.client.scaffold import ControlVariates
+from fedllm.client.hooks import TrainHook
+from fedllm.client.plugin import ClientContext, ClientPlugin
 from fedllm.client.store import ClientStateStore
 from fedllm.client.train import compute_update
 from fedllm.config import ClientConfig
 from fedllm.data import ClientData
+from fedllm.message import ConfigValue, Message
 from fedllm.seeding import derive_seed
-from fedllm.server.validate import all_finite
-from fedllm.types import ClientId, ClientUpdate, Params
+from fedllm.types import ClientId, ClientUpdate, join_parts, split_parts
 
-ClientHalf = Callable[[ClientUpdate], ClientUpdate]
-"""The client halves of the aggregation pipeline (clip, noise, ...)."""
+ClientHalves = Callable[[ClientUpdate, Mapping[str, ConfigValue]], ClientUpdate]
+"""The client halves of the aggregation pipeline (clip, noise, ...), given the
+broadcast's config (which carries the stages' parameters)."""
+
+NUM_EXAMPLES = "num_examples"
+"""Config key of a reply's example count (the aggregation weight)."""
+
+TRAIN = "train"
+"""The phase in which a client trains from the broadcast and replies with its update."""
+
+
+def no_stages(update: ClientUpdate, config: Mapping[str, ConfigValue]) -> ClientUpdate:
+    """Client halves of an empty pipeline: the update as it is."""
+    return update
 
 
 @dataclass
 class ClientSide:
     """A client's round: start state, local training, then what it keeps and sends.
 
-    In order: merge the client's personal parameters into the broadcast;
-    truncate it to the client's LoRA rank (heterogeneous ranks); train its step
-    budget (SCAFFOLD-corrected if it holds control variates; public examples
-    mixed into its batches if it holds the public corpus; continuing its own
-    optimizer state if that is kept); keep the personal
-    part of the update; move its control variate and attach the change; divide
-    by its step norm (FedNova); keep only its rank's slices; run the pipeline's
-    client halves.
+    The plug-ins (:class:`~fedllm.client.plugin.ClientPlugin`) act in their
+    order at each point: they change the start state, hook into training,
+    change the update, and add their parts to the reply; then the pipeline's
+    client halves run over the update.
 
     Attributes:
         clients: each client's data, by id.
         cfg: local training settings.
         seed: the run seed (each client's seed derives from it and the round).
         pad_id: the tokenizer's padding id.
-        client_half: the client side of the aggregation pipeline.
-        personal: each client's personal parameters, if any are configured.
-        controls: each client's SCAFFOLD control variate, if SCAFFOLD is on.
-        fednova: send FedNova-normalised updates.
-        ranks: each client's LoRA rank, if ranks are heterogeneous.
-        public: the public examples mixed into every client's batches, if any.
-        optimizer_states: each client's local optimizer state, if kept across rounds.
+        model: the model every client trains on in turn (one in memory).
+        plugins: the algorithms' client halves, in order.
+        client_halves: the client side of the aggregation pipeline.
+        store: where plug-ins keep per-client state (each in its own slot).
     """
 
     clients: Mapping[ClientId, ClientData]
     cfg: ClientConfig
     seed: int
     pad_id: int
-    client_half: ClientHalf
-    personal: PersonalState | None = None
-    controls: ControlVariates | None = None
-    fednova: bool = False
-    ranks: RankPlan | None = None
-    public: PublicMix | None = None
-    optimizer_states: ClientStateStore | None = None
+    model: torch.nn.Module
+    plugins: Sequence[ClientPlugin] = field(default_factory=tuple)
+    client_halves: ClientHalves = no_stages
+    store: ClientStateStore | None = None
 
-    def run(
-        self,
-        model: torch.nn.Module,
-        client_id: ClientId,
-        broadcast: Params,
-        extra: Params,
-        round_num: int,
-    ) -> ClientUpdate:
-        """Train ``client_id`` from ``broadcast`` (and the server's ``extra``) on ``model``."""
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.plugins]
+        if len(set(names)) != len(names) or "" in names:
+            raise ValueError(f"client plug-ins need unique non-empty names, got {names}")
+        if any(p.keeps_state for p in self.plugins) and self.store is None:
+            raise ValueError("a client plug-in keeps state but the client side has no store")
+
+    def handle(self, client_id: ClientId, phase: str, message: Message) -> Message:
+        """Answer one message (the simulator and the Flower client app call this)."""
+        if phase != TRAIN:
+            raise ValueError(f"the training client answers phase {TRAIN!r}, not {phase!r}")
+        return self.reply(self.run(client_id, message))
+
+    def run(self, client_id: ClientId, message: Message) -> ClientUpdate:
+        """Train ``client_id`` from the broadcast ``message``; the update, with the
+        plug-ins' parts, before encoding."""
         data = self.clients[client_id]
-        seed = derive_seed(self.seed, "client", round_num, client_id)
-        start = (
-            broadcast if self.personal is None else self.personal.full_start(client_id, broadcast)
-        )
-        if self.ranks is not None:  # a low-rank client trains the truncated model
-            start = self.ranks.start(client_id, start)
+        state, parts = split_parts(message.arrays)
+        seed = derive_seed(self.seed, "client", message.round, client_id)
+        contexts = [self._context(p, client_id, message, parts, seed) for p in self.plugins]
+        for plugin, ctx in zip(self.plugins, contexts, strict=True):
+            state = plugin.start(ctx, state)
+        hooks: list[TrainHook] = []
+        for plugin, ctx in zip(self.plugins, contexts, strict=True):
+            hook = plugin.train_hook(ctx)
+            if hook is not None:
+                hooks.append(hook)
         steps = client_steps(self.cfg, client_id, len(data.train), self.seed)
-        correction = None
-        if self.controls is not None:
-            correction = self.controls.correction(client_id, extra)
-        inner = None
-        if self.optimizer_states is not None:
-            inner = self.optimizer_states.get(client_id) or {}
-        update = compute_update(
-            model, start, data, self.cfg, seed, self.pad_id, steps, correction, self.public, inner
+        update = compute_update(self.model, state, data, self.cfg, seed, self.pad_id, steps, hooks)
+        for plugin, ctx in zip(self.plugins, contexts, strict=True):
+            update = plugin.after_train(ctx, update)
+        for plugin, ctx in zip(self.plugins, contexts, strict=True):
+            part = plugin.encode(ctx, update)
+            if part:
+                update.parts[plugin.name] = part
+        return self.client_halves(update, message.config)
+
+    @staticmethod
+    def reply(update: ClientUpdate) -> Message:
+        """The message that carries ``update`` to the server."""
+        return Message(
+            arrays=join_parts(update.delta, update.parts),
+            config={NUM_EXAMPLES: update.num_examples},
+            metrics=dict(update.metrics),
         )
-        if self.optimizer_states is not None and inner and all_finite(inner):
-            self.optimizer_states.put(client_id, inner)
-        if self.personal is not None:  # personal parts stay here, on the client
-            update = self.personal.keep(client_id, update)
-        if self.controls is not None:
-            change = self.controls.advance(client_id, extra, update.delta, update.metrics["lr_sum"])
-            update = replace(update, extra=change)
-        if self.fednova:
-            update = normalize(update, self.cfg)
-        if self.ranks is not None:  # only the rank-r_i slices leave the client
-            update = self.ranks.upload(update)
-        return self.client_half(update)
+
+    def _context(
+        self,
+        plugin: ClientPlugin,
+        client_id: ClientId,
+        message: Message,
+        parts: dict[str, dict[str, torch.Tensor]],
+        seed: int,
+    ) -> ClientContext:
+        store = self.store.slot(plugin.name) if plugin.keeps_state and self.store else None
+        return ClientContext(
+            client_id, message.round, seed, message.config, parts.get(plugin.name, {}), store
+        )

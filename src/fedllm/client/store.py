@@ -10,36 +10,32 @@ from safetensors.torch import load_file, save_file
 
 from fedllm.types import ClientId, Params
 
-CONTROL_SUFFIX = ".control"
-"""Files of SCAFFOLD control variates: ``<client>.control.safetensors``."""
-
-OPTIMIZER_SUFFIX = ".optimizer"
-"""Files of local optimizer state kept across rounds: ``<client>.optimizer.safetensors``."""
-
-KIND_SUFFIXES = (CONTROL_SUFFIX, OPTIMIZER_SUFFIX)
-"""Suffixes of every kind of client state besides the plain one."""
-
 
 class ClientStateStore:
     """One safetensors file per client under ``root``; writes are atomic.
 
-    Several kinds of client state share ``root``, told apart by ``suffix``
-    (personal parameters: ``<client>.safetensors``; SCAFFOLD control variates:
-    ``<client>.control.safetensors``), so one snapshot saves them all.
+    Every kind of client state lives under one clients folder: a mode's own
+    client models at its top (``clients/<client>.safetensors``, local mode), each
+    plug-in's state in a folder named after the plug-in
+    (``clients/<plugin>/<client>.safetensors``, see :meth:`slot`), so one
+    snapshot saves them all.
 
     Args:
         root: directory holding the state files.
-        suffix: marks this kind of state in the file names ("" or ".<kind>").
     """
 
-    def __init__(self, root: Path, suffix: str = "") -> None:
-        self.root = root
-        self.suffix = suffix
-        self.root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path) -> None:
+        self.root = root  # created by the first put
+
+    def slot(self, name: str) -> ClientStateStore:
+        """The store of the plug-in called ``name`` (``root/<name>``)."""
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"a state slot needs a plain folder name, got {name!r}")
+        return ClientStateStore(self.root / name)
 
     def path(self, client_id: ClientId) -> Path:
         """File of one client's state."""
-        return self.root / f"{client_id}{self.suffix}.safetensors"
+        return self.root / f"{client_id}.safetensors"
 
     def get(self, client_id: ClientId) -> Params | None:
         """The client's stored state, or None if it has none yet."""
@@ -49,31 +45,43 @@ class ClientStateStore:
     def put(self, client_id: ClientId, params: Params) -> None:
         """Replace the client's state (write to a temp file, then rename)."""
         final = self.path(client_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(".tmp")
         save_file({k: v.contiguous() for k, v in params.items()}, tmp)
         os.replace(tmp, final)
 
     def clients(self) -> list[ClientId]:
-        """Ids with stored state of this kind, sorted."""
-        ids = [p.name.removesuffix(".safetensors") for p in self.root.glob("*.safetensors")]
-        if self.suffix:
-            return sorted(i.removesuffix(self.suffix) for i in ids if i.endswith(self.suffix))
-        return sorted(i for i in ids if not i.endswith(KIND_SUFFIXES))
+        """Ids with state in this store (not in its slots), sorted."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name.removesuffix(".safetensors") for p in self.root.glob("*.safetensors"))
 
     def snapshot(self, target: Path) -> None:
-        """Hard-link (or copy) every state file into ``target``: cheap, and safe since
-        :meth:`put` never rewrites a file in place."""
+        """Hard-link (or copy) every state file, slots included, into ``target``: cheap,
+        and safe since :meth:`put` never rewrites a file in place."""
         target.mkdir(parents=True, exist_ok=True)
-        for path in self.root.glob("*.safetensors"):
+        if not self.root.exists():
+            return
+        for path in self.root.rglob("*.safetensors"):
+            dest = target / path.relative_to(self.root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(path, target / path.name)
+                os.link(path, dest)
             except OSError:
-                shutil.copy2(path, target / path.name)
+                shutil.copy2(path, dest)
+
+    def clear(self) -> None:
+        """Remove every state file, slots included."""
+        if not self.root.exists():
+            return
+        for path in self.root.rglob("*.safetensors"):
+            path.unlink()
 
     def restore(self, source: Path) -> None:
         """Make the store hold exactly the files of a snapshot."""
-        for path in self.root.glob("*.safetensors"):
-            path.unlink()
+        self.clear()
         if source.exists():
-            for path in source.glob("*.safetensors"):
-                shutil.copy2(path, self.root / path.name)
+            for path in source.rglob("*.safetensors"):
+                dest = self.root / path.relative_to(source)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest)

@@ -8,8 +8,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from fedllm.client.inner import export_state, import_state
-from fedllm.client.mix import PublicMix
+from fedllm.client.hooks import TrainHook
 from fedllm.client.offload import offloaded_optimizer
 from fedllm.config import ClientConfig
 from fedllm.data import IGNORE_INDEX, ClientData, Example, collate
@@ -39,12 +38,14 @@ def batch_indices(
 
 
 def draw_batches(
-    examples: Sequence[Example], batch_size: int, seed: int, public: PublicMix | None = None
+    examples: Sequence[Example], batch_size: int, seed: int, hooks: Sequence[TrainHook] = ()
 ) -> Iterator[list[Example]]:
-    """Endless seeded micro-batches of ``examples`` (:func:`batch_indices`), or, with
-    ``public``, of private and public examples mixed (:meth:`PublicMix.batches`)."""
-    if public is not None:
-        return public.batches(examples, batch_size, seed)
+    """Endless seeded micro-batches of ``examples`` (:func:`batch_indices`), unless a
+    hook draws them itself (public examples mixed in, :class:`TrainHook.batches`)."""
+    for hook in hooks:
+        drawn = hook.batches(examples, batch_size, seed)
+        if drawn is not None:
+            return drawn
     rows = batch_indices(len(examples), batch_size, torch.Generator().manual_seed(seed))
     return ([examples[i] for i in batch] for batch in rows)
 
@@ -87,49 +88,38 @@ def train_locally(
     steps: int,
     seed: int,
     pad_id: int,
-    anchor: Sequence[torch.Tensor] | None = None,
-    correction: Sequence[torch.Tensor | None] | None = None,
-    public: PublicMix | None = None,
-    optimizer_state: Params | None = None,
+    hooks: Sequence[TrainHook] = (),
+    start: Params | None = None,
 ) -> dict[str, float]:
     """Run ``steps`` optimizer steps on ``examples``, in place on ``model``'s trainable params.
 
     Data order and dropout are fixed by ``seed``; the global RNG is left as it was.
-    With ``cfg.prox_mu > 0`` (FedProx, Li et al. 2020) the objective gains
-    ``mu/2 ||w - anchor||^2``: its gradient ``mu (w - anchor)`` is added to each
-    step's gradient (``anchor`` aligned with the trainable parameters).
-
-    ``correction`` (SCAFFOLD's ``c - c_i``, aligned with the trainable
-    parameters; None entries are left alone) moves each parameter by
-    ``-lr_t * correction`` after every optimizer step, ``lr_t`` being that
-    step's learning rate. For plain SGD this is exactly SCAFFOLD's corrected
-    step ``y -= lr (g + c - c_i)``; for AdamW and momentum it keeps the
-    correction out of the adaptive and momentum statistics (as OpenFedLLM does).
-
-    With ``public``, every micro-batch also holds ``public.per_batch`` public
-    examples (:meth:`PublicMix.batches`); ``tokens`` counts them too.
-
-    ``optimizer_state`` (in and out): the optimizer starts from it (if not
-    empty) and it is replaced by the state after the last step
-    (:mod:`fedllm.client.inner`).
+    ``hooks`` act at fixed points of every step (:class:`TrainHook`, in order):
+    they may draw the batches, change the loss, add to the unscaled gradients
+    before clipping (FedProx), move the parameters after each optimizer step
+    (SCAFFOLD), and load or keep the optimizer's state. ``start`` is the state
+    training starts from, handed to :meth:`TrainHook.begin`.
 
     Returns:
         metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
         tokens seen), ``lr_sum`` (sum of the steps' learning rates), ``train_s``
         (seconds).
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = [p for _, p in named]
+    for hook in hooks:
+        hook.begin([n for n, _ in named], trainable, start or {})
     optimizer = build_optimizer(trainable, cfg)
-    if optimizer_state is not None:
-        import_state(optimizer, optimizer_state)
+    for hook in hooks:
+        hook.start_optimizer(optimizer)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    batches = draw_batches(examples, cfg.batch_size, seed, public)
+    batches = draw_batches(examples, cfg.batch_size, seed, hooks)
     device = input_device(model)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.fp16)  # a no-op unless fp16
     losses: list[float] = []
     tokens = 0
     lr_sum = 0.0
-    start = time.perf_counter()
+    begun = time.perf_counter()
     model.train()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -145,55 +135,33 @@ def train_locally(
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast(device, cfg.bf16, cfg.fp16):
                     loss = model(**batch).loss
+                for hook in hooks:
+                    loss = hook.on_loss(loss)
                 scaler.scale(loss / cfg.grad_accum).backward()
                 step_loss += float(loss.detach()) / cfg.grad_accum
-            scaler.unscale_(optimizer)  # true gradients for the prox term and the clip
-            if cfg.prox_mu > 0 and anchor is not None:
-                add_proximal_gradient(trainable, anchor, cfg.prox_mu)
+            scaler.unscale_(optimizer)  # true gradients for the hooks and the clip
+            for hook in hooks:
+                hook.on_gradients(trainable)
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             scaler.step(optimizer)  # skipped when fp16 gradients overflowed
             scaler.update()
             step_lr = float(optimizer.param_groups[0]["lr"])
             lr_sum += step_lr
-            if correction is not None:
-                apply_correction(trainable, correction, step_lr)
+            for hook in hooks:
+                hook.after_step(trainable, step_lr)
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             losses.append(step_loss)
-    if optimizer_state is not None:
-        optimizer_state.clear()
-        optimizer_state.update(export_state(optimizer))
+    for hook in hooks:
+        hook.end(optimizer)
     return {
         "train_loss": sum(losses) / len(losses),
         "steps": float(steps),
         "tokens": float(tokens),
         "lr_sum": lr_sum,
-        "train_s": time.perf_counter() - start,
+        "train_s": time.perf_counter() - begun,
     }
-
-
-def apply_correction(
-    params: Sequence[torch.nn.Parameter], correction: Sequence[torch.Tensor | None], lr: float
-) -> None:
-    """``w -= lr * correction`` for each parameter with a correction."""
-    with torch.no_grad():
-        for param, term in zip(params, correction, strict=True):
-            if term is not None:
-                param.sub_(term.to(param.device, param.dtype), alpha=lr)
-
-
-def add_proximal_gradient(
-    params: Sequence[torch.nn.Parameter], anchor: Sequence[torch.Tensor], mu: float
-) -> None:
-    """``grad += mu (w - anchor)``: the gradient of FedProx's ``mu/2 ||w - anchor||^2``."""
-    with torch.no_grad():
-        for param, start in zip(params, anchor, strict=True):
-            term = (param - start.to(param.device, param.dtype)) * mu
-            if param.grad is None:
-                param.grad = term
-            else:
-                param.grad.add_(term)
 
 
 def compute_update(
@@ -204,29 +172,20 @@ def compute_update(
     seed: int,
     pad_id: int,
     steps: int | None = None,
-    correction: Params | None = None,
-    public: PublicMix | None = None,
-    optimizer_state: Params | None = None,
+    hooks: Sequence[TrainHook] = (),
 ) -> ClientUpdate:
     """Load ``broadcast``, train locally, and return the delta against it.
 
     Args:
         steps: optimizer steps; None: :func:`count_local_steps` of the config.
-        correction: SCAFFOLD's ``c - c_i`` by parameter name (see
-            :func:`train_locally`); parameters it lacks are not corrected.
-        public: public examples mixed into every batch (see :func:`train_locally`).
+        hooks: act inside the training loop (see :func:`train_locally`).
 
     The aggregation weight ``num_examples`` is the client's training-set size.
     """
     set_trainable_state(model, broadcast)
     if steps is None:
         steps = count_local_steps(cfg, len(data.train))
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    anchor = [broadcast[n] for n in names]
-    aligned = None if correction is None else [correction.get(n) for n in names]
-    metrics = train_locally(
-        model, data.train, cfg, steps, seed, pad_id, anchor, aligned, public, optimizer_state
-    )
+    metrics = train_locally(model, data.train, cfg, steps, seed, pad_id, hooks, broadcast)
     trained = get_trainable_state(model)
     with torch.no_grad():
         delta = {name: trained[name].sub_(broadcast[name]) for name in broadcast}

@@ -2,7 +2,9 @@
 
 ``federated`` is the product; ``local`` (every client alone on its own data)
 and ``centralized`` (all data pooled) are the reference points every
-federated result is put beside.
+federated result is put beside. Each is the same client side and the same
+driver on the simulator; the algorithms come from the registry
+(:func:`fedllm.federation.algorithms.compose`), never by name.
 """
 
 from __future__ import annotations
@@ -11,40 +13,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
-
-from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.client.budget import check_budget_clients, client_steps, with_fixed_steps
-from fedllm.client.mix import PublicMix
-from fedllm.client.personal import PersonalSplit, PersonalState
-from fedllm.client.rank import RankPlan, check_rank_clients
-from fedllm.client.scaffold import ControlVariates
 from fedllm.client.side import ClientSide
-from fedllm.client.store import CONTROL_SUFFIX, OPTIMIZER_SUFFIX, ClientStateStore
+from fedllm.client.store import ClientStateStore
 from fedllm.config import ClientConfig, Config, ServerConfig
 from fedllm.data import ClientData
+from fedllm.federation.algorithms.base import AlgorithmSetup, Composition, ModeError, compose
 from fedllm.federation.evaluation import evaluate_states
-from fedllm.federation.public import PublicServer, public_mix
 from fedllm.federation.setup import Workspace
 from fedllm.pipeline import Pipeline, build_pipeline
 from fedllm.pipeline.stage import StageState
-from fedllm.runtime.engine import ClientDone
+from fedllm.protocol.engine import ReplyDone
+from fedllm.protocol.fedavg import TrainingSetup, run_round
+from fedllm.protocol.solo import run_solo_round
+from fedllm.runtime.dropout import dropout_plan
 from fedllm.runtime.simulation import SimulationEngine
-from fedllm.server.control import ServerControl
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.rank import RankExpansion
-from fedllm.server.round import RoundExtensions, Tally, run_round
 from fedllm.server.sampling import build_sampler
 from fedllm.server.state import ServerState
-from fedllm.server.validate import find_problem
 from fedllm.types import ClientId, Params, RoundRecord
 
 POOLED = "pooled"
-
-
-class ModeError(ValueError):
-    """A federation that cannot train as configured."""
 
 
 class Mode(Protocol):
@@ -53,7 +43,7 @@ class Mode(Protocol):
     name: str
     cohort_size: int
 
-    def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
+    def play_round(self, round_num: int, on_reply: ReplyDone | None) -> RoundRecord:
         """Train one round and say what happened."""
         ...
 
@@ -73,13 +63,23 @@ class Mode(Protocol):
         """States to export, lazily: ``("", global)`` or ``(client, state)`` per client."""
         ...
 
+    def stop_reason(self) -> str | None:
+        """Why the run must stop now, or None."""
+        ...
+
 
 class FederatedMode:
-    """Sample, train, validate, aggregate through the pipeline, step the server.
+    """Sample, train, screen, aggregate through the pipeline, step the server.
 
-    With a public corpus the server warms the global model up on it before round
-    1 (once: a resumed run starts past it), trains on it beside each cohort (its
-    update a weighted participant), and clients may mix it into their batches.
+    Args:
+        ws: the loaded model, data and config.
+        clients: the clients that train (the pooled one when centralized).
+        client_cfg: local training settings.
+        server_cfg: rounds, sampling, aggregation and the server optimizer.
+        pipeline: the aggregation stages and the configured aggregator.
+        composition: the algorithms (client and server plug-ins).
+        store: per-client state of the plug-ins.
+        counts_bytes: False for pooled data, which trains where it lies.
     """
 
     name = "federated"
@@ -91,121 +91,104 @@ class FederatedMode:
         client_cfg: ClientConfig,
         server_cfg: ServerConfig,
         pipeline: Pipeline,
-        communicates: bool = True,
-        personal: PersonalState | None = None,
-        controls: ControlVariates | None = None,
-        ranks: RankPlan | None = None,
-        public: PublicServer | None = None,
-        mix: PublicMix | None = None,
-        optimizer_states: ClientStateStore | None = None,
+        composition: Composition,
+        store: ClientStateStore,
+        counts_bytes: bool = True,
     ) -> None:
         self.ws = ws
-        self.public = public
-        self.participant = public.participant() if public is not None else None
-        self.communicates = communicates
         self.clients = clients
-        self.server_cfg = server_cfg
-        self.pipeline = pipeline
-        self.personal = personal
-        self.optimizer = build_server_optimizer(server_cfg)
-        shared = personal.split.split(ws.initial)[0] if personal else ws.initial
+        self.view = composition.view
+        self.plugins = composition.server_plugins
+        shared = self.view.shared(ws.initial) if self.view else ws.initial
         params = {k: v.clone() for k, v in shared.items()}
-        self.state = ServerState(0, params, self.optimizer.initial_state(params))
+        optimizer = build_server_optimizer(server_cfg)
+        self.state = ServerState(0, params, optimizer.initial_state(params))
         self.cohort_size = min(server_cfg.clients_per_round, len(clients))
         sizes = {cid: len(data.train) for cid, data in clients.items()}
         self.sampler = build_sampler(server_cfg, sizes, ws.config.seed)
-        self.control = ServerControl(params, len(clients)) if controls is not None else None
-        self.fednova = server_cfg.normalize == "fednova"
-        self.expansion = None
-        if ranks is not None:
-            per_rank = ranks.cfg.rank_aggregation == "per_rank"
-            self.expansion = RankExpansion(ranks, per_rank)
+        self.pipeline = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
+        self.setup = TrainingSetup(
+            self.pipeline,
+            optimizer,
+            self.plugins,
+            server_cfg.min_clients,
+            server_cfg.weighting,
+            ws.config.seed,
+            counts_bytes,
+        )
         side = ClientSide(
             clients,
             client_cfg,
             ws.config.seed,
             ws.pad_id,
-            pipeline.client,
-            personal=personal,
-            controls=controls,
-            fednova=self.fednova,
-            ranks=ranks,
-            public=mix,
-            optimizer_states=optimizer_states,
+            ws.model,
+            composition.client_plugins,
+            self.pipeline.client,
+            store,
         )
-        self.engine = SimulationEngine(ws.model, side)
+        self.engine = SimulationEngine(side.handle, dropout_plan(server_cfg, ws.config.seed))
 
-    def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
-        warmup = None
-        if self.public is not None and self.state.round == 0 and self.public.warms_up:
-            warmup = self.public.warm_up(self.state.params)  # round 0's training
+    def play_round(self, round_num: int, on_reply: ReplyDone | None) -> RoundRecord:
         cohort = self.sampler.cohort(round_num)
-        record = run_round(
-            self.state,
-            cohort,
-            self.engine,
-            self.pipeline,
-            self.optimizer,
-            self.server_cfg.min_clients,
-            self.server_cfg.weighting,
-            on_client_done,
-            RoundExtensions(self.control, self.fednova, self.expansion, self.participant),
-        )
-        if warmup is not None:
-            record.extra["public_warmup"] = warmup
+        record = run_round(self.state, cohort, self.engine, self.setup, on_reply)
         record.extra.update(self.sampler.record_extra(round_num))
-        if not self.communicates:  # pooled data trains where it lies: nothing is sent
-            record.bytes_up = record.bytes_down = 0
         return record
 
     def evaluate(self) -> dict[str, float]:
-        personal = self.personal
-        if personal is None:
-            return evaluate_states(self.ws, lambda _cid: self.state.params, shared=True)
-        global_only = personal.split.merge(self.state.params, personal.initial)
-        metrics = evaluate_states(
-            self.ws, lambda cid: personal.full_start(cid, self.state.params), shared=False
-        )
+        view, params = self.view, self.state.params
+        if view is None:
+            return evaluate_states(self.ws, lambda _cid: params, shared=True)
+        global_only = view.global_only(params)
+        metrics = evaluate_states(self.ws, lambda cid: view.of_client(cid, params), shared=False)
         baseline = evaluate_states(self.ws, lambda _cid: global_only, shared=True)
         return {**metrics, **{f"global_only/{k}": v for k, v in baseline.items()}}
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
         tensors = {"global": self.state.params, "optimizer": self.state.optimizer_state}
-        if self.control is not None:
-            tensors["control"] = self.control.control
-        return tensors, {"pipeline": self.pipeline.states}
+        meta: dict[str, Any] = {"pipeline": self.pipeline.states, "plugins": {}}
+        for plugin in self.plugins:
+            own, json_state = plugin.state()
+            if own:
+                tensors[plugin.name] = own
+            if json_state:
+                meta["plugins"][plugin.name] = json_state
+        return tensors, meta
 
     def restore(self, round_num: int, tensors: dict[str, Params], meta: dict[str, Any]) -> None:
         self.state = ServerState(round_num, tensors["global"], tensors.get("optimizer", {}))
-        if self.control is not None:
-            self.control.control = tensors["control"]
+        for plugin in self.plugins:
+            plugin.restore(
+                tensors.get(plugin.name, {}), meta.get("plugins", {}).get(plugin.name, {})
+            )
         states: dict[str, StageState] = meta.get("pipeline", {})
         self.pipeline.states.update(states)
 
     def final_states(self) -> Iterator[tuple[str, Params]]:
-        if self.personal is None:
+        if self.view is None:
             yield "", self.state.params
             return
-        yield "", self.personal.split.merge(self.state.params, self.personal.initial)
+        yield "", self.view.global_only(self.state.params)
         for cid in self.clients:  # personalised models, one in memory at a time
-            yield cid, self.personal.full_start(cid, self.state.params)
+            yield cid, self.view.of_client(cid, self.state.params)
+
+    def stop_reason(self) -> str | None:
+        for plugin in self.plugins:
+            reason = plugin.stop_reason()
+            if reason is not None:
+                return f"{plugin.name}: {reason}"
+        return None
 
 
 class LocalMode:
     """Each client trains alone from the same start; nothing is shared.
 
-    Client states persist on disk (``clients/`` in the run directory). Each
+    Client models persist on disk (``clients/`` in the run directory). Each
     client is evaluated with its own model on its own eval split.
     """
 
     name = "local"
 
-    def __init__(
-        self,
-        ws: Workspace,
-        store: ClientStateStore,
-        optimizer_states: ClientStateStore | None = None,
-    ) -> None:
+    def __init__(self, ws: Workspace, store: ClientStateStore, composition: Composition) -> None:
         assert ws.data is not None
         self.ws = ws
         self.store = store
@@ -214,38 +197,26 @@ class LocalMode:
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
         sizes = {cid: len(data.train) for cid, data in self.clients.items()}
         self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
-        mix = public_mix(cfg, ws.public)
         side = ClientSide(
             self.clients,
             cfg.client,
             cfg.seed,
             ws.pad_id,
-            lambda u: u,
-            public=mix,
-            optimizer_states=optimizer_states,
+            ws.model,
+            composition.client_plugins,
+            store=store,
         )
-        self.engine = SimulationEngine(ws.model, side)
+        self.engine = SimulationEngine(side.handle, dropout_plan(cfg.server, cfg.seed))
 
     def state_of(self, client_id: ClientId) -> Params:
         return self.store.get(client_id) or self.ws.initial
 
-    def play_round(self, round_num: int, on_client_done: ClientDone | None) -> RoundRecord:
+    def play_round(self, round_num: int, on_reply: ReplyDone | None) -> RoundRecord:
         cohort = self.sampler.cohort(round_num)
-        record = RoundRecord(round=round_num, sampled=cohort)
+        record = run_solo_round(
+            round_num, cohort, self.engine, self.state_of, self.store.put, on_reply
+        )
         record.extra.update(self.sampler.record_extra(round_num))
-        tally = Tally(record, counts_bytes=False)  # nothing leaves a client training alone
-        for cid in cohort:
-            start = self.state_of(cid)
-            (update,) = self.engine.train([(cid, start)], round_num, on_client_done)
-            tally.receive(update)
-            problem = find_problem(update, start)
-            if problem is not None:
-                tally.reject(update, problem)
-                continue
-            with torch.no_grad():
-                self.store.put(cid, {k: start[k] + update.delta[k] for k in start})
-            tally.accept(update)
-        tally.close()
         return record
 
     def evaluate(self) -> dict[str, float]:
@@ -260,6 +231,9 @@ class LocalMode:
     def final_states(self) -> Iterator[tuple[str, Params]]:
         for cid in self.clients:  # one client's state in memory at a time
             yield cid, self.state_of(cid)
+
+    def stop_reason(self) -> str | None:
+        return None
 
 
 def pooled_client(clients: dict[ClientId, ClientData]) -> ClientData:
@@ -283,26 +257,17 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
     """The mode named by ``federation.mode``."""
     assert ws.data is not None
     config = ws.config
+    mode = config.federation.mode
     available = len(ws.data.clients)
-    if config.federation.mode == "federated" and config.server.min_clients > available:
+    if mode == "federated" and config.server.min_clients > available:
         raise ModeError(
             f"server.min_clients = {config.server.min_clients} but only {available} client(s) "
             f"have data (dropped: {ws.data.dropped or 'none'}); every round would be skipped"
         )
-    split = PersonalSplit.from_config(config.personal)
-    if split.active and config.federation.mode != "federated":
-        raise ModeError(
-            f"[personal] applies to federation.mode = 'federated', not "
-            f"{config.federation.mode!r}: there is no shared model to personalise"
-        )
-    optimizer_states = None
-    if config.client.keep_optimizer_state:
-        optimizer_states = ClientStateStore(run_root / "clients", OPTIMIZER_SUFFIX)
-    if config.federation.mode == "local":
-        check_budget_clients(config.client, ws.data.clients)
-        return LocalMode(ws, ClientStateStore(run_root / "clients"), optimizer_states)
-    if config.federation.mode == "centralized":
+    store = ClientStateStore(run_root / "clients")
+    if mode == "centralized":
         pooled = {POOLED: pooled_client(ws.data.clients)}
+        composition = compose(AlgorithmSetup(ws, mode, pooled, store, ws.initial))
         plain = ServerConfig(
             rounds=config.server.rounds,
             clients_per_round=1,
@@ -310,54 +275,15 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
             optimizer="fedavg",
             lr=1.0,
         )
-        no_stages = Pipeline([], WeightedMean())
         budget = centralized_budget(config, ws.data.clients)
-        return FederatedMode(
-            ws,
-            pooled,
-            budget,
-            plain,
-            no_stages,
-            communicates=False,
-            public=public_server(ws),
-            mix=public_mix(config, ws.public),
-            optimizer_states=optimizer_states,
-        )
+        no_stages = Pipeline([], WeightedMean())
+        # (its name stays "federated": the record format of earlier runs)
+        return FederatedMode(ws, pooled, budget, plain, no_stages, composition, store, False)
     check_budget_clients(config.client, ws.data.clients)
-    personal = None
-    if split.active:
-        split.check(ws.initial)
-        store = ClientStateStore(run_root / "clients")
-        personal = PersonalState(split, store, split.split(ws.initial)[1])
-    controls = None
-    if config.client.drift_correction == "scaffold":
-        shared = split.split(ws.initial)[0]
-        controls = ControlVariates(ClientStateStore(run_root / "clients", CONTROL_SUFFIX), shared)
-    pipeline = build_pipeline(config)
-    ranks = None
-    if config.method.heterogeneous_ranks:
-        check_rank_clients(config.method, ws.data.clients)
-        ranks = RankPlan(config.method, config.seed)
-        if config.method.rank_aggregation == "per_rank":  # each component over its holders
-            pipeline = Pipeline(pipeline.stages, CoverageMean())
+    clients = dict(ws.data.clients)
+    composition = compose(AlgorithmSetup(ws, mode, clients, store, ws.initial))
+    if mode == "local":
+        return LocalMode(ws, store, composition)
     return FederatedMode(
-        ws,
-        dict(ws.data.clients),
-        config.client,
-        config.server,
-        pipeline,
-        personal=personal,
-        controls=controls,
-        ranks=ranks,
-        public=public_server(ws),
-        mix=public_mix(config, ws.public),
-        optimizer_states=optimizer_states,
+        ws, clients, config.client, config.server, build_pipeline(config), composition, store
     )
-
-
-def public_server(ws: Workspace) -> PublicServer | None:
-    """The server's public-data training, when ``[public]`` asks for a warm-up or steps."""
-    cfg = ws.config.public
-    if ws.public is None or (cfg.warmup_steps == 0 and cfg.server_steps == 0):
-        return None
-    return PublicServer(ws.model, ws.public, ws.config, ws.pad_id)

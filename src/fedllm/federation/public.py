@@ -16,7 +16,7 @@ which the weighted mean gives when the server's weight is
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -27,14 +27,13 @@ from fedllm.client.side import ClientSide
 from fedllm.config import ClientConfig, Config
 from fedllm.data import ClientData
 from fedllm.data.public import PublicData
+from fedllm.message import ROUND, Message
+from fedllm.server.plugin import RoundContext, ServerPlugin
 from fedllm.server.validate import find_problem
 from fedllm.types import ClientUpdate, Params
 
 PUBLIC_ID = "public"
 """The pseudo-client the server trains as."""
-
-Trainer = Callable[[Params, int], ClientUpdate]
-"""(start state, round) -> the update trained from it."""
 
 
 def public_mix(config: Config, public: PublicData | None) -> PublicMix | None:
@@ -50,32 +49,6 @@ def server_client_config(cfg: ClientConfig, steps: int) -> ClientConfig:
     return with_fixed_steps(cfg, steps).model_copy(
         update={"prox_mu": 0.0, "drift_correction": "none"}
     )
-
-
-class PublicParticipant:
-    """The server's public step as a round participant (see the module docstring).
-
-    Args:
-        train: trains from a broadcast and returns the update.
-        server_weight: ``lambda``, its share of the combined update, ``0 < lambda < 1``.
-    """
-
-    name = "public_server"
-
-    def __init__(self, train: Trainer, server_weight: float) -> None:
-        if not 0 < server_weight < 1:
-            raise ValueError(f"public.server_weight must be in (0, 1), got {server_weight}")
-        self.train = train
-        self.server_weight = server_weight
-
-    def contribute(self, broadcast: Params, round_num: int) -> ClientUpdate:
-        """The server's update from ``broadcast``."""
-        return self.train(broadcast, round_num)
-
-    def weight(self, client_weight: float) -> float:
-        """``lambda / (1 - lambda) * client_weight``: a share ``lambda`` of the mean."""
-        lam = self.server_weight
-        return lam / (1 - lam) * client_weight
 
 
 class PublicServer:
@@ -94,16 +67,11 @@ class PublicServer:
         self.config = config
         self.pad_id = pad_id
 
-    @property
-    def warms_up(self) -> bool:
-        """True when the server trains on public data before round 1."""
-        return self.config.public.warmup_steps > 0
-
     def train(self, start: Params, steps: int, round_num: int) -> ClientUpdate:
         """``steps`` steps on the public corpus from ``start``, seeded by the round."""
         cfg = server_client_config(self.config.client, steps)
-        side = ClientSide({PUBLIC_ID: self.data}, cfg, self.config.seed, self.pad_id, _as_is)
-        return side.run(self.model, PUBLIC_ID, start, {}, round_num)
+        side = ClientSide({PUBLIC_ID: self.data}, cfg, self.config.seed, self.pad_id, self.model)
+        return side.run(PUBLIC_ID, Message(arrays=start, config={ROUND: round_num}))
 
     def warm_up(self, params: Params) -> dict[str, Any]:
         """Train ``params`` in place for ``public.warmup_steps`` steps (as round 0).
@@ -122,16 +90,49 @@ class PublicServer:
                 params[name].add_(delta)
         return dict(update.metrics)
 
-    def participant(self) -> PublicParticipant | None:
-        """The per-round participant, or None when ``public.server_steps`` is 0."""
-        steps = self.config.public.server_steps
-        if steps == 0:
-            return None
-        return PublicParticipant(
-            lambda start, round_num: self.train(start, steps, round_num),
-            self.config.public.server_weight,
-        )
 
+class PublicServerPlugin(ServerPlugin):
+    """The server warms the global model up before round 1 and trains beside every
+    cohort (see the module docstring); its update is folded in with share ``lambda``.
 
-def _as_is(update: ClientUpdate) -> ClientUpdate:
-    return update
+    Args:
+        server: the public-data training.
+        warmup_steps: steps before round 1 (0: none).
+        server_steps: steps each round (0: none).
+        server_weight: ``lambda``, its share of the combined update, ``0 < lambda < 1``.
+    """
+
+    name = "public_server"
+
+    def __init__(
+        self, server: PublicServer, warmup_steps: int, server_steps: int, server_weight: float
+    ) -> None:
+        if server_steps > 0 and not 0 < server_weight < 1:
+            raise ValueError(f"public.server_weight must be in (0, 1), got {server_weight}")
+        self.server = server
+        self.warmup_steps = warmup_steps
+        self.server_steps = server_steps
+        self.server_weight = server_weight
+        self._warmup: dict[str, Any] | None = None
+
+    def begin_round(self, ctx: RoundContext) -> None:
+        self._warmup = None
+        if ctx.round == 1 and self.warmup_steps > 0:  # round 0's training; never on resume
+            self._warmup = self.server.warm_up(ctx.params)
+
+    def weight(self, client_weight: float) -> float:
+        """``lambda / (1 - lambda) * client_weight``: a share ``lambda`` of the mean."""
+        lam = self.server_weight
+        return lam / (1 - lam) * client_weight
+
+    def contribute(self, ctx: RoundContext) -> Iterable[tuple[ClientUpdate, float]]:
+        if self.server_steps == 0:
+            return []
+        update = self.server.train(ctx.params, self.server_steps, ctx.round)
+        weight = self.weight(ctx.accepted_weight)
+        ctx.record.extra[self.name] = {**update.metrics, "weight": weight}
+        return [(update, weight)]
+
+    def end_round(self, ctx: RoundContext) -> None:
+        if self._warmup is not None:
+            ctx.record.extra["public_warmup"] = self._warmup

@@ -151,18 +151,25 @@ def _train(
         round_start = time.perf_counter()
         record = mode.play_round(round_num, reporter.client_done)
         efficiency.annotate(record)
-        if round_num % config.eval.every == 0 or round_num == rounds:
+        stop = mode.stop_reason()  # a plug-in ends the run (e.g. a spent privacy budget)
+        if stop is not None:
+            record.extra["stopped"] = stop
+        last = round_num == rounds or stop is not None
+        if round_num % config.eval.every == 0 or last:
             eval_start = time.perf_counter()
             record.eval = mode.evaluate()
             record.time_s["eval"] = time.perf_counter() - eval_start
         record.peak_rss_mb = peak_rss_mb()
-        if round_num % config.run.checkpoint_every == 0 or round_num == rounds:
+        if round_num % config.run.checkpoint_every == 0 or last:
             ckpt_start = time.perf_counter()
             _checkpoint(mode, rundir, round_num, config, record)
             record.time_s["checkpoint"] = time.perf_counter() - ckpt_start
         record.time_s["round"] = time.perf_counter() - round_start
         rundir.append_metrics(record.to_json())
         reporter.round_done(record)
+        if stop is not None:
+            reporter.message(f"stopping after round {round_num}: {stop}")
+            break
 
     export_states(ws, mode.final_states(), rundir.final)
     records = rundir.read_metrics()
@@ -194,8 +201,7 @@ def _checkpoint(
 
 def _clear_client_state(rundir: RunDir) -> None:
     if rundir.clients.exists():
-        for path in rundir.clients.glob("*.safetensors"):
-            path.unlink()
+        ClientStateStore(rundir.clients).clear()
 
 
 def build_summary(

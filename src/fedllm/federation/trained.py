@@ -8,7 +8,6 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from fedllm.client.personal import PersonalSplit
-from fedllm.client.store import KIND_SUFFIXES
 from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.types import ClientId, Params
@@ -71,12 +70,11 @@ def load_trained(rundir: RunDir, initial: Params, split: PersonalSplit | None = 
     if not checkpoints:
         raise RunDirError(f"{rundir.root} has no checkpoint yet: nothing trained to load")
     ckpt = load_checkpoint(checkpoints[-1])
+    active = split if split is not None and split.active else None
     files = {}
     if ckpt.clients_dir is not None:
-        files = {
-            p.stem: p
-            for p in sorted(ckpt.clients_dir.glob("*.safetensors"))
-            if not p.stem.endswith(KIND_SUFFIXES)  # SCAFFOLD variates are not models
-        }
-    active = split if split is not None and split.active else None
+        # local runs: whole client models at the top; personalised runs: the personal
+        # plug-in's slot (other plug-ins' state, e.g. SCAFFOLD variates, is no model)
+        folder = ckpt.clients_dir / "personal" if active else ckpt.clients_dir
+        files = {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
     return Trained(ckpt.round, initial, ckpt.tensors.get("global"), files, active)

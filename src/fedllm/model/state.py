@@ -86,3 +86,8 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
 def _listing(names: list[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     return shown + (f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
+
+
+def all_finite(params: Params) -> bool:
+    """True if no tensor holds NaN or Inf."""
+    return all(bool(torch.isfinite(t).all()) for t in params.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fedllm.components import AGGREGATORS, load_builtin
 from fedllm.config import Config
 from fedllm.pipeline.clip import ClipStage
-from fedllm.pipeline.stage import Aggregator, Pipeline, Stage
+from fedllm.pipeline.stage import Aggregator, BatchAggregator, Pipeline, Stage
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -14,5 +14,5 @@ def build_pipeline(config: Config) -> Pipeline:
     stages: list[Stage] = []
     if config.pipeline.clip_norm is not None:
         stages.append(ClipStage(config.pipeline.clip_norm))
-    aggregator: Aggregator = AGGREGATORS.get(config.server.aggregator)()
+    aggregator: Aggregator | BatchAggregator = AGGREGATORS.get(config.server.aggregator)()
     return Pipeline(stages, aggregator)

@@ -8,11 +8,12 @@ what it needs; :class:`Pipeline` refuses a bad combination when it is built.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol, runtime_checkable
 
-from fedllm.types import ClientUpdate, Params
+from fedllm.message import ConfigValue
+from fedllm.types import ClientId, ClientUpdate, Params
 
 StageState = dict[str, float]
 """A stage's own state between rounds: named scalars (e.g. an adaptive clip norm)."""
@@ -40,11 +41,47 @@ class Requirements:
 
 @dataclass
 class RoundReport:
-    """What a stage may learn about a finished round to update its state."""
+    """The round a stage's server half acts in (and learns from, to update its state).
+
+    Attributes:
+        round: the round.
+        num_accepted: updates folded into the aggregate.
+        client_metrics: the accepted clients' metrics (their stages' reports among them).
+        total_weight: the accepted updates' total aggregation weight.
+        seed: a seed derived for this round (noise, masks).
+    """
 
     round: int
     num_accepted: int
     client_metrics: list[dict[str, float]] = field(default_factory=list)
+    total_weight: float = 0.0
+    seed: int = 0
+
+
+class Parameter(Protocol):
+    """A stage parameter: a constant, or an estimator that moves between rounds
+    (adaptive clipping to a quantile of the update norms)."""
+
+    def initial(self) -> float:
+        """The value before the first round."""
+        ...
+
+    def next(self, value: float, report: RoundReport) -> float:
+        """The value for the round after ``report``'s."""
+        ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A parameter that never moves."""
+
+    value: float
+
+    def initial(self) -> float:
+        return self.value
+
+    def next(self, value: float, report: RoundReport) -> float:
+        return self.value
 
 
 class Stage(Protocol):
@@ -64,8 +101,8 @@ class Stage(Protocol):
         """Transform one client's update; also return metrics to report."""
         ...
 
-    def server(self, combined: Params, state: StageState) -> Params:
-        """Transform the combined update."""
+    def server(self, combined: Params, state: StageState, report: RoundReport) -> Params:
+        """Transform the combined update, in the round ``report`` describes."""
         ...
 
     def next_state(self, state: StageState, report: RoundReport) -> StageState:
@@ -92,6 +129,41 @@ class Aggregator(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class WeightedUpdate:
+    """One accepted update as a batch aggregator sees it."""
+
+    client_id: ClientId
+    delta: Params
+    weight: float
+
+
+@dataclass
+class BatchResult:
+    """What a batch aggregator made of a round.
+
+    Attributes:
+        combined: the aggregate (same keys, shapes and dtypes as the reference).
+        excluded: the clients whose updates it left out (recorded in the round).
+    """
+
+    combined: Params
+    excluded: list[ClientId] = field(default_factory=list)
+
+
+@runtime_checkable
+class BatchAggregator(Protocol):
+    """Combines every accepted update of a round at once (robust rules: median, Krum,
+    trimmed mean need them all). Memory holds one update per accepted client."""
+
+    name: str
+    linear: bool
+
+    def aggregate(self, updates: Sequence[WeightedUpdate], reference: Params) -> BatchResult:
+        """The aggregate of ``updates`` (deltas against ``reference``, the broadcast)."""
+        ...
+
+
 @runtime_checkable
 class CoverageAggregator(Aggregator, Protocol):
     """An aggregator that can also take updates holding only part of the state.
@@ -113,27 +185,43 @@ class Pipeline:
 
     Args:
         stages: applied in order on the client, in reverse on the server.
-        aggregator: combines the client-transformed updates.
+        aggregator: combines the client-transformed updates, streaming (one at a
+            time) or as a batch (all of a round's accepted updates at once).
     """
 
-    def __init__(self, stages: Sequence[Stage], aggregator: Aggregator) -> None:
+    def __init__(self, stages: Sequence[Stage], aggregator: Aggregator | BatchAggregator) -> None:
         self.stages = list(stages)
         self.aggregator = aggregator
         self.states: dict[str, StageState] = {s.name: s.initial_state() for s in self.stages}
+        self.excluded: list[ClientId] = []
+        self._batch: list[WeightedUpdate] = []
+        self._reference: Params = {}
         check_composition(self.stages, aggregator)
 
-    def client(self, update: ClientUpdate) -> ClientUpdate:
-        """Run the client halves over one update (this runs on the client)."""
+    def broadcast_config(self) -> dict[str, ConfigValue]:
+        """The stages' states as broadcast config (``<stage>/<key>``): what a client's
+        halves act with this round (an adaptive clip norm changes every round)."""
+        return {
+            f"{name}/{key}": value
+            for name, state in self.states.items()
+            for key, value in state.items()
+        }
+
+    def client(self, update: ClientUpdate, config: Mapping[str, ConfigValue]) -> ClientUpdate:
+        """Run the client halves over one update (this runs on the client), with each
+        stage's state read from the broadcast's ``config``."""
         delta = update.delta
         metrics = dict(update.metrics)
         for stage in self.stages:
-            delta, stage_metrics = stage.client(delta, self.states[stage.name])
+            delta, stage_metrics = stage.client(delta, stage_state(stage, config))
             metrics.update({f"{stage.name}/{k}": v for k, v in stage_metrics.items()})
         return replace(update, delta=delta, metrics=metrics)
 
     def start(self, template: Params) -> None:
         """Begin a round whose updates have ``template``'s keys, shapes and dtypes."""
-        self.aggregator.start(template)
+        self.excluded, self._batch, self._reference = [], [], template
+        if not isinstance(self.aggregator, BatchAggregator):
+            self.aggregator.start(template)
 
     def add(self, update: ClientUpdate, weight: float, coverage: Params | None = None) -> None:
         """Fold in one client-transformed update (streaming: it can be dropped after).
@@ -144,7 +232,13 @@ class Pipeline:
         Raises:
             PipelineError: a coverage for an aggregator that cannot take one.
         """
-        if coverage is None:
+        if isinstance(self.aggregator, BatchAggregator):
+            if coverage is not None:
+                raise PipelineError(
+                    f"batch aggregator {self.aggregator.name!r} takes whole updates only"
+                )
+            self._batch.append(WeightedUpdate(update.client_id, update.delta, weight))
+        elif coverage is None:
             self.aggregator.add(update.delta, weight)
         elif isinstance(self.aggregator, CoverageAggregator):
             self.aggregator.add_covered(update.delta, weight, coverage)
@@ -155,11 +249,20 @@ class Pipeline:
                 "(e.g. CoverageMean)"
             )
 
-    def finish(self) -> Params:
-        """The aggregate, passed back through the server halves in reverse order."""
-        combined = self.aggregator.result()
+    def finish(self, report: RoundReport | None = None) -> Params:
+        """The aggregate, passed back through the server halves in reverse order
+        (a batch aggregator's excluded clients are kept in :attr:`excluded`); ``report``
+        describes the round to the server halves (None: round 0, nothing known)."""
+        context = report if report is not None else RoundReport(0, 0)
+        if isinstance(self.aggregator, BatchAggregator):
+            result = self.aggregator.aggregate(self._batch, self._reference)
+            self._batch = []
+            self.excluded = list(result.excluded)
+            combined = result.combined
+        else:
+            combined = self.aggregator.result()
         for stage in reversed(self.stages):
-            combined = stage.server(combined, self.states[stage.name])
+            combined = stage.server(combined, self.states[stage.name], context)
         return combined
 
     def combine(self, updates: Sequence[ClientUpdate], weights: Sequence[float]) -> Params:
@@ -177,7 +280,26 @@ class Pipeline:
             self.states[stage.name] = stage.next_state(self.states[stage.name], report)
 
 
-def check_composition(stages: Sequence[Stage], aggregator: Aggregator) -> None:
+def stage_state(stage: Stage, config: Mapping[str, ConfigValue]) -> StageState:
+    """A stage's state as the broadcast carries it.
+
+    Raises:
+        PipelineError: the broadcast lacks one of the stage's keys, or it isn't a number.
+    """
+    prefix = f"{stage.name}/"
+    state: StageState = {}
+    for key in stage.initial_state():
+        value = config.get(prefix + key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise PipelineError(
+                f"the broadcast lacks stage {stage.name!r}'s {key!r} (got {value!r}); "
+                "client and server pipelines differ"
+            )
+        state[key] = float(value)
+    return state
+
+
+def check_composition(stages: Sequence[Stage], aggregator: Aggregator | BatchAggregator) -> None:
     """Refuse stage orders and aggregators that cannot work together."""
     names = [s.name for s in stages]
     if len(set(names)) != len(names):

@@ -1,23 +1,34 @@
 """The client side: score candidate instructions on private held-out chats.
 
 A :class:`PromptClient` holds its chats and never hands them out: it receives
-candidate instructions (encoded text) and returns a score table (encoded: per
-candidate id, the summed answer loss and the number of answer tokens).
+candidate instructions (encoded text in the message's config) and returns a
+score table (encoded: per candidate id, the summed answer loss and the number
+of answer tokens), in the ``score`` phase of the selection protocol.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from fedllm.data.format import Example
 from fedllm.data.instruct import InstructedEncoder
 from fedllm.eval.evaluate import HeldOut, evaluate
+from fedllm.message import Message
 from fedllm.model.state import set_trainable_state
 from fedllm.types import ClientId, Params
 from fedllm.wire import decode_texts, encode_scores
+
+SCORE = "score"
+"""The phase in which clients score candidate instructions."""
+
+CANDIDATES = "candidates"
+"""Config key of the encoded candidate table sent to clients."""
+
+SCORES = "scores"
+"""Config key of the encoded score table a client replies with."""
 
 BASELINE_ID = "baseline"
 """Request id of the empty instruction: the chats as they are (a reference, never selected)."""
@@ -26,22 +37,15 @@ ScoreFn = Callable[[ClientId, Sequence[Example]], HeldOut]
 """(client id, tokenized examples) -> summed answer loss (nats) and answer tokens."""
 
 
-@dataclass(frozen=True)
-class Score:
-    """One client's score of one candidate.
-
-    Attributes:
-        loss_sum: summed cross-entropy of the answer tokens (nats).
-        tokens: answer tokens scored.
-    """
-
-    loss_sum: float
-    tokens: int
+class Score(HeldOut):
+    """One client's score of one candidate: the summed answer loss (nats) and the answer
+    tokens scored. Unlike a plain :class:`HeldOut`, a candidate that leaves no answer
+    token to score has an infinite mean loss, so it ranks last."""
 
     @property
     def loss(self) -> float:
         """Mean answer loss (nats/token); infinite when no token was scored."""
-        return self.loss_sum / self.tokens if self.tokens else float("inf")
+        return self.loss_sum / self.tokens if self.tokens else math.inf
 
 
 def model_scorer(
@@ -91,18 +95,33 @@ class PromptClient:
         """Held-out chats this client scores on."""
         return len(self._encoder)
 
-    def handle(self, request: bytes) -> bytes:
-        """Score each requested instruction; return only the encoded score table.
+    def handle(self, message: Message) -> Message:
+        """Score each requested instruction; reply with only the encoded score table.
 
         Args:
-            request: encoded ``{candidate id: instruction}``; the empty
-                instruction means none (:data:`BASELINE_ID`).
+            message: ``config[CANDIDATES]`` holds the encoded ``{candidate id:
+                instruction}``; the empty instruction means none (:data:`BASELINE_ID`).
 
         Returns:
-            Encoded ``{candidate id: (loss sum in nats, answer tokens)}``.
+            ``config[SCORES]``: encoded ``{candidate id: (loss sum in nats, answer tokens)}``.
         """
+        request = message.config.get(CANDIDATES)
+        if not isinstance(request, bytes):
+            raise ValueError(f"a score request carries {CANDIDATES!r} bytes, got {request!r}")
         table = {}
         for key, text in decode_texts(request).items():
             held = self._score_fn(self.client_id, self._encoder.encode(text or None))
             table[key] = (held.loss_sum, held.tokens)
-        return encode_scores(table)
+        return Message(config={SCORES: encode_scores(table)})
+
+
+def prompt_handler(clients: Sequence[PromptClient]) -> Callable[[ClientId, str, Message], Message]:
+    """The client side of a selection for an engine: each client answers ``score``."""
+    by_id = {c.client_id: c for c in clients}
+
+    def handle(client_id: ClientId, phase: str, message: Message) -> Message:
+        if phase != SCORE:
+            raise ValueError(f"a prompt client answers phase {SCORE!r}, not {phase!r}")
+        return by_id[client_id].handle(message)
+
+    return handle

@@ -2,7 +2,9 @@
 
 The server sends candidate instructions to every client and receives only
 score tables (see :class:`fedllm.prompts.score.PromptClient`); no example
-crosses the wire. Bytes both ways are counted per client.
+crosses the wire. Each scoring round is one ``score`` phase on an engine (the
+simulator, or any other), and bytes both ways are counted per client from the
+messages' encoding. A client that drops is left out from then on.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedllm.config import HardPromptConfig
+from fedllm.message import ROUND, Dropped, Message
 from fedllm.prompts.aggregate import client_ranks, mean_ranks, order, pooled_loss
 from fedllm.prompts.candidates import Candidate, candidate_id
 from fedllm.prompts.mutate import propose
-from fedllm.prompts.score import BASELINE_ID, PromptClient, Score
-from fedllm.wire import decode_scores, encode_texts
+from fedllm.prompts.score import BASELINE_ID, CANDIDATES, SCORE, SCORES, Score
+from fedllm.protocol.engine import Engine
+from fedllm.types import ClientId
+from fedllm.wire import decode_scores, encode_texts, message_bytes, try_message_bytes
 
 
 class SelectionError(ValueError):
@@ -121,7 +126,8 @@ class Selection:
 
 def select_prompt(
     initial: Sequence[Candidate],
-    clients: Sequence[PromptClient],
+    clients: Sequence[ClientId],
+    engine: Engine,
     cfg: HardPromptConfig,
     seed: int,
     log: Callable[[str], None] | None = None,
@@ -130,7 +136,8 @@ def select_prompt(
     mutating the ``cfg.keep`` best and scoring the new candidates; rank everything.
 
     Raises:
-        SelectionError: no client or no candidate, or a malformed client reply.
+        SelectionError: no client or no candidate, a malformed client reply, or
+            every client dropped.
     """
     if not clients:
         raise SelectionError("no client has held-out chats to score instructions on")
@@ -138,14 +145,16 @@ def select_prompt(
         raise SelectionError("no candidate instruction to score")
     say = log or (lambda _: None)
     pool = list(initial)
-    tables: dict[str, dict[str, Score]] = {c.client_id: {} for c in clients}
+    tables: dict[str, dict[str, Score]] = {c: {} for c in clients}
     bytes_up = dict.fromkeys(tables, 0)
     bytes_down = dict.fromkeys(tables, 0)
     rounds: list[dict[str, Any]] = []
 
     def collect(request: dict[str, str], round_num: int) -> None:
         started = time.perf_counter()
-        _collect(clients, request, tables, bytes_up, bytes_down)
+        dropped = _collect(engine, round_num, request, tables, bytes_up, bytes_down)
+        if not tables:
+            raise SelectionError(f"every client dropped by scoring round {round_num}")
         best = order(_without_baseline(tables), cfg.aggregate, [c.id for c in pool])[0]
         rounds.append(
             {
@@ -153,6 +162,7 @@ def select_prompt(
                 "new": [k for k in request if k != BASELINE_ID],
                 "best": best,
                 "seconds": time.perf_counter() - started,
+                **({"dropped": dropped} if dropped else {}),
             }
         )
         say(
@@ -195,31 +205,43 @@ def select_prompt(
 
 
 def _collect(
-    clients: Sequence[PromptClient],
+    engine: Engine,
+    round_num: int,
     request: dict[str, str],
     tables: dict[str, dict[str, Score]],
     bytes_up: dict[str, int],
     bytes_down: dict[str, int],
-) -> None:
-    """Send ``request`` to every client; validate and file each reply."""
-    payload = encode_texts(request)
-    for client in clients:
-        bytes_down[client.client_id] += len(payload)
-        reply = client.handle(payload)
-        bytes_up[client.client_id] += len(reply)
+) -> dict[str, str]:
+    """Send ``request`` to every client still in ``tables`` (one ``score`` phase);
+    validate and file each reply. A client that drops leaves ``tables``.
+
+    Returns:
+        client id -> why it dropped, for those that did.
+    """
+    message = Message(config={ROUND: round_num, CANDIDATES: encode_texts(request)})
+    size = message_bytes(message)
+    dropped: dict[str, str] = {}
+    for client_id, reply in engine.exchange(SCORE, dict.fromkeys(tables, message)):
+        bytes_down[client_id] += size
+        if isinstance(reply, Dropped):
+            dropped[client_id] = reply.reason
+            del tables[client_id]
+            continue
+        bytes_up[client_id] += try_message_bytes(reply) or 0
+        payload = reply.config.get(SCORES)
         try:
-            scores = decode_scores(reply)
+            if not isinstance(payload, bytes):
+                raise ValueError(f"no {SCORES!r} bytes in the reply")
+            scores = decode_scores(payload)
         except ValueError as err:
-            raise SelectionError(
-                f"client {client.client_id} sent a bad score table: {err}"
-            ) from None
+            raise SelectionError(f"client {client_id} sent a bad score table: {err}") from None
         if set(scores) != set(request):
             raise SelectionError(
-                f"client {client.client_id} scored {sorted(scores)}, not the requested "
-                f"{sorted(request)}"
+                f"client {client_id} scored {sorted(scores)}, not the requested {sorted(request)}"
             )
         for key, (loss_sum, tokens) in scores.items():
-            tables[client.client_id][key] = Score(loss_sum, tokens)
+            tables[client_id][key] = Score(loss_sum, tokens)
+    return dropped
 
 
 def _without_baseline(tables: dict[str, dict[str, Score]]) -> dict[str, dict[str, Score]]:

@@ -20,8 +20,10 @@ from fedllm.data.sources import DataError
 from fedllm.federation.rundir import MARKER, RunDir
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.prompts.candidates import initial_candidates
-from fedllm.prompts.score import PromptClient, ScoreFn, model_scorer
+from fedllm.prompts.score import PromptClient, ScoreFn, model_scorer, prompt_handler
 from fedllm.prompts.select import Selection, SelectionError, select_prompt
+from fedllm.runtime.dropout import dropout_plan
+from fedllm.runtime.simulation import SimulationEngine
 
 RESULT_FILE = "hard_prompt.json"
 RUN_SECTIONS = ("seed", "model", "method", "data")
@@ -86,7 +88,9 @@ def run_selection(
         say(f"client {cid} skipped: {why}")
     candidates = initial_candidates(config.hard_prompt)
     say(f"{len(candidates)} candidate instruction(s), {len(clients)} client(s)")
-    selection = select_prompt(candidates, clients, config.hard_prompt, config.seed, say)
+    engine = SimulationEngine(prompt_handler(clients), dropout_plan(config.server, config.seed))
+    ids = [c.client_id for c in clients]
+    selection = select_prompt(candidates, ids, engine, config.hard_prompt, config.seed, say)
     result = {
         **selection.to_json(),
         "placement": config.hard_prompt.placement,

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fedllm.types import ClientUpdate, RoundRecord
+from fedllm.message import Dropped, Reply
+from fedllm.types import ClientId, RoundRecord
 
 
 class Reporter:
@@ -20,7 +21,7 @@ class Reporter:
 
     def start(self, first_round: int, rounds: int, header: str) -> None: ...
     def round_started(self, round_num: int, cohort_size: int) -> None: ...
-    def client_done(self, update: ClientUpdate) -> None: ...
+    def client_done(self, client_id: ClientId, reply: Reply) -> None: ...
     def round_done(self, record: RoundRecord) -> None: ...
     def message(self, text: str) -> None: ...
     def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None: ...
@@ -53,9 +54,12 @@ class RichReporter(Reporter):
     def round_started(self, round_num: int, cohort_size: int) -> None:
         self.progress.update(self._clients, total=cohort_size, completed=0, visible=True, info="")
 
-    def client_done(self, update: ClientUpdate) -> None:
-        loss = update.metrics.get("train_loss", math.nan)
-        self.progress.update(self._clients, advance=1, info=f"{update.client_id}: loss {loss:.3f}")
+    def client_done(self, client_id: ClientId, reply: Reply) -> None:
+        if isinstance(reply, Dropped):
+            info = f"{client_id}: dropped"
+        else:
+            info = f"{client_id}: loss {reply.metrics.get('train_loss', math.nan):.3f}"
+        self.progress.update(self._clients, advance=1, info=info)
 
     def round_done(self, record: RoundRecord) -> None:
         parts = [f"round {record.round}"]

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 
-import torch
-
-from fedllm.client.side import ClientSide
-from fedllm.runtime.engine import ClientDone
-from fedllm.types import ClientId, ClientUpdate, Params
+from fedllm.message import Dropped, Message, Reply
+from fedllm.protocol.engine import ClientHandler
+from fedllm.runtime.dropout import DropoutPlan
+from fedllm.types import ClientId
 
 
 class SimulationEngine:
-    """Trains clients one after another on a single shared model.
+    """Calls clients one after another, in process, on a single shared model.
 
-    A client is its data plus whatever state it is handed; the model's
-    trainable parameters are overwritten with each client's start state, so
-    memory is O(base model + one client).
+    A client is its data plus whatever state its message brings; the handler
+    overwrites the model's trainable parameters with each client's start
+    state, so memory is O(base model + one client). Messages are not encoded:
+    the driver counts their bytes from their exact encoded size.
 
     Args:
-        model: the model to train (trainable parameters are the exchanged state).
-        side: what each client does in a round.
+        handler: answers a client's message (the client side).
+        dropouts: which clients drop in which round and phase (seeded); None: none.
     """
 
-    def __init__(self, model: torch.nn.Module, side: ClientSide) -> None:
-        self.model = model
-        self.side = side
+    def __init__(self, handler: ClientHandler, dropouts: DropoutPlan | None = None) -> None:
+        self.handler = handler
+        self.dropouts = dropouts
 
-    def train(
-        self,
-        assignments: Sequence[tuple[ClientId, Params]],
-        round_num: int,
-        on_client_done: ClientDone | None = None,
-        extra: Params | None = None,
-    ) -> Iterator[ClientUpdate]:
-        """Run each assigned client's round in turn, yielding each update as it is done."""
-        for client_id, start in assignments:
-            update = self.side.run(self.model, client_id, start, extra or {}, round_num)
-            if on_client_done is not None:
-                on_client_done(update)
-            yield update
+    def exchange(
+        self, phase: str, messages: Mapping[ClientId, Message]
+    ) -> Iterator[tuple[ClientId, Reply]]:
+        """Each client's reply in turn, or :class:`Dropped` where the plan says so."""
+        for client_id, message in messages.items():
+            reason = self.dropouts.drops(client_id, message.round, phase) if self.dropouts else None
+            if reason is not None:
+                yield client_id, Dropped(reason)
+                continue
+            yield client_id, self.handler(client_id, phase, message)

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 
 import torch
 
+from fedllm.model.state import all_finite
 from fedllm.types import ClientUpdate, Params
+
+__all__ = ["all_finite", "find_problem", "params_problem"]
 
 
 def find_problem(update: ClientUpdate, reference: Params) -> str | None:
@@ -47,8 +50,3 @@ def params_problem(delta: object, reference: Params) -> str | None:
         if not bool(torch.isfinite(tensor).all()):
             return f"{name!r} contains NaN or Inf"
     return None
-
-
-def all_finite(params: Params) -> bool:
-    """True if no tensor holds NaN or Inf."""
-    return all(bool(torch.isfinite(t).all()) for t in params.values())

@@ -76,3 +76,17 @@ def check_target_modules(
 
 def _is_linear(module: torch.nn.Module) -> bool:
     return isinstance(module, (torch.nn.Linear, Conv1D))  # Conv1D: GPT-2 style linears
+
+
+def rank_axis(name: str) -> int | None:
+    """The axis of a tensor that indexes LoRA rank components, or None if it has none.
+
+    peft names the down-projection ``...lora_A.<adapter>.weight`` (``[r, in]``:
+    rank along rows) and the up-projection ``...lora_B.<adapter>.weight``
+    (``[out, r]``: rank along columns).
+    """
+    if ".lora_A." in name:
+        return 0
+    if ".lora_B." in name:
+        return 1
+    return None

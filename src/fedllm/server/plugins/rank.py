@@ -1,4 +1,4 @@
-"""Heterogeneous LoRA ranks, server side: rank-``r_i`` updates back to rank ``r``.
+"""Heterogeneous LoRA ranks, server half: rank-``r_i`` updates back to rank ``r``.
 
 A client of rank ``r_i`` uploads ``A[:r_i]`` and ``B[:, :r_i]`` (see
 :mod:`fedllm.client.rank`). Before validation the server pads them with zeros
@@ -9,29 +9,43 @@ rank is refused with the client's rank in the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 import torch
 
-from fedllm.client.rank import RankPlan, rank_axis
-from fedllm.types import ClientUpdate, Params
+from fedllm.model.methods.lora import rank_axis
+from fedllm.server.plugin import RoundContext, ServerPlugin
+from fedllm.types import ClientId, ClientUpdate, Params
 
 
-class RankExpansion:
+class RankExpansion(ServerPlugin):
     """Zero-pads each client's rank-``r_i`` LoRA slices to the global rank ``r``.
 
     Args:
-        plan: who trains which rank.
+        rank_of: each client's rank.
         per_rank: give the aggregator each update's coverage (the rank
             components it trained), so that each component is averaged over
             the clients that train it. Otherwise (HetLoRA's zero padding) a
             plain mean counts components above ``r_i`` as no change.
     """
 
-    def __init__(self, plan: RankPlan, per_rank: bool = False) -> None:
-        self.plan = plan
+    name = "rank"
+
+    def __init__(self, rank_of: Callable[[ClientId], int], per_rank: bool = False) -> None:
+        self.rank_of = rank_of
         self.per_rank = per_rank
+
+    def decode(self, ctx: RoundContext, update: ClientUpdate) -> ClientUpdate | str:
+        """The update padded to the broadcast's shapes, with its coverage."""
+        expanded = self.expand(update, ctx.params)
+        if isinstance(expanded, str):
+            return expanded
+        try:
+            coverage = self.coverage(expanded)
+        except (AttributeError, TypeError):  # malformed: validation will say what is wrong
+            coverage = None
+        return replace(expanded, coverage=coverage)
 
     def expand(self, update: ClientUpdate, reference: Params) -> ClientUpdate | str:
         """The update padded to ``reference``'s shapes, or why its LoRA slices are not of
@@ -44,7 +58,7 @@ class RankExpansion:
         delta = update.delta
         if not isinstance(delta, Mapping):
             return update
-        rank = self.plan.rank_of(update.client_id)
+        rank = self.rank_of(update.client_id)
         padded = dict(delta)
         for name, ref in reference.items():
             axis = rank_axis(name)
@@ -67,7 +81,7 @@ class RankExpansion:
         trained, for a per-rank mean; None for zero padding (a plain mean)."""
         if not self.per_rank:
             return None
-        rank = self.plan.rank_of(update.client_id)
+        rank = self.rank_of(update.client_id)
         masks: Params = {}
         for name, tensor in update.delta.items():
             axis = rank_axis(name)

@@ -1,0 +1,1 @@
+"""Client halves of the built-in algorithms, one file each."""

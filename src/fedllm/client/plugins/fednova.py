@@ -1,0 +1,24 @@
+"""FedNova, client half: the update divided by its step norm ``a_i``."""
+
+from __future__ import annotations
+
+from fedllm.client.fednova import normalize
+from fedllm.client.plugin import ClientContext, ClientPlugin
+from fedllm.config import ClientConfig
+from fedllm.types import ClientUpdate
+
+
+class FedNovaPlugin(ClientPlugin):
+    """Sends ``delta / a_i`` with ``a_i`` in the metrics (see :mod:`fedllm.client.fednova`).
+
+    Args:
+        cfg: the local training settings (optimizer, momentum, FedProx mu, lr).
+    """
+
+    name = "fednova"
+
+    def __init__(self, cfg: ClientConfig) -> None:
+        self.cfg = cfg
+
+    def after_train(self, ctx: ClientContext, update: ClientUpdate) -> ClientUpdate:
+        return normalize(update, self.cfg)

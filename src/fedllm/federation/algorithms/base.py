@@ -1,0 +1,159 @@
+"""An algorithm is a client half, a server half, or both, built from the config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from fedllm.client.plugin import ClientPlugin
+from fedllm.client.store import ClientStateStore
+from fedllm.components import ALGORITHMS, load_builtin
+from fedllm.config import Config
+from fedllm.data import ClientData
+from fedllm.federation.setup import Workspace
+from fedllm.pipeline.stage import Aggregator, BatchAggregator
+from fedllm.server.plugin import ServerPlugin
+from fedllm.types import ClientId, Params
+
+AnyAggregator = Aggregator | BatchAggregator
+
+
+class ModeError(ValueError):
+    """A federation that cannot train as configured."""
+
+
+class ModelView(Protocol):
+    """Which part of the trainable state the server holds, and each client's whole model
+    (personal parameters make them differ)."""
+
+    def shared(self, full: Params) -> Params:
+        """The part of a full state the server aggregates and broadcasts."""
+        ...
+
+    def global_only(self, shared: Params) -> Params:
+        """The full model without any client's own parts (their initial values)."""
+        ...
+
+    def of_client(self, client_id: ClientId, shared: Params) -> Params:
+        """``client_id``'s full model, given the shared part."""
+        ...
+
+
+@dataclass
+class AlgorithmSetup:
+    """What a factory may build from.
+
+    Attributes:
+        ws: the loaded model, data and config.
+        mode: the federation mode being built (``federated``, ``local``, ``centralized``).
+        clients: the clients that train in this mode (the pooled one when centralized).
+        store: the run's per-client state (plug-ins use a slot named after them).
+        shared: the exchanged state before training (what earlier algorithms with a
+            :class:`ModelView` leave shared).
+    """
+
+    ws: Workspace
+    mode: str
+    clients: dict[ClientId, ClientData]
+    store: ClientStateStore
+    shared: Params
+
+
+@dataclass
+class Algorithm:
+    """What one algorithm adds to a run.
+
+    Attributes:
+        name: for messages and errors.
+        client: its client half, or None.
+        server: its server half, or None.
+        aggregator: replaces the configured aggregator (given it), or None.
+        view: a split of the state into shared and per-client parts, or None.
+    """
+
+    name: str
+    client: ClientPlugin | None = None
+    server: ServerPlugin | None = None
+    aggregator: Callable[[AnyAggregator], AnyAggregator] | None = None
+    view: ModelView | None = None
+
+
+class AlgorithmFactory(Protocol):
+    """A registered algorithm: declares what it needs, builds itself when the config
+    turns it on.
+
+    What it declares is checked once over the whole composition when the config
+    loads (:func:`fedllm.components.composition_problems`). Optional attributes
+    (read with defaults): ``opt_in`` (built only when ``federation.algorithms``
+    names it: an algorithm without a config section of its own, e.g. one a user
+    registers), ``modes`` and ``modes_why`` (the federation modes it applies to,
+    default all), ``refuses(config)`` (``(other algorithm, why)`` pairs it cannot
+    run with), ``problem(config)`` (a check of its own settings).
+
+    Attributes:
+        order: where its hooks run among the others (lower first).
+    """
+
+    order: int
+
+    def setting(self, config: Config) -> str | None:
+        """The settings that turn it on, as an error message would name them; None: off."""
+        ...
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        """The algorithm for this run, or None when the config leaves it off."""
+        ...
+
+
+@dataclass
+class Composition:
+    """Every algorithm a run uses, in hook order."""
+
+    algorithms: list[Algorithm] = field(default_factory=list)
+
+    @property
+    def client_plugins(self) -> list[ClientPlugin]:
+        return [a.client for a in self.algorithms if a.client is not None]
+
+    @property
+    def server_plugins(self) -> list[ServerPlugin]:
+        return [a.server for a in self.algorithms if a.server is not None]
+
+    @property
+    def view(self) -> ModelView | None:
+        views = [a.view for a in self.algorithms if a.view is not None]
+        if len(views) > 1:
+            raise ValueError("only one algorithm may split the model into shared and own parts")
+        return views[0] if views else None
+
+    def aggregator(self, configured: AnyAggregator) -> AnyAggregator:
+        """The aggregator after every algorithm that replaces it."""
+        for algorithm in self.algorithms:
+            if algorithm.aggregator is not None:
+                configured = algorithm.aggregator(configured)
+        return configured
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.algorithms]
+
+
+def compose(setup: AlgorithmSetup) -> Composition:
+    """Build every registered algorithm the config turns on, in their order."""
+    load_builtin()
+    named = setup.ws.config.federation.algorithms  # checked at config load
+    factories: list[AlgorithmFactory] = [
+        ALGORITHMS.get(name)()
+        for name in ALGORITHMS.names()
+        if not getattr(ALGORITHMS.get(name), "opt_in", False) or name in named
+    ]
+    built: list[Algorithm] = []
+    for factory in sorted(factories, key=lambda f: f.order):
+        algorithm = factory.build(setup)
+        if algorithm is None:
+            continue
+        built.append(algorithm)
+        if algorithm.view is not None:  # later algorithms see only the shared part
+            setup = replace(setup, shared=algorithm.view.shared(setup.shared))
+    return Composition(built)

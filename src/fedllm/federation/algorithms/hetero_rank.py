@@ -1,0 +1,60 @@
+"""Heterogeneous LoRA ranks (``method.rank_min`` / ``method.ranks_by_client``)."""
+
+from __future__ import annotations
+
+from fedllm.aggregate.coverage import CoverageMean
+from fedllm.client.plugins.rank import RankPlugin
+from fedllm.client.rank import RankPlan, check_rank_clients
+from fedllm.components import ALGORITHMS
+from fedllm.config import Config
+from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup, AnyAggregator
+from fedllm.server.plugins.rank import RankExpansion
+
+
+def _per_rank(_: AnyAggregator) -> AnyAggregator:
+    return CoverageMean()
+
+
+@ALGORITHMS.register("hetero_rank")
+class HeteroRank:
+    """HetLoRA truncation on clients, padding (``pad``) or a per-component mean
+    (``per_rank``) on the server (see :mod:`fedllm.client.rank`)."""
+
+    order = 40
+    modes = ("federated",)
+    modes_why = "ranks apply to federated training only; the reference modes train rank r"
+
+    def setting(self, config: Config) -> str | None:
+        if not config.method.heterogeneous_ranks:
+            return None
+        return "heterogeneous LoRA ranks (method.rank_min / method.ranks_by_client)"
+
+    def refuses(self, config: Config) -> list[tuple[str, str]]:
+        return [
+            ("scaffold", "control variates are not truncated to a client's rank"),
+            ("personal", "personal LoRA factors are not truncated to a client's rank"),
+        ]
+
+    def problem(self, config: Config) -> str | None:
+        method, server = config.method, config.server
+        if method.rank_aggregation == "per_rank" and server.aggregator != "mean":
+            return (
+                f"method.rank_aggregation = 'per_rank' replaces the weighted mean, but "
+                f"server.aggregator = {server.aggregator!r}; set server.aggregator = "
+                "'mean' or method.rank_aggregation = 'pad'"
+            )
+        return None
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        method = setup.ws.config.method
+        if not method.heterogeneous_ranks or setup.mode != "federated":
+            return None
+        check_rank_clients(method, setup.clients)
+        plan = RankPlan(method, setup.ws.config.seed)
+        per_rank = method.rank_aggregation == "per_rank"
+        return Algorithm(
+            "hetero_rank",
+            client=RankPlugin(plan),
+            server=RankExpansion(plan.rank_of, per_rank),
+            aggregator=_per_rank if per_rank else None,
+        )

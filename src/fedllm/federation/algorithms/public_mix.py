@@ -1,0 +1,24 @@
+"""Public examples in every client batch (``public.mix_ratio > 0``)."""
+
+from __future__ import annotations
+
+from fedllm.client.plugins.public_mix import PublicMixPlugin
+from fedllm.components import ALGORITHMS
+from fedllm.config import Config
+from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
+from fedllm.federation.public import public_mix
+
+
+@ALGORITHMS.register("public_mix")
+class PublicMixing:
+    """Every mode: each client (or the pooled one) mixes the public corpus in."""
+
+    order = 60
+
+    def setting(self, config: Config) -> str | None:
+        ratio = config.public.mix_ratio
+        return f"public.mix_ratio = {ratio}" if config.public.source and ratio > 0 else None
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        mix = public_mix(setup.ws.config, setup.ws.public)
+        return Algorithm("public_mix", client=PublicMixPlugin(mix)) if mix is not None else None

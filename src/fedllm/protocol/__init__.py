@@ -1,0 +1,1 @@
+"""Round protocols: ordered phases of messages, run by one driver on any engine."""

@@ -1,0 +1,35 @@
+"""The engine interface: how a phase's messages reach clients and their replies come back.
+
+The embedded simulator (:mod:`fedllm.runtime.simulation`) calls clients in
+process; a distributed engine carries the same messages over a network.
+Nothing above this interface knows which one runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Protocol
+
+from fedllm.message import Message, Reply
+from fedllm.types import ClientId
+
+ClientHandler = Callable[[ClientId, str, Message], Message]
+"""A client's answer to one message: ``(client, phase, message) -> reply``."""
+
+ReplyDone = Callable[[ClientId, Reply], None]
+"""Called as each reply arrives (for progress display)."""
+
+
+class Engine(Protocol):
+    """Moves messages to clients and their replies back."""
+
+    def exchange(
+        self, phase: str, messages: Mapping[ClientId, Message]
+    ) -> Iterator[tuple[ClientId, Reply]]:
+        """Send each client its message for ``phase``; yield each reply (or
+        :class:`~fedllm.message.Dropped`) as it arrives, one per client.
+
+        Consumers fold each reply in and drop it, so a phase holds one reply at a
+        time, not one per client.
+        """
+        ...

@@ -1,0 +1,71 @@
+"""The per-message bookkeeping of a round: bytes, tokens, metrics, accepted and rejected."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+
+from fedllm.message import Dropped, Message, Reply
+from fedllm.types import ClientId, ClientUpdate, RoundRecord
+from fedllm.wire import message_bytes, try_message_bytes
+
+
+class Tally:
+    """Counts what a round sends and receives, from the real encoding of each message.
+
+    Args:
+        record: the round's record, filled in place.
+        counts_bytes: False where nothing crosses a network (a client training alone,
+            pooled data training where it lies).
+    """
+
+    def __init__(self, record: RoundRecord, counts_bytes: bool = True) -> None:
+        self.record = record
+        self.counts_bytes = counts_bytes
+        self.client_metrics: dict[str, dict[str, float]] = {}
+        self.losses: list[float] = []
+        self.tokens = 0.0
+        self.start = time.perf_counter()
+
+    def sent(self, messages: Mapping[ClientId, Message]) -> None:
+        """Count the bytes of a phase's messages to clients."""
+        if self.counts_bytes:
+            self.record.bytes_down += sum(message_bytes(m) for m in messages.values())
+
+    def received(self, client_id: ClientId, reply: Reply) -> None:
+        """Count a reply's bytes; note a dropped client."""
+        if isinstance(reply, Dropped):
+            dropped = self.record.extra.setdefault("dropped", [])
+            dropped.append({"client": client_id, "reason": reply.reason})
+        elif self.counts_bytes:
+            self.record.bytes_up += try_message_bytes(reply) or 0
+
+    def trained(self, update: ClientUpdate) -> None:
+        """Keep an arriving update's tokens and metrics (tokens count whether or not the
+        update is then accepted: they were trained)."""
+        tokens = update.metrics.get("tokens")
+        if isinstance(tokens, int | float) and math.isfinite(tokens) and tokens >= 0:
+            self.tokens += tokens
+        self.client_metrics[update.client_id] = dict(update.metrics)
+
+    def reject(self, update: ClientUpdate, reason: str) -> None:
+        """Record why an update was refused."""
+        self.record.rejected.append({"client": update.client_id, "reason": reason})
+
+    def accept(self, update: ClientUpdate) -> None:
+        """Record an update that was folded in."""
+        self.record.accepted.append(update.client_id)
+        if "train_loss" in update.metrics:
+            self.losses.append(update.metrics["train_loss"])
+
+    def close(self) -> None:
+        """Write the training time, mean loss, tokens (and tokens/s over the training
+        time) and client metrics into the record."""
+        train_s = time.perf_counter() - self.start
+        self.record.time_s["train"] = train_s
+        self.record.extra["tokens"] = int(self.tokens)
+        if self.tokens > 0 and train_s > 0:
+            self.record.extra["tokens_per_s"] = self.tokens / train_s
+        self.record.train_loss = sum(self.losses) / len(self.losses) if self.losses else None
+        self.record.extra["client_metrics"] = self.client_metrics

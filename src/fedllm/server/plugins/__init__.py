@@ -1,0 +1,1 @@
+"""Server halves of the built-in algorithms, one file each."""

@@ -1,0 +1,76 @@
+"""Messages: the encoding round-trips, and the simulator's byte count is the encoding's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedllm.message import Message
+from fedllm.types import join_parts, split_parts
+from fedllm.wire import WireError, decode_message, encode_message, message_bytes
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool]
+names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
+config_values = st.one_of(
+    st.booleans(),
+    st.integers(-(2**62), 2**62),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=40),
+)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> Message:
+    arrays = {}
+    for name in draw(st.lists(names, max_size=4, unique=True)):
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        dtype = draw(st.sampled_from(DTYPES))
+        arrays[name] = (torch.rand(shape) * 10).to(dtype)
+    config = draw(st.dictionaries(names, config_values, max_size=5))
+    metrics = draw(st.dictionaries(names, st.floats(allow_nan=True), max_size=5))
+    return Message(arrays, config, metrics)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages())
+def test_counted_bytes_are_the_encoded_length_and_decoding_inverts(message: Message) -> None:
+    payload = encode_message(message)
+    assert message_bytes(message) == len(payload)
+    back = decode_message(payload)
+    assert back.config == message.config
+    assert list(back.metrics) == list(message.metrics)
+    for name, value in message.metrics.items():
+        assert back.metrics[name] == value or (math.isnan(value) and math.isnan(back.metrics[name]))
+    assert set(back.arrays) == set(message.arrays)
+    for name, tensor in message.arrays.items():
+        assert back.arrays[name].dtype == tensor.dtype and torch.equal(back.arrays[name], tensor)
+
+
+def test_byte_count_depends_on_names_and_shapes_not_float_values() -> None:
+    a = Message({"w": torch.zeros(3)}, {"round": 1}, {"loss": 0.1, "steps": 3.0})
+    b = Message({"w": torch.ones(3)}, {"round": 1}, {"loss": 12345.678901, "steps": 300.0})
+    assert message_bytes(a) == message_bytes(b)
+
+
+@pytest.mark.parametrize("cut", [0, 4, 9, 30])
+def test_truncated_payloads_are_refused_clearly(cut: int) -> None:
+    payload = encode_message(Message({"w": torch.ones(4)}, {"round": 2}, {"loss": 1.0}))
+    with pytest.raises(WireError, match="not an encoded message"):
+        decode_message(payload[:cut])
+
+
+def test_plugin_parts_split_from_the_model_tensors_and_back() -> None:
+    own = {"model.layers.0.lora_A.default.weight": torch.ones(2)}
+    parts = {"scaffold": {"model.layers.0.lora_A.default.weight": torch.zeros(2)}}
+    joined = join_parts(own, parts)
+    assert set(joined) == {
+        "model.layers.0.lora_A.default.weight",
+        "scaffold/model.layers.0.lora_A.default.weight",
+    }
+    back_own, back_parts = split_parts(joined)
+    assert back_own.keys() == own.keys() and back_parts.keys() == parts.keys()
