@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from fedllm.config import ConfigError, load_config
+from fedllm.config import load_config
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.registry import UnknownComponentError
+from fedllm.settings import ConfigError
 from fedllm.types import Params
 
 if TYPE_CHECKING:

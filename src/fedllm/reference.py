@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fedllm.config import NONE, Config
+from fedllm.config import Config
+from fedllm.settings import NONE
 
 PAGE = Path("docs") / "config.md"
 """Where the page lives, relative to the repository root."""

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from fedllm.client.settings import ClientConfig
 from fedllm.client.train import count_local_steps
-from fedllm.config import ClientConfig, check_client_names
 from fedllm.seeding import derive_seed
+from fedllm.settings import check_client_names
 from fedllm.types import ClientId
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from fedllm.config import ClientConfig
+from fedllm.client.settings import ClientConfig
 from fedllm.types import ClientUpdate
 
 NORM_METRIC = "fednova_a"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from fedllm.client.settings import PersonalConfig
 from fedllm.client.store import ClientStateStore
-from fedllm.config import PersonalConfig
 from fedllm.types import ClientId, ClientUpdate, Params
 
 ROWS_SUFFIX = "::personal_rows"

@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from fedllm.client.budget import per_client_value
-from fedllm.config import MethodConfig, check_client_names
 from fedllm.model.methods.lora import rank_axis
+from fedllm.model.settings import MethodConfig
+from fedllm.settings import check_client_names
 from fedllm.types import ClientId, ClientUpdate, Params
 
 RANK_METRIC = "lora_rank"

@@ -10,9 +10,9 @@ import torch
 from fedllm.client.budget import client_steps
 from fedllm.client.hooks import TrainHook
 from fedllm.client.plugin import ClientContext, ClientPlugin
+from fedllm.client.settings import ClientConfig
 from fedllm.client.store import ClientStateStore
 from fedllm.client.train import compute_update
-from fedllm.config import ClientConfig
 from fedllm.data import ClientData
 from fedllm.message import ConfigValue, Message
 from fedllm.seeding import derive_seed

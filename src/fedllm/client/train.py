@@ -10,7 +10,7 @@ import torch
 
 from fedllm.client.hooks import TrainHook
 from fedllm.client.offload import offloaded_optimizer
-from fedllm.config import ClientConfig
+from fedllm.client.settings import ClientConfig
 from fedllm.data import IGNORE_INDEX, ClientData, Example, collate
 from fedllm.model.device import autocast, input_device
 from fedllm.model.state import get_trainable_state, set_trainable_state

@@ -11,8 +11,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from fedllm.components import PARTITIONERS
-from fedllm.config import DataConfig
 from fedllm.data.format import IGNORE_INDEX, Example, encode_chats, pack_texts
+from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record, load_records, record_kind, record_text
 
 Encoder = Callable[[Sequence[Record], int | None], list[Example]]

@@ -24,7 +24,7 @@ from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
 from fedllm.components import PARTITIONERS
-from fedllm.config import DataConfig
+from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record
 
 Partition = dict[str, list[int]]

@@ -9,15 +9,19 @@ private data (the config refuses it), so the two are disjoint.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from fedllm.config import Config, DataConfig
 from fedllm.data.build import encode_records
 from fedllm.data.format import Example
+from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, load_records, record_kind
 from fedllm.seeding import derive_seed
+
+if TYPE_CHECKING:  # the whole config is read here, never built: no import cycle
+    from fedllm.config import Config
 
 
 @dataclass

@@ -17,7 +17,6 @@ from datasets import Dataset
 from flwr_datasets.partitioner import PathologicalPartitioner, SizePartitioner
 
 from fedllm.components import PARTITIONERS
-from fedllm.config import DataConfig
 from fedllm.data.partition import (
     Partition,
     check_enough,
@@ -25,6 +24,7 @@ from fedllm.data.partition import (
     dataset_indices,
     field_values,
 )
+from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from fedllm.components import DATA_SOURCES
-from fedllm.config import DataConfig
+from fedllm.data.settings import DataConfig
 
 Record = dict[str, Any]
 """One raw example: ``messages`` or ``text``, plus metadata fields."""

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 from transformers import PreTrainedTokenizerBase
 
-from fedllm.config import DataConfig
 from fedllm.data.build import ClientRecords, build_client_records, build_federated_data
 from fedllm.data.heterogeneity import Heterogeneity, measure_heterogeneity
+from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record, load_records, record_text
 from fedllm.data.topic import fit_topics
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedllm.components import PARTITIONERS
-from fedllm.config import DataConfig
 from fedllm.data.partition import Partition, dirichlet_by_label
+from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record, record_text
 
 MAX_FEATURES = 20_000

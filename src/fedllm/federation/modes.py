@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.client.budget import check_budget_clients, client_steps, with_fixed_steps
+from fedllm.client.settings import ClientConfig
 from fedllm.client.side import ClientSide
 from fedllm.client.store import ClientStateStore
-from fedllm.config import ClientConfig, Config, ServerConfig
+from fedllm.config import Config
 from fedllm.data import ClientData
 from fedllm.federation.algorithms.base import AlgorithmSetup, Composition, ModeError, compose
 from fedllm.federation.evaluation import evaluate_states
@@ -31,6 +32,7 @@ from fedllm.runtime.dropout import dropout_plan
 from fedllm.runtime.simulation import SimulationEngine
 from fedllm.server.optimizer import build_server_optimizer
 from fedllm.server.sampling import build_sampler
+from fedllm.server.settings import ServerConfig
 from fedllm.server.state import ServerState
 from fedllm.types import ClientId, Params, RoundRecord
 
@@ -168,7 +170,7 @@ class FederatedMode:
             yield "", self.state.params
             return
         yield "", self.view.global_only(self.state.params)
-        for cid in self.clients:  # personalised models, one in memory at a time
+        for cid in self.clients:  # per-client models, one in memory at a time
             yield cid, self.view.of_client(cid, self.state.params)
 
     def stop_reason(self) -> str | None:

@@ -23,8 +23,9 @@ import torch
 
 from fedllm.client.budget import with_fixed_steps
 from fedllm.client.mix import PublicMix
+from fedllm.client.settings import ClientConfig
 from fedllm.client.side import ClientSide
-from fedllm.config import ClientConfig, Config
+from fedllm.config import Config
 from fedllm.data import ClientData
 from fedllm.data.public import PublicData
 from fedllm.message import ROUND, Message

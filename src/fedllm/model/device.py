@@ -16,10 +16,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
 
 import torch
 
-from fedllm.config import Config, ConfigError
+from fedllm.settings import ConfigError
+
+if TYPE_CHECKING:  # the whole config is read here, never built: no import cycle
+    from fedllm.config import Config
 
 PEAK_BF16_TFLOPS: tuple[tuple[frozenset[str], float], ...] = (
     (frozenset({"H200"}), 989.0),

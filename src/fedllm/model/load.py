@@ -37,10 +37,10 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from fedllm.config import ModelConfig
 from fedllm.model.cachefiles import remove_stale_tmp_dirs
 from fedllm.model.device import check_device_map
 from fedllm.model.presets import is_preset, llama_config, preset_names, preset_spec
+from fedllm.model.settings import ModelConfig
 from fedllm.model.tokenizer import bpe_tokenizer
 
 SMOLLM2 = "smollm2-135m"

@@ -25,8 +25,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from fedllm.config import ConfigError, DataConfig
+from fedllm.data.settings import DataConfig
 from fedllm.model.cachefiles import remove_stale_tmp_dirs
+from fedllm.settings import ConfigError
 
 UNK_TOKEN = "<|endoftext|>"
 BOS_TOKEN = "<|im_start|>"

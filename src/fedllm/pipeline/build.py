@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fedllm.components import AGGREGATORS, load_builtin
-from fedllm.config import Config
 from fedllm.pipeline.clip import ClipStage
 from fedllm.pipeline.stage import Aggregator, BatchAggregator, Pipeline, Stage
+
+if TYPE_CHECKING:  # the whole config is read here, never built: no import cycle
+    from fedllm.config import Config
 
 
 def build_pipeline(config: Config) -> Pipeline:

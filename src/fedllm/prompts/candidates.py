@@ -6,7 +6,8 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedllm.config import ConfigError, HardPromptConfig
+from fedllm.config import HardPromptConfig
+from fedllm.settings import ConfigError
 
 TASK_PHRASES = (
     "Answer the user's question.",

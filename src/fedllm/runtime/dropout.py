@@ -12,8 +12,8 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fedllm.config import ServerConfig
 from fedllm.seeding import derive_seed
+from fedllm.server.settings import ServerConfig
 from fedllm.types import ClientId
 
 

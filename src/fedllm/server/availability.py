@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from fedllm.config import ConfigError
 from fedllm.seeding import derive_seed
+from fedllm.settings import ConfigError
 from fedllm.types import ClientId
 
 FILE_KEY = "server.availability_file"

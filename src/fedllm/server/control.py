@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedllm.aggregate.mean import accumulator_dtype
+from fedllm.aggregate.mean import Accumulator
 from fedllm.types import Params
 
 
@@ -26,24 +26,18 @@ class ServerControl:
             raise ValueError(f"SCAFFOLD needs at least one client, got {num_clients}")
         self.control: Params = {k: torch.zeros_like(v) for k, v in template.items()}
         self.num_clients = num_clients
-        self._sum: Params = {}
+        self._sum = Accumulator()
 
     def start(self) -> None:
         """Begin a round: nothing folded in yet."""
-        self._sum = {
-            k: torch.zeros_like(v, dtype=accumulator_dtype(v.dtype))
-            for k, v in self.control.items()
-        }
+        self._sum.start(self.control)
 
     def add(self, change: Params) -> None:
         """Fold in one accepted client's ``c_i+ - c_i``."""
-        with torch.no_grad():
-            for name, acc in self._sum.items():
-                acc.add_(change[name].to(acc.dtype))
+        self._sum.add(change)
 
     def finish(self) -> None:
         """Move ``c`` by the round's changes over ``N``."""
         with torch.no_grad():
-            for name, acc in self._sum.items():
+            for name, acc in self._sum.sums.items():
                 self.control[name].add_((acc / self.num_clients).to(self.control[name].dtype))
-        self._sum = {}

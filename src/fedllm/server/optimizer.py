@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 
 from fedllm.components import SERVER_OPTIMIZERS
-from fedllm.config import ServerConfig
+from fedllm.server.settings import ServerConfig
 from fedllm.types import Params
 
 

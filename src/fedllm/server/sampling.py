@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fedllm.config import ServerConfig
 from fedllm.seeding import derive_seed
 from fedllm.server.availability import Availability, BernoulliAvailability, read_trace
+from fedllm.server.settings import ServerConfig
 from fedllm.types import ClientId
 
 

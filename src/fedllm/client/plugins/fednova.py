@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedllm.client.fednova import normalize
 from fedllm.client.plugin import ClientContext, ClientPlugin
-from fedllm.config import ClientConfig
+from fedllm.client.settings import ClientConfig
 from fedllm.types import ClientUpdate
 
 

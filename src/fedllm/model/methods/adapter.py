@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.methods import bottleneck
 from fedllm.model.methods.base import MethodError, hidden_size
+from fedllm.model.settings import MethodConfig
 
 WEIGHTS_FILE = "bottleneck_adapter.safetensors"
 CONFIG_FILE = "bottleneck_adapter.json"

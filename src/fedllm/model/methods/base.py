@@ -8,7 +8,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedModel
 
-from fedllm.config import MethodConfig
+from fedllm.model.settings import MethodConfig
 
 
 class MethodError(ValueError):

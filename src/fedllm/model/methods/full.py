@@ -8,8 +8,8 @@ import torch
 from transformers import PreTrainedModel
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.methods.base import MethodError
+from fedllm.model.settings import MethodConfig
 
 
 @METHODS.register("full")

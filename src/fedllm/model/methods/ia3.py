@@ -6,9 +6,9 @@ from peft import IA3Config, PeftConfig
 from transformers import PreTrainedModel
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.methods.lora import check_target_modules
 from fedllm.model.methods.peft_method import PeftMethod
+from fedllm.model.settings import MethodConfig
 
 
 @METHODS.register("ia3")

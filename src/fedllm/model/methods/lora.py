@@ -8,9 +8,9 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.methods.base import MethodError
 from fedllm.model.methods.peft_method import PeftMethod
+from fedllm.model.settings import MethodConfig
 
 
 @METHODS.register("lora")

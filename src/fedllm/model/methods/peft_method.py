@@ -11,8 +11,8 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from fedllm.config import MethodConfig
 from fedllm.model.methods.base import MethodError
+from fedllm.model.settings import MethodConfig
 
 
 class PeftMethod(ABC):

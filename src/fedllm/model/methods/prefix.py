@@ -7,10 +7,10 @@ from peft import PeftConfig, PrefixTuningConfig
 from transformers import PreTrainedModel
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.methods.base import MethodError, hidden_size
 from fedllm.model.methods.prefix_init import init_token_ids, prefix_from_tokens
 from fedllm.model.methods.prompt_learning import PromptLearningMethod
+from fedllm.model.settings import MethodConfig
 
 
 @METHODS.register("prefix")

@@ -6,9 +6,9 @@ from peft import PeftConfig, PromptTuningConfig, PromptTuningInit
 from transformers import PreTrainedModel
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.load import tokenizer_source
 from fedllm.model.methods.prompt_learning import PromptLearningMethod
+from fedllm.model.settings import MethodConfig
 
 _INITS = {
     "vocab": PromptTuningInit.SAMPLE_VOCAB,

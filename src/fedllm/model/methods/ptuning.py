@@ -6,9 +6,9 @@ from peft import PeftConfig, PromptEncoderConfig
 from transformers import PreTrainedModel
 
 from fedllm.components import METHODS
-from fedllm.config import MethodConfig
 from fedllm.model.methods.base import hidden_size
 from fedllm.model.methods.prompt_learning import PromptLearningMethod
+from fedllm.model.settings import MethodConfig
 
 
 @METHODS.register("ptuning")

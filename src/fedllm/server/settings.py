@@ -1,0 +1,108 @@
+"""Config section of the server: ``[server]`` (rounds, sampling, aggregation,
+the server optimizer, simulated dropouts)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fedllm.settings import Section
+
+
+class ServerConfig(Section):
+    rounds: int = Field(3, ge=1, description="Federated rounds.")
+    clients_per_round: int = Field(2, ge=1, description="Clients sampled each round (seeded).")
+    min_clients: int = Field(
+        1, ge=1, description="Fewest accepted updates for a round to change the model."
+    )
+    optimizer: str = Field(
+        "fedavg",
+        description="Server optimizer on the pseudo-gradient: fedavg, fedavgm, fedadam, fedyogi, "
+        "fedadagrad, or nesterov (DiLoCo's outer Nesterov momentum; paper: lr 0.7, momentum 0.9).",
+    )
+    lr: float = Field(1.0, gt=0, description="Server learning rate (eta).")
+    momentum: float = Field(
+        0.9, ge=0, lt=1, description="Server momentum of 'fedavgm' and 'nesterov'."
+    )
+    beta1: float = Field(
+        0.9, ge=0, lt=1, description="First-moment decay of fedadam/fedyogi/fedadagrad."
+    )
+    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay of fedadam/fedyogi.")
+    tau: float = Field(
+        1e-3,
+        gt=0,
+        description="Adaptivity floor of fedadam/fedyogi/fedadagrad (v starts at tau^2).",
+    )
+    bias_correction: bool = Field(
+        False, description="Adam-style bias correction (off in Reddi et al. 2021, Algorithm 2)."
+    )
+    aggregator: str = Field("mean", description="How accepted updates are combined.")
+    normalize: Literal["none", "fednova"] = Field(
+        "none",
+        description="'fednova': clients send their update divided by their local steps "
+        "(momentum- and prox-adjusted), the server rescales the mean by the cohort's "
+        "effective steps (Wang et al. 2020); for clients running different step counts.",
+    )
+    weighting: Literal["examples", "uniform"] = Field(
+        "examples", description="Aggregation weight of each client."
+    )
+    sampling: Literal["uniform", "size", "trace"] = Field(
+        "uniform",
+        description="How each round's clients are drawn (seeded): 'uniform'; 'size': "
+        "successively, proportional to training examples; 'trace': uniformly among the "
+        "clients online that round (availability_file, else availability).",
+    )
+    availability: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="'trace' without availability_file: probability that a client is online "
+        "in a round (independently per client and round, seeded).",
+    )
+    availability_file: str | None = Field(
+        None,
+        description="'trace': JSON file mapping every round to the client ids online in it, "
+        'e.g. {"1": ["a", "b"], "2": []}; none: the seeded availability draw.',
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Simulated dropouts: probability that a sampled client never answers in a "
+        "round (seeded per round and client); 0: none. For testing protocols with dropouts.",
+    )
+    dropout_trace: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Simulated dropouts by round instead of the draw, e.g. {"2" = ["a"]}: '
+        "client a drops in round 2.",
+    )
+
+    @model_validator(mode="after")
+    def _check_dropout(self) -> ServerConfig:
+        bad = [key for key in self.dropout_trace if not key.isdigit() or int(key) < 1]
+        if bad:
+            raise ValueError(f"server.dropout_trace keys must be round numbers >= 1, got {bad}")
+        if self.dropout_trace and self.dropout > 0:
+            raise ValueError(
+                f"server.dropout = {self.dropout} and server.dropout_trace are both set; "
+                "the trace says who drops: remove server.dropout"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_sampling(self) -> ServerConfig:
+        if self.sampling != "trace" and (
+            self.availability_file is not None or self.availability != 1.0
+        ):
+            key = "availability_file" if self.availability_file is not None else "availability"
+            raise ValueError(
+                f"server.{key} applies to server.sampling = 'trace', not "
+                f"{self.sampling!r}; set server.sampling = 'trace' or remove server.{key}"
+            )
+        if self.availability_file is not None and self.availability != 1.0:
+            raise ValueError(
+                f"server.availability = {self.availability} and server.availability_file are "
+                "both set; the file says who is online: remove server.availability"
+            )
+        return self
