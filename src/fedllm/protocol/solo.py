@@ -22,17 +22,24 @@ StateOf = Callable[[ClientId], Params]
 
 class OwnStates(Mapping[ClientId, Message]):
     """Each client's message holds its own state, loaded only when it is sent (memory
-    holds one client's state, not all of them)."""
+    holds the states of clients that have not answered yet, one at a time in the
+    simulator, not all of them); :meth:`take` hands a sent state back for validation."""
 
     def __init__(self, cohort: Sequence[ClientId], state_of: StateOf, round_num: int) -> None:
         self.cohort = list(cohort)
         self.state_of = state_of
         self.round_num = round_num
+        self._sent: dict[ClientId, Params] = {}
 
     def __getitem__(self, client_id: ClientId) -> Message:
         if client_id not in self.cohort:
             raise KeyError(client_id)
-        return Message(arrays=self.state_of(client_id), config={ROUND: self.round_num})
+        state = self._sent[client_id] = self.state_of(client_id)
+        return Message(arrays=state, config={ROUND: self.round_num})
+
+    def take(self, client_id: ClientId) -> Params:
+        """The state ``client_id`` was sent (loaded again if it never was)."""
+        return self._sent.pop(client_id, None) or self.state_of(client_id)
 
     def __iter__(self) -> Iterator[ClientId]:
         return iter(self.cohort)
@@ -57,16 +64,17 @@ class SoloPhase:
         self.state_of = state_of
         self.keep = keep
         self.tally = tally
+        self.sent = OwnStates(record.sampled, state_of, record.round)
 
     def messages(self) -> Mapping[ClientId, Message]:
-        return OwnStates(self.record.sampled, self.state_of, self.record.round)
+        return self.sent
 
     def receive(self, client_id: ClientId, reply: Reply) -> None:
+        start = self.sent.take(client_id)
         if isinstance(reply, Dropped):
             return
         update = read_update(client_id, reply)
         self.tally.trained(update)
-        start = self.state_of(client_id)
         problem = find_problem(update, start)
         if problem is not None:
             self.tally.reject(update, problem)
