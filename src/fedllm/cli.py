@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedllm.config import load_config
-from fedllm.federation.rundir import RunDir, RunDirError
+from fedllm.federation.rundir import RunDir, RunDirError, check_writable
 from fedllm.registry import UnknownComponentError
 from fedllm.settings import ConfigError
 from fedllm.types import Params
 
 if TYPE_CHECKING:
+    from fedllm.federation.runner import RunResult
     from fedllm.federation.setup import Workspace
-from fedllm.report.progress import Reporter, RichReporter, SilentReporter
+from fedllm.report.progress import QuietReporter, Reporter, RichReporter
 
 EPILOG = """examples:
   fedllm run configs/demo.toml --set server.rounds=3 --out runs/my-run
@@ -80,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dir", type=Path)
     p.add_argument(
-        "--rounds", type=int, default=None, help="extend the run to this many rounds in total"
+        "--rounds",
+        type=int,
+        default=None,
+        help="extend the run to this many rounds in total (more than it has done)",
     )
     p.add_argument("--quiet", action="store_true")
 
@@ -112,8 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
         "plain model (AutoModelForCausalLM.from_pretrained loads it).",
     )
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--to", type=Path, required=True, help="target directory")
+    p.add_argument("--to", type=Path, required=True, help="target directory (new or empty)")
     p.add_argument("--merge", action="store_true", help="merge adapters into the base weights")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --to, replacing only the files an export writes",
+    )
     p.add_argument("--client", default=None, help="which client's model (local-mode runs)")
 
     p = sub.add_parser(
@@ -199,17 +209,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = _HANDLERS[args.command]
         return handler(args, console)
     except user_errors as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return 2
+    except OSError as err:  # the disk, not the input: a full disk, a vanished file
+        text = escape(_describe_os_error(err))
+        console.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: the last checkpoint is kept; continue with `fedllm resume`")
         return 130
 
 
+NOTHING_CHANGED = 3
+"""Exit status of a run that finished without any round changing the model."""
+
+
+def say(console: Console, text: str) -> None:
+    """Print ``text`` as it is: brackets in paths or messages are not rich markup, and
+    long lines are left to the terminal to wrap (a pipe gets them whole)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _describe_os_error(err: OSError) -> str:
+    where = f": {err.filename}" if err.filename else ""
+    return f"{err.strerror or err}{where}"
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, not a bug: shown as one line, no traceback."""
     from fedllm.client.personal import PersonalizationError
     from fedllm.data.sources import DataError
+    from fedllm.eval.generate import GenerationError
     from fedllm.federation.algorithms.base import ModeError
     from fedllm.model.load import ModelLoadError
     from fedllm.model.methods.base import MethodError
@@ -232,11 +262,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
         PersonalizationError,
         SelectionError,
         InspectError,
+        GenerationError,
     )
 
 
 def _reporter(quiet: bool, console: Console) -> Reporter:
-    return SilentReporter() if quiet else RichReporter(console)
+    return QuietReporter(console) if quiet else RichReporter(console)
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
@@ -244,16 +275,29 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / args.config.stem
-    run(config, out, overwrite=args.overwrite, reporter=_reporter(args.quiet, console))
-    return 0
+    result = run(config, out, overwrite=args.overwrite, reporter=_reporter(args.quiet, console))
+    return _exit_status(result, console)
 
 
 def _resume(args: argparse.Namespace, console: Console) -> int:
     from fedllm.federation.runner import resume
 
-    overrides = [f"server.rounds={args.rounds}"] if args.rounds else []
-    resume(args.run_dir, overrides, reporter=_reporter(args.quiet, console))
-    return 0
+    if args.rounds is not None and args.rounds < 1:
+        raise ConfigError(f"--rounds = {args.rounds}: must be at least 1 (rounds in total)")
+    overrides = [] if args.rounds is None else [f"server.rounds={args.rounds}"]
+    result = resume(args.run_dir, overrides, reporter=_reporter(args.quiet, console))
+    if result.already_finished:
+        say(console, f"{result.run_dir}: already finished; its records were left as they are")
+    return _exit_status(result, console)
+
+
+def _exit_status(result: RunResult, console: Console) -> int:
+    """0, or :data:`NOTHING_CHANGED` with the summary's warning when no round applied."""
+    if result.changed_model:
+        return 0
+    warning = f"warning: {result.summary.get('warning', '')}"
+    console.print(warning, style="yellow", markup=False, soft_wrap=True)
+    return NOTHING_CHANGED
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
@@ -263,13 +307,15 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     from fedllm.federation.trained import load_trained
 
     rundir = RunDir(args.run_dir)
-    ws = prepare(rundir.load_config())
+    config = rundir.load_config()
+    check_writable(rundir.root, "run directory")
+    ws = prepare(config)
     trained = load_trained(rundir, ws.initial, PersonalSplit.from_config(ws.config.personal))
     metrics = evaluate_states(ws, trained.state_of, shared=trained.shared)
     (rundir.root / "eval.json").write_text(
         json.dumps({"round": trained.round, **metrics}, indent=2)
     )
-    table = Table(title=f"{rundir.root} after round {trained.round}")
+    table = Table(title=escape(f"{rundir.root} after round {trained.round}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
@@ -279,9 +325,10 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def _generate(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.eval.generate import generate_reply
+    from fedllm.eval.generate import check_generation_options, generate_reply
     from fedllm.model.state import set_trainable_state
 
+    check_generation_options(args.max_new_tokens, args.temperature)  # before the model loads
     ws, state = _trained_model(args.run_dir, args.client)
     set_trainable_state(ws.model, state)
     reply = generate_reply(
@@ -292,11 +339,12 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _export(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.federation.export import export_one
+    from fedllm.federation.export import check_export_target, export_one
 
+    check_export_target(args.to, args.overwrite)  # before the model loads
     ws, state = _trained_model(args.run_dir, args.client)
     export_one(ws, state, args.to, merge=args.merge)
-    console.print(f"exported to {args.to}")
+    say(console, f"exported to {args.to}")
     return 0
 
 
@@ -316,26 +364,34 @@ def _trained_model(run_dir: Path, client: str | None) -> tuple[Workspace, Params
 
 def _report(args: argparse.Namespace, console: Console) -> int:
     from fedllm.report.compare import comparison_table, plot_comparison
-    from fedllm.report.plots import plot_run
-    from fedllm.report.progress import result_table
+    from fedllm.report.plots import Plot, plot_run
+    from fedllm.report.progress import result_table, run_title
+
+    def tell(plot: Plot) -> None:
+        say(console, f"wrote {plot.path}" if plot.path else plot.note)
 
     out = Console()
     all_records, summaries = {}, {}
     for root in args.run_dirs:
         rundir = RunDir(root)
+        name = rundir.root.name
         records = rundir.read_metrics()
         if not records:
             raise RunDirError(f"{rundir.root} has no metrics.jsonl records yet")
-        out.print(result_table(records))
-        for path in plot_run(records, rundir.root / "report", title=str(rundir.root.name)):
-            console.print(f"wrote {path}")
-        all_records[rundir.root.name] = records
+        about: dict[str, object] = {}
         if rundir.summary_path.exists():
-            summaries[rundir.root.name] = rundir.read_summary()
+            about = summaries[name] = rundir.read_summary()
+        elif rundir.config_path.exists():  # unfinished run: mode and method from its config
+            config = rundir.load_config()
+            about = {"mode": config.federation.mode, "method": config.method.kind}
+        out.print(result_table(records, title=run_title(name, about)))
+        for plot in plot_run(records, rundir.root / "report", title=name):
+            tell(plot)
+        all_records[name] = records
     if len(args.run_dirs) > 1:
         out.print(comparison_table(summaries))
         target = RunDir(args.run_dirs[0]).root / "report" / "comparison.png"
-        console.print(f"wrote {plot_comparison(all_records, target)}")
+        tell(plot_comparison(all_records, target))
     return 0
 
 
@@ -352,13 +408,14 @@ def _select_prompt(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / f"{args.config.stem}-prompt"
-    done = run_selection(config, out, args.run, log=lambda line: console.print(line))
+    done = run_selection(config, out, args.run, log=lambda line: say(console, line))
     stdout = Console()
-    stdout.print(selection_table(done.selection, title=f"hard prompt selection · {out}"))
+    title = escape(f"hard prompt selection · {out}")
+    stdout.print(selection_table(done.selection, title=title))
     stdout.print(client_table(done.selection))
     chosen = done.selection.chosen
-    console.print(f"chosen ({chosen.candidate.id}): {chosen.candidate.text}", highlight=False)
-    console.print(f"wrote {out / 'hard_prompt.json'}")
+    say(console, f"chosen ({chosen.candidate.id}): {chosen.candidate.text}")
+    say(console, f"wrote {out / 'hard_prompt.json'}")
     return 0
 
 
@@ -392,9 +449,9 @@ def _inspect(args: argparse.Namespace, console: Console) -> int:
         **inspect_json(virtual, vocab, neighbours),
     }
     (rundir.root / "inspect.json").write_text(json.dumps(result, indent=2) + "\n")
-    title = f"{rundir.root} · {kind} · {len(neighbours)} virtual tokens"
+    title = escape(f"{rundir.root} · {kind} · {len(neighbours)} virtual tokens")
     Console().print(neighbours_table(neighbours, title))
-    console.print(f"wrote {rundir.root / 'inspect.json'}")
+    say(console, f"wrote {rundir.root / 'inspect.json'}")
     return 0
 
 
@@ -405,23 +462,22 @@ def _data(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     out: Path = args.out or Path("runs") / f"partition-{args.config.stem}"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    check_writable(out, "--out")
     stats = survey_partition(config.data, load_tokenizer(config.model), config.seed)
     title = f"{args.config.name} · data.partition = {config.data.partition!r}"
     stdout = Console()
-    stdout.print(heterogeneity_table(stats, title))
+    stdout.print(heterogeneity_table(stats, escape(title)))
     stdout.print(summary_table(stats))
     for cid, why in stats.dropped.items():
-        console.print(f"dropped {cid}: {why}", highlight=False)
+        say(console, f"dropped {cid}: {why}")
     out.mkdir(parents=True, exist_ok=True)
     result = {"config": str(args.config), "seed": config.seed, "data": config.data.model_dump()}
     (out / "partition.json").write_text(json.dumps({**result, **stats.to_json()}, indent=2) + "\n")
-    console.print(f"wrote {out / 'partition.json'}")
+    say(console, f"wrote {out / 'partition.json'}")
     if stats.label_field is None:
         console.print("no labels (no partition_by field, too few texts for topics): no heat map")
     else:
-        console.print(f"wrote {plot_label_heatmap(stats, out / 'heatmap.png', title)}")
+        say(console, f"wrote {plot_label_heatmap(stats, out / 'heatmap.png', title)}")
     return 0
 
 

@@ -280,10 +280,33 @@ def _check_components(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if registry is components.DATA_SOURCES and Path(str(value)).suffix in {".jsonl", ".txt"}:
             continue
-        if value not in registry:
+        if registry is components.DATA_SOURCES and value not in registry:
+            problems.append(f"config error: {dotted} = {_unknown_source(str(value))}")
+        elif value not in registry:
             problems.append(f"config error: {dotted} = {registry.unknown_message(value)}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _unknown_source(value: str) -> str:
+    """Why ``value`` is not a data source: not a shipped corpus, nor a readable file kind."""
+    from fedllm import components
+
+    known = components.DATA_SOURCES.names()
+    suffix = Path(value).suffix
+    hint = difflib.get_close_matches(value, known, n=1)
+    if suffix:
+        tail = (
+            f"; {suffix} files are not read: convert it to .jsonl (one JSON object per line "
+            "with 'text', 'prompt' and 'response', or 'messages')"
+        )
+    else:
+        tail = f" (did you mean {hint[0]!r}?)" if hint else ""
+    names = ", ".join(known)
+    return (
+        f"{value!r} is neither a shipped corpus ({names}) nor a path to a .jsonl or .txt "
+        f"file{tail}"
+    )
 
 
 def _same_source(a: str, b: str) -> bool:
@@ -317,7 +340,29 @@ def _valid_keys(loc: list[str]) -> str:
             break
         model = annotation
     valid = list(model.model_fields)
-    hint = difflib.get_close_matches(loc[-1], valid, n=1)
-    tail = f" (did you mean {hint[0]!r}?)" if hint else ""
+    elsewhere = _sections_with_key(loc[-1])
+    if elsewhere:
+        fixes = " or ".join(f"--set {_dotted(place, loc[-1])}=..." for place in elsewhere)
+        tail = f"; {loc[-1]!r} is a key of {' and '.join(elsewhere)} ({fixes})"
+    else:
+        hint = difflib.get_close_matches(loc[-1], valid, n=1)
+        tail = f" (did you mean {hint[0]!r}?)" if hint else ""
     where = f"[{'.'.join(loc[:-1])}]" if loc[:-1] else "the top level"
     return f"valid keys in {where}: {', '.join(valid)}{tail}"
+
+
+def _sections_with_key(key: str) -> list[str]:
+    """Where else ``key`` is a valid key: "the top level" and/or "[section]" names."""
+    places = []
+    for name, field in Config.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if key in annotation.model_fields:
+                places.append(f"[{name}]")
+        elif name == key:
+            places.append("the top level")
+    return places
+
+
+def _dotted(place: str, key: str) -> str:
+    return key if place == "the top level" else f"{place.strip('[]')}.{key}"

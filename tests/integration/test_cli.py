@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from safetensors.torch import load_file
 
 from fedllm.cli import main
+from fedllm.config import load_config
+from fedllm.federation.setup import prepare
+from fedllm.model.state import set_trainable_state
+from fedllm.report import plots
+from fedllm.report.plots import Plot, plot_run
+from tests.support.generation import greedy_reference
 from tests.support.runs import TINY
 
 COMMANDS = [
@@ -37,7 +45,9 @@ def test_help_explains_every_command(capsys: pytest.CaptureFixture[str]) -> None
         assert "usage: fedllm " + command in capsys.readouterr().out
 
 
-def test_user_journey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_journey(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "my-run"
     assert main(["run", str(TINY), "--set", "server.rounds=1", "--out", str(out), "--quiet"]) == 0
     assert main(["resume", str(out), "--rounds", "2", "--quiet"]) == 0
@@ -50,16 +60,55 @@ def test_user_journey(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert evaluated["round"] == 2
     assert evaluated["clients_loss_mean"] == pytest.approx(records[-1]["eval"]["clients_loss_mean"])
 
+    capsys.readouterr()
     assert main(["generate", str(out), "--prompt", "Hello there", "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out.strip() != ""
+    printed = capsys.readouterr().out.strip()
+    ws = prepare(load_config(out / "config.toml"), with_data=False)
+    trained = load_file(out / "checkpoints" / "round-00002" / "global.safetensors")
+    set_trainable_state(ws.model, trained)
+    assert printed == greedy_reference(ws.model, ws.tokenizer, "Hello there", new_tokens=5)
 
     assert main(["export", str(out), "--to", str(tmp_path / "exported")]) == 0
     assert (tmp_path / "exported" / "adapter_config.json").is_file()
     assert (tmp_path / "exported" / "tokenizer_config.json").is_file()
 
-    assert main(["report", str(out)]) == 0
-    for name in ("perplexity.png", "train_loss.png", "communication.png"):
-        assert (out / "report" / name).stat().st_size > 1000
+    alone = tmp_path / "alone"
+    local = ["--set", "federation.mode=local", "--set", "server.rounds=1"]
+    assert main(["run", str(TINY), *local, "--out", str(alone), "--quiet"]) == 0
+    drawn = spy_on_plots(monkeypatch)
+    capsys.readouterr()
+    assert main(["report", str(out), str(alone)]) == 0
+    shown = capsys.readouterr()
+    assert "my-run · federated · lora" in shown.out and "alone · local · lora" in shown.out
+    assert "nothing was sent: no communication plot" in shown.err
+    perplexity, train_loss, communication = drawn["my-run"]
+    assert perplexity.series["clients (mean)"] == [
+        (r["round"], r["eval"]["clients_ppl_mean"]) for r in records
+    ]
+    assert perplexity.series["global test split"] == [
+        (r["round"], r["eval"]["test_ppl"]) for r in records
+    ]
+    assert train_loss.series["train loss"] == [(r["round"], r["train_loss"]) for r in records[1:]]
+    assert [h for _, h in communication.series["up"]] == [r["bytes_up"] / 1e6 for r in records[1:]]
+    assert [p.path for p in drawn["my-run"]] == [
+        out / "report" / name for name in ("perplexity.png", "train_loss.png", "communication.png")
+    ]
+    assert all(p.xticks and all(t == int(t) for t in p.xticks) for p in drawn["my-run"])
+    assert drawn["alone"][-1].path is None and (alone / "report" / "perplexity.png").is_file()
+    assert not (alone / "report" / "communication.png").exists()
+    assert (out / "report" / "comparison.png").is_file()
+
+
+def spy_on_plots(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Plot]]:
+    """What ``fedllm report`` plots, by run name (each run's ``plot_run`` result)."""
+    drawn: dict[str, list[Plot]] = {}
+
+    def spy(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[Plot]:
+        drawn[title] = plot_run(records, out_dir, title)
+        return drawn[title]
+
+    monkeypatch.setattr(plots, "plot_run", spy)
+    return drawn
 
 
 def test_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -68,4 +117,4 @@ def test_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "server.rouns is not a known key" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
-    assert "not a fedllm run directory" in capsys.readouterr().err
+    assert "nowhere is not a folder; give a run directory" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from fedllm.model.load import load_base_model
 from fedllm.model.methods.adapter import load_adapter
 from fedllm.model.state import set_trainable_state
 from fedllm.types import Params
+from tests.support.generation import greedy_reference
 from tests.support.runs import tiny_config
 
 KINDS = ["lora", "full", "prompt", "prefix", "ptuning", "ia3", "adapter"]
@@ -162,7 +163,8 @@ def test_evaluate_scores_what_the_models_own_loss_scores(runs: Runs, kind: str) 
 def test_generate_replies_with_every_method(runs: Runs, kind: str) -> None:
     ws = runs(kind).ws
     reply = generate_reply(ws.model, ws.tokenizer, "What is an apple?", max_new_tokens=4)
-    assert isinstance(reply, str)
+    expected = greedy_reference(ws.model, ws.tokenizer, "What is an apple?", new_tokens=4)
+    assert reply == expected
 
 
 @pytest.mark.parametrize("kind", UNMERGEABLE)

@@ -13,6 +13,7 @@ from fedllm.eval.generate import generate_reply
 from fedllm.federation.runner import run
 from fedllm.federation.setup import prepare
 from fedllm.model.load import load_base_model
+from tests.support.generation import greedy_reference
 from tests.support.runs import ROOT
 
 pytestmark = pytest.mark.slow
@@ -35,15 +36,17 @@ def test_demo_recipe_lowers_held_out_perplexity_and_exports(tmp_path: Path) -> N
 
     ws = prepare(cfg, with_data=False)
     peft_model = PeftModel.from_pretrained(load_base_model(cfg.model, 0), result.run_dir / "final")
-    reply = generate_reply(peft_model, ws.tokenizer, "What do you like to do on weekends?", 12)
+    prompt = "What do you like to do on weekends?"
+    reply = generate_reply(peft_model, ws.tokenizer, prompt, 12)
     assert reply.strip()
+    assert reply == greedy_reference(peft_model, ws.tokenizer, prompt, new_tokens=12)
 
 
 def test_bf16_autocast_trains_the_real_model(tmp_path: Path) -> None:
     cfg = load_config(
         ROOT / "configs" / "demo.toml",
         [
-            "server.rounds=1",
+            "server.rounds=2",
             "client.local_steps=2",
             "client.bf16=true",
             "client.gradient_checkpointing=true",
@@ -52,4 +55,7 @@ def test_bf16_autocast_trains_the_real_model(tmp_path: Path) -> None:
         ],
     )
     result = run(cfg, tmp_path / "bf16")
-    assert torch.isfinite(torch.tensor(result.records[-1]["train_loss"]))
+    losses = [r["train_loss"] for r in result.records[1:]]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    first, last = result.records[0]["eval"], result.records[-1]["eval"]
+    assert last["clients_loss_mean"] < first["clients_loss_mean"]  # it learns, not only runs

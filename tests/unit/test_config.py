@@ -1,10 +1,20 @@
 """Config loading: overrides, and errors that name the key and what is valid."""
 
 from pathlib import Path
+from typing import Any, get_args
 
 import pytest
+import tomllib
+from pydantic import BaseModel
 
-from fedllm.config import ConfigError, apply_override, dump_config, load_config, parse_config
+from fedllm.config import (
+    Config,
+    ConfigError,
+    apply_override,
+    dump_config,
+    load_config,
+    parse_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,11 +25,87 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_every_shipped_recipe_loads() -> None:
-    recipes = sorted((ROOT / "configs").glob("*.toml"))
-    assert recipes, "configs/ must ship recipes"
-    for recipe in recipes:
-        load_config(recipe)
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "dropout_trace" and key != "local_steps_by_client":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+RECIPES = sorted((ROOT / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_resolves_to_what_it_says(recipe: Path) -> None:
+    written = flatten(tomllib.loads(recipe.read_text()))
+    resolved = flatten(load_config(recipe).model_dump())
+    assert written, f"{recipe.name} sets nothing"
+    for key, value in written.items():
+        assert key in resolved, f"{recipe.name}: {key} is not a config key"
+        assert resolved[key] == (None if value == "none" else value), f"{recipe.name}: {key}"
+    defaults = flatten(parse_config({}).model_dump())
+    unset = set(resolved) - set(written)
+    assert {k: resolved[k] for k in unset} == {k: defaults[k] for k in unset}
+
+
+def test_recipes_cover_the_documented_capabilities() -> None:
+    by_name = {p.stem: load_config(p) for p in RECIPES}
+    demo = by_name["demo"]
+    assert (demo.model.name, demo.method.kind, demo.data.source) == (
+        "smollm2-135m",
+        "lora",
+        "chitchat",
+    )
+    assert (demo.server.rounds, demo.server.clients_per_round, demo.data.num_clients) == (5, 2, 4)
+    assert by_name["tiny"].model.name == "tiny"
+    kinds = {c.method.kind for c in by_name.values()}
+    assert {"full", "lora", "prompt", "prefix", "ptuning", "ia3", "adapter"} <= kinds
+
+
+def float_fields(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of every float-valued key of the schema."""
+    found = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found += float_fields(annotation, f"{prefix}{name}.")
+        elif annotation is float or float in get_args(annotation):
+            found.append(f"{prefix}{name}")
+    return found
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_no_float_key_accepts_a_non_finite_number(value: str) -> None:
+    keys = float_fields(Config)
+    assert len(keys) > 15 and "client.lr" in keys
+    for dotted in keys:
+        raw: dict[str, Any] = {}
+        apply_override(raw, f"{dotted}={value}")
+        with pytest.raises(ConfigError, match="finite number"):
+            parse_config(raw)
+
+
+def test_a_key_under_the_wrong_section_names_where_it_belongs() -> None:
+    with pytest.raises(
+        ConfigError, match=r"'seed' is a key of the top level \(--set seed=\.\.\.\)"
+    ):
+        parse_config({"run": {"seed": 1}})
+    with pytest.raises(ConfigError, match=r"'prox_mu' is a key of \[client\] \(--set client\."):
+        parse_config({"run": {"prox_mu": 1}})
+    with pytest.raises(
+        ConfigError, match=r"of \[client\] and \[server\] \(--set client\.lr=\.\.\. or"
+    ):
+        parse_config({"run": {"lr": 1}})
+
+
+def test_an_unreadable_data_file_kind_says_which_files_are_read() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"data": {"source": "mine/data.csv"}})
+    message = str(err.value)
+    assert ".jsonl or .txt" in message and "chitchat" in message and ".csv files" in message
 
 
 def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:

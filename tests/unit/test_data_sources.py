@@ -187,3 +187,13 @@ def test_record_kind_rejects_mixed_and_empty() -> None:
         record_kind([{"text": "a"}, {"messages": []}])
     with pytest.raises(DataError, match="no records"):
         record_kind([])
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".txt"])
+def test_a_byte_that_is_not_utf8_is_reported_by_line(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "also fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(
+        DataError, match=r"data\.(jsonl|txt):3: not UTF-8.*0xe9 at column 14 of line 3"
+    ):
+        load_file(path)

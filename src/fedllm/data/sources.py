@@ -205,14 +205,25 @@ def load_file(path: str | Path) -> list[Record]:
         )
     if not path.is_file():
         raise DataError(f"data file {path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"data file {path}: not UTF-8 text ({err})") from None
+    text = _read_utf8(path)
     records = _read_jsonl(path, text) if path.suffix == ".jsonl" else _read_txt(text)
     if not records:
         raise DataError(f"data file {path}: empty file (no records)")
     return records
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is reported by line and column."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"data file {path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column "
+            f"{column} of line {line}); save the file as UTF-8"
+        ) from None
 
 
 def _read_txt(text: str) -> list[Record]:

@@ -9,6 +9,30 @@ import torch
 from fedllm.model.device import input_device
 from fedllm.model.methods.prompt_learning import is_prompt_learning
 
+MAX_TEMPERATURE = 100.0
+"""Above this, sampling is uniform noise for any model: surely a typo."""
+
+
+class GenerationError(ValueError):
+    """Generation options that can't be honoured."""
+
+
+def check_generation_options(max_new_tokens: int, temperature: float) -> None:
+    """Refuse options transformers would reject with a traceback, or ignore silently.
+
+    Raises:
+        GenerationError: naming the option, the value and what is valid.
+    """
+    if max_new_tokens < 1:
+        raise GenerationError(
+            f"--max-new-tokens = {max_new_tokens}: must be at least 1 (tokens to generate)"
+        )
+    if not 0.0 <= temperature <= MAX_TEMPERATURE:  # also refuses nan
+        raise GenerationError(
+            f"--temperature = {temperature}: must be 0 (greedy) or a positive number up to "
+            f"{MAX_TEMPERATURE:g} (sampling; 1 = the model's own distribution)"
+        )
+
 
 @torch.no_grad()
 def generate_reply(
@@ -25,7 +49,12 @@ def generate_reply(
     :func:`decode_without_cache`: peft's ``generate`` for them feeds the virtual
     tokens through a key/value cache argument that transformers 5 renamed, and
     silently drops or misplaces them after the first token.
+
+    Raises:
+        GenerationError: ``max_new_tokens`` below 1, or ``temperature`` negative,
+            non-finite or absurdly large.
     """
+    check_generation_options(max_new_tokens, temperature)
     messages = [{"role": "user", "content": prompt}]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -13,9 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedllm.types import Params
+
+CHECKPOINT_DAMAGE: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, SafetensorError)
+"""What reading a truncated, edited or half-deleted checkpoint raises."""
 
 
 @dataclass

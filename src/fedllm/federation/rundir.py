@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,9 @@ class RunDir:
         return self.root / MARKER
 
     def check_new(self, overwrite: bool) -> None:
-        """Refuse to start over an existing run (unless ``overwrite``) or in a folder
-        that holds anything but a fedllm run."""
+        """Refuse to start over an existing run (unless ``overwrite``), in a folder that
+        holds anything but a fedllm run, or where nothing can be written."""
+        check_writable(self.root, "--out")
         if not self.root.exists() or not any(self.root.iterdir()):
             return
         if not self.marker.exists():
@@ -103,8 +105,27 @@ class RunDir:
         self.config_path.write_text(dump_config(config))
         self.marker.write_text("fedllm run directory\n")
 
+    def check_run(self) -> None:
+        """Refuse a folder that ``fedllm run`` did not make (it writes the marker file).
+
+        Raises:
+            RunDirError: naming the folder and what it lacks.
+        """
+        if not self.root.is_dir():
+            raise RunDirError(f"{self.root} is not a folder; give a run directory")
+        if not self.marker.is_file():
+            raise RunDirError(
+                f"{self.root} is not a fedllm run directory (no {MARKER} file, which "
+                "`fedllm run` writes); refusing to use it: give a folder `fedllm run` made"
+            )
+
     def load_config(self, overrides: list[str] | None = None) -> Config:
-        """The run's saved configuration (with optional overrides)."""
+        """The run's saved configuration (with optional overrides).
+
+        Raises:
+            RunDirError: the folder is not a run directory.
+        """
+        self.check_run()
         if not self.config_path.exists():
             raise RunDirError(f"{self.root} is not a fedllm run directory (no config.toml)")
         return load_config(self.config_path, overrides)
@@ -148,3 +169,32 @@ class RunDir:
             raise RunDirError(f"{self.root} has no summary.json: the run has not finished")
         result: dict[str, Any] = json.loads(self.summary_path.read_text())
         return result
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Refuse an output location that cannot be written, before anything slow runs.
+
+    ``path`` may not exist yet: its nearest existing ancestor must be a folder in
+    which a file can be created (a probe file is made and removed at once).
+
+    Raises:
+        RunDirError: naming ``option``, the path and why it can't be used.
+    """
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{option} {path}: exists and is not a folder; choose another {option}")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RunDirError(
+            f"{option} {path}: {ancestor} is a file, so no folder can be made under it; "
+            f"choose another {option}"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=ancestor, prefix=".fedllm-probe-"):
+            pass
+    except OSError as err:
+        raise RunDirError(
+            f"{option} {path}: cannot write in {ancestor} ({err.strerror or err}); "
+            f"choose another {option}"
+        ) from None

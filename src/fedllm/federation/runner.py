@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from fedllm.client.store import ClientStateStore
 from fedllm.config import Config, dump_config
 from fedllm.federation.checkpoint import (
+    CHECKPOINT_DAMAGE,
     Checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -21,7 +21,7 @@ from fedllm.federation.checkpoint import (
 from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
-from fedllm.federation.rundir import RunDir, RunDirError
+from fedllm.federation.rundir import RunDir, RunDirError, check_writable
 from fedllm.federation.setup import Workspace, prepare
 from fedllm.model.device import model_devices
 from fedllm.model.flops import describe_flops
@@ -45,6 +45,12 @@ class RunResult:
     run_dir: Path
     summary: dict[str, Any]
     records: list[dict[str, Any]]
+    already_finished: bool = False
+
+    @property
+    def changed_model(self) -> bool:
+        """False when no round changed the model (every update rejected or round skipped)."""
+        return bool(self.summary.get("rounds_applied", 1))
 
 
 def run(
@@ -75,8 +81,10 @@ def resume(
     continuation differ from the run that was started and are refused.
     """
     started = time.perf_counter()
+    reporter = reporter or SilentReporter()
     rundir = RunDir(out)
     saved = rundir.load_config()
+    check_writable(rundir.root, "run directory")
     config = rundir.load_config(overrides)
     changed = _changed_keys(saved, config) - {"server.rounds"}
     if changed:
@@ -84,8 +92,9 @@ def resume(
             f"resume can only change server.rounds; these differ from the saved run: "
             f"{', '.join(sorted(changed))}"
         )
-    ckpt = _latest_readable_checkpoint(rundir)
-    done = max((r["round"] for r in rundir.read_metrics()), default=0)
+    ckpt = _latest_readable_checkpoint(rundir, reporter)
+    records = rundir.read_metrics()
+    done = max((r["round"] for r in records), default=0)
     if ckpt is None and (done > 0 or rundir.final.exists()):
         raise RunDirError(
             f"{rundir.root} has trained rounds but no readable checkpoint; resuming would "
@@ -96,21 +105,44 @@ def resume(
             f"server.rounds = {config.server.rounds} is below the {ckpt.round} rounds "
             "already checkpointed; resume can only extend a run"
         )
+    if ckpt is not None and _wrote_its_end(rundir, done, ckpt.round):
+        finished = _finished_reason(records, ckpt.round, config.server.rounds)
+        if finished is not None:
+            reporter.message(f"{rundir.root}: {finished}; nothing was changed")
+            return RunResult(rundir.root, rundir.read_summary(), records, already_finished=True)
     ws = prepare(config)
     if config != saved:
         rundir.config_path.write_text(dump_config(config))
-    return _train(ws, rundir, reporter or SilentReporter(), ckpt, started)
+    return _train(ws, rundir, reporter, ckpt, started)
 
 
-def _latest_readable_checkpoint(rundir: RunDir) -> Checkpoint | None:
-    """The newest checkpoint that loads; older ones are tried if the newest is damaged."""
+def _wrote_its_end(rundir: RunDir, recorded: int, checkpointed: int) -> bool:
+    """Whether the run wrote its summary and final model after recording every round up
+    to its checkpoint (a crash before the last round's line is not an end)."""
+    return rundir.summary_path.exists() and rundir.final.exists() and recorded >= checkpointed
+
+
+def _finished_reason(records: list[dict[str, Any]], checkpointed: int, rounds: int) -> str | None:
+    """Why a run with a summary has nothing left to train, or None if it has."""
+    stopped = next((r for r in reversed(records) if r.get("stopped")), None)
+    if stopped is not None and stopped["round"] == checkpointed:
+        return f"the run stopped after round {checkpointed} ({stopped['stopped']})"
+    if checkpointed >= rounds:
+        return (
+            f"the run already finished its {checkpointed} rounds "
+            f"(pass --rounds N with N > {checkpointed} to extend it)"
+        )
+    return None
+
+
+def _latest_readable_checkpoint(rundir: RunDir, reporter: Reporter) -> Checkpoint | None:
+    """The newest checkpoint that loads; older ones are tried if the newest is damaged,
+    and each one skipped is reported with the reason."""
     for path in reversed(list_checkpoints(rundir.checkpoints)):
         try:
             return load_checkpoint(path)
-        except (OSError, ValueError, KeyError) as err:
-            warnings.warn(
-                f"checkpoint {path} is unreadable ({err}); trying an older one", stacklevel=2
-            )
+        except CHECKPOINT_DAMAGE as err:
+            reporter.warn(f"skipped checkpoint {path.name}: it is damaged ({err})")
     return None
 
 
@@ -210,7 +242,11 @@ def build_summary(
     """The run's result in one JSON object (``summary.json``)."""
     total, trainable = count_parameters(ws.model)
     evaluated = [r for r in records if r.get("eval")]
+    applied = [r["round"] for r in records if _changed_model(r)]
+    trained = [r for r in records if r["round"] > 0]
+    warning = {} if applied or not trained else {"warning": NOTHING_APPLIED}
     return {
+        **warning,
         "run_dir": str(rundir.root),
         "mode": mode.name,
         "model": ws.config.model.name,
@@ -226,12 +262,24 @@ def build_summary(
         "bytes_down": sum(r.get("bytes_down", 0) for r in records),
         "rejected_updates": sum(len(r.get("rejected", [])) for r in records),
         "skipped_rounds": [r["round"] for r in records if r.get("skipped")],
+        "rounds_applied": len(applied),
         "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0),
         **Efficiency.of(ws).summary(records),
         "wall_s": wall_s,
         "final_dir": str(rundir.final),
         "data": ws.data.summary() if ws.data else {},
     }
+
+
+NOTHING_APPLIED = (
+    "no round changed the model: every update was rejected or every round skipped "
+    "(see 'rejected' and 'skipped' in metrics.jsonl); the final model is the initial one"
+)
+
+
+def _changed_model(record: dict[str, Any]) -> bool:
+    """Whether a round's record shows the model changed (some update applied)."""
+    return record["round"] > 0 and not record.get("skipped") and bool(record.get("accepted"))
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

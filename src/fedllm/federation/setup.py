@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from fedllm.components import METHODS, load_builtin
-from fedllm.config import Config
+from fedllm.config import Config, ConfigError
 from fedllm.data import FederatedData, build_federated_data
 from fedllm.data.public import PublicData, build_public_data
 from fedllm.model.device import place_model, resolve_device
@@ -68,6 +68,8 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
     device = resolve_device(config)  # a missing GPU fails here, before anything slow
     tokenizer = load_tokenizer(config.model)
     data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
+    if data is not None:
+        check_cohort(config, data)
     public = build_public_data(config, tokenizer) if with_data else None
     base = load_base_model(config.model, config.seed)
     with torch.random.fork_rng(devices=[]):
@@ -78,6 +80,21 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
         enable_gradient_checkpointing(model)
     initial = get_trainable_state(model)
     return Workspace(config, tokenizer, model, method, initial, data, public)
+
+
+def check_cohort(config: Config, data: FederatedData) -> None:
+    """Refuse a round cohort larger than the federation (before the model loads).
+
+    Raises:
+        ConfigError: ``server.clients_per_round`` exceeds the number of clients.
+    """
+    wanted, have = config.server.clients_per_round, len(data.clients)
+    if wanted > have:
+        dropped = f" ({len(data.dropped)} dropped for lack of data)" if data.dropped else ""
+        raise ConfigError(
+            f"config error: server.clients_per_round = {wanted}, but the federation has "
+            f"{have} clients{dropped}; set server.clients_per_round to at most {have}"
+        )
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -17,7 +17,7 @@ from fedllm.config import Config, dump_config
 from fedllm.data import build_client_records
 from fedllm.data.instruct import InstructedEncoder
 from fedllm.data.sources import DataError
-from fedllm.federation.rundir import MARKER, RunDir
+from fedllm.federation.rundir import MARKER, RunDir, check_writable
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.prompts.candidates import initial_candidates
 from fedllm.prompts.score import PromptClient, ScoreFn, model_scorer, prompt_handler
@@ -173,7 +173,9 @@ def check_out_dir(out: Path) -> None:
 
     Raises:
         SelectionError: naming the folder and what to do.
+        RunDirError: the folder can't be written.
     """
+    check_writable(out, "--out")
     if not out.exists() or not any(out.iterdir()):
         return
     if (out / MARKER).exists():

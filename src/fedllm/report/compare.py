@@ -7,29 +7,21 @@ from typing import Any
 
 from rich.table import Table
 
-from fedllm.report.plots import save_figure
-from fedllm.report.progress import fmt
+from fedllm.report.plots import Plot, save_rounds_figure
+from fedllm.report.progress import fmt, number_columns, run_title
 
 
 def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
-    """One row per run (name -> summary.json): initial and final held-out perplexity."""
+    """One row per run (name -> summary.json): initial and final held-out perplexity, MB up
+    and seconds; mode and method under the run's name, so that it fits 80 columns."""
     table = Table(title="fedllm runs compared")
-    table.add_column("run", no_wrap=True)
-    table.add_column("mode", no_wrap=True)
-    for column in (
-        "ppl round 0",
-        "ppl final (mean)",
-        "ppl final (worst)",
-        "test ppl final",
-        "MB up",
-        "s",
-    ):
-        table.add_column(column, justify="right")
+    table.add_column("run", overflow="fold")
+    number_columns(table, "ppl\nround 0", "ppl final\n(mean)", "ppl final\n(worst)")
+    number_columns(table, "test ppl\nfinal", "MB up", "s")
     for name, summary in runs.items():
         initial, final = summary.get("initial", {}), summary.get("final", {})
         table.add_row(
-            name,
-            str(summary.get("mode", "?")),
+            run_title(name, summary, sep="\n"),
             fmt(initial.get("clients_ppl_mean")),
             fmt(final.get("clients_ppl_mean")),
             fmt(final.get("clients_ppl_worst")),
@@ -40,7 +32,7 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def plot_comparison(records: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+def plot_comparison(records: dict[str, list[dict[str, Any]]], path: Path) -> Plot:
     """Client-mean held-out perplexity by round, one line per run."""
     import matplotlib.pyplot as plt
 
@@ -51,5 +43,4 @@ def plot_comparison(records: dict[str, list[dict[str, Any]]], path: Path) -> Pat
             ax.plot(*zip(*points, strict=True), marker="o", label=name)
     ax.set(xlabel="round", ylabel="held-out perplexity (client mean)", title="runs compared")
     ax.legend()
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    return save_rounds_figure(fig, ax, path)

@@ -1,11 +1,14 @@
-"""Live progress while a run trains, and the result table at the end."""
+"""Live progress while a run trains, and the result tables at the end."""
 
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,10 +27,26 @@ class Reporter:
     def client_done(self, client_id: ClientId, reply: Reply) -> None: ...
     def round_done(self, record: RoundRecord) -> None: ...
     def message(self, text: str) -> None: ...
+    def warn(self, text: str) -> None:
+        """Something the user must know (a skipped checkpoint): shown even when quiet."""
+        warnings.warn(text, stacklevel=2)
+
     def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None: ...
 
 
 SilentReporter = Reporter
+
+
+class QuietReporter(Reporter):
+    """No progress; warnings still reach the console (``--quiet``)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def warn(self, text: str) -> None:
+        self.console.print(
+            f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True
+        )
 
 
 class RichReporter(Reporter):
@@ -80,50 +99,65 @@ class RichReporter(Reporter):
             self.console.print(" · ".join(parts))
 
     def message(self, text: str) -> None:
-        self.progress.console.print(text)
+        self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        self.progress.console.print(
+            f"warning: {text}", style="yellow", markup=False, highlight=False, soft_wrap=True
+        )
 
     def finish(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> None:
         self.progress.stop()
-        self.console.print(result_table(records))
+        self.console.print(result_table(records, run_title(Path(summary["run_dir"]).name, summary)))
         self.console.print(
             f"[bold]{summary['mode']}[/bold] run finished: held-out perplexity "
             f"{fmt(summary.get('initial', {}).get('clients_ppl_mean'))} -> "
             f"{fmt(summary.get('final', {}).get('clients_ppl_mean'))} (client mean), "
             f"{fmt(summary.get('final', {}).get('test_ppl'))} on the test split; "
             f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down; "
-            f"{summary['wall_s']:.0f} s. Results in {summary['run_dir']}"
+            f"{summary['wall_s']:.0f} s. Results in {escape(str(summary['run_dir']))}"
         )
 
 
-def result_table(records: list[dict[str, Any]]) -> Table:
-    """One row per round: losses, perplexities, bytes, training tokens/s, seconds."""
-    table = Table(title="fedllm run")
-    for column in (
-        "round",
-        "clients",
-        "train loss",
-        "eval ppl (mean)",
-        "eval ppl (worst)",
-        "test ppl",
-        "MB up",
-        "tok/s",
-        "s",
-    ):
-        table.add_column(column, justify="right")
+def result_table(records: list[dict[str, Any]], title: str = "fedllm run") -> Group:
+    """Per round, two tables that fit 80 columns: held-out quality (clients accepted of
+    sampled, train loss, perplexities), then cost (MB up and down, tokens/s, seconds)."""
+    quality = Table(title=title)
+    cost = Table(title=f"{title}: cost")
+    number_columns(quality, "round", "clients", "train loss", "eval ppl (mean)")
+    number_columns(quality, "eval ppl (worst)", "test ppl")
+    number_columns(cost, "round", "MB up", "MB down", "tok/s", "s")
     for rec in records:
         ev = rec.get("eval", {})
-        table.add_row(
+        quality.add_row(
             str(rec["round"]),
             f"{len(rec.get('accepted', []))}/{len(rec.get('sampled', []))}",
             fmt(rec.get("train_loss"), 3),
             fmt(ev.get("clients_ppl_mean")),
             fmt(ev.get("clients_ppl_worst")),
             fmt(ev.get("test_ppl")),
+        )
+        cost.add_row(
+            str(rec["round"]),
             f"{rec.get('bytes_up', 0) / 1e6:.2f}",
+            f"{rec.get('bytes_down', 0) / 1e6:.2f}",
             fmt(rec.get("tokens_per_s"), 0),
             f"{_seconds(rec.get('time_s', {})):.1f}",
         )
-    return table
+    return Group(quality, cost)
+
+
+def number_columns(table: Table, *headers: str) -> None:
+    """Right-aligned columns whose cells fold onto a second line rather than lose digits
+    when the console is narrow (rich would cut them to ``4979…``)."""
+    for header in headers:
+        table.add_column(header, justify="right", overflow="fold")
+
+
+def run_title(name: str, about: dict[str, Any], sep: str = " · ") -> str:
+    """``name · mode · method`` (what summary.json or the config says), markup-escaped."""
+    facts = " · ".join(str(about[k]) for k in ("mode", "method") if k in about)
+    return escape(sep.join(part for part in (name, facts) if part))
 
 
 def _seconds(times: dict[str, float]) -> float:
