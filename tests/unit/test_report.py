@@ -127,3 +127,20 @@ def test_comparison_plot_draws_each_run_on_whole_round_ticks(tmp_path: Path) -> 
         "b": [(r["round"], r["eval"]["clients_ppl_mean"]) for r in short],
     }
     assert plot.xticks and all(tick == int(tick) for tick in plot.xticks)
+
+
+def test_live_messages_print_brackets_as_written() -> None:
+    from fedllm.types import RoundRecord
+
+    out = StringIO()
+    reporter = RichReporter(Console(file=out, width=200))
+    reporter.start(1, 1, "fedllm · models/[tiny] + lora")
+    reporter.round_done(RoundRecord(round=1, skipped="client [red]a[/red] dropped"))
+    reporter.message("valid keys in [server]: rounds")
+    reporter.warn("skipped checkpoint [round-00002]")
+    reporter.progress.stop()
+    text = out.getvalue()
+    assert "models/[tiny]" in text
+    assert "skipped: client [red]a[/red] dropped" in text
+    assert "valid keys in [server]: rounds" in text
+    assert "warning: skipped checkpoint [round-00002]" in text

@@ -59,14 +59,14 @@ class RichReporter(Reporter):
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.fields[info]}", markup=False),
             console=self.console,
         )
         self._rounds = self.progress.add_task("rounds ", total=1, info="", visible=False)
         self._clients = self.progress.add_task("clients", total=1, info="", visible=False)
 
     def start(self, first_round: int, rounds: int, header: str) -> None:
-        self.console.print(header)
+        self.console.print(header, markup=False, highlight=False)
         self.progress.update(self._rounds, total=rounds, completed=first_round - 1, visible=True)
         self.progress.start()
 
@@ -96,7 +96,7 @@ class RichReporter(Reporter):
             parts.append(f"{len(record.rejected)} rejected")
         self.progress.update(self._rounds, advance=1, info=" · ".join(parts))
         if not self.console.is_terminal:  # logs and CI: no live display, one line per round
-            self.console.print(" · ".join(parts))
+            self.console.print(" · ".join(parts), markup=False, highlight=False)
 
     def message(self, text: str) -> None:
         self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
