@@ -9,7 +9,7 @@ from typing import Literal
 import huggingface_hub.constants
 import pytest
 import torch
-from transformers import LlamaConfig, PreTrainedModel
+from transformers import AutoTokenizer, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from fedllm.config import ModelConfig
 from fedllm.model import load
@@ -20,6 +20,8 @@ from fedllm.model.load import (
     load_base_model,
     load_tokenizer,
     smollm2_dir,
+    smollm2_tokenizer_dir,
+    tokenizer_source,
 )
 from fedllm.model.presets import (
     SMOLLM2_BOS_ID,
@@ -196,3 +198,102 @@ def test_smollm2_loads_with_sensible_loss(smollm2_path: Path) -> None:
     with torch.no_grad():
         loss = model(**batch, labels=batch["input_ids"]).loss
     assert float(loss) < 4.0  # about 3.0 measured
+
+
+TEXTS = [
+    "Hello, world! What do you like to do on weekends?",
+    "Unicode: naïve café, Ελληνικά, 日本語, emoji 🙂 and a no-break\u00a0space.",
+    "   leading and trailing whitespace\t\n\n",
+    "def area(r):\n    return 3.14159 * r ** 2  # circle\n",
+    "<|im_start|>user\nspecial tokens typed in the text<|im_end|>",
+]
+CHATS = [
+    [{"role": "user", "content": "What is a tuple?"}, {"role": "assistant", "content": "A list."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi 🙂"}],
+]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SmolLM2 tokenizer extracted into a cold cache, with the model conversion refused."""
+    cache = tmp_path_factory.mktemp("cold-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDLLM_CACHE", str(cache))
+        mp.setattr(load, "_convert_gguf", _refuse_conversion)
+        folder = smollm2_tokenizer_dir()
+        assert load_tokenizer("tiny").name_or_path == str(folder)
+    assert [p.name for p in cache.iterdir()] == ["tokenizers"]  # no model, no temp dir
+    assert [p.name for p in (cache / "tokenizers").iterdir()] == [SMOLLM2]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gguf_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tokenizer as the full conversion used to save it: ``AutoTokenizer`` on the GGUF file."""
+    out = tmp_path_factory.mktemp("reference")
+    AutoTokenizer.from_pretrained(load._gguf_folder(), gguf_file=load._GGUF_FILE).save_pretrained(
+        out
+    )
+    return out
+
+
+def _refuse_conversion(out: Path) -> None:
+    raise AssertionError("the model was converted only to get its tokenizer")
+
+
+def _assert_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> None:
+    assert type(a) is type(b)
+    assert a.get_vocab() == b.get_vocab()
+    assert len(a) == len(b) == SMOLLM2_VOCAB_SIZE
+    assert a.special_tokens_map == b.special_tokens_map
+    assert a.all_special_ids == b.all_special_ids
+    assert a.added_tokens_decoder == b.added_tokens_decoder
+    assert a.chat_template == b.chat_template
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    for text in TEXTS:
+        assert a(text)["input_ids"] == b(text)["input_ids"]
+        ids = a(text, add_special_tokens=False)["input_ids"]
+        assert a.decode(ids) == b.decode(ids)
+    for chat in CHATS:
+        rendered = a.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert rendered == b.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        assert a.apply_chat_template(chat)["input_ids"] == b.apply_chat_template(chat)["input_ids"]
+    assert "<|im_start|>system" in a.apply_chat_template(CHATS[0], tokenize=False)
+
+
+def test_extracted_tokenizer_equals_the_gguf_conversion(
+    extracted: Path, gguf_reference: Path
+) -> None:
+    for name in TOKENIZER_FILES:
+        assert (extracted / name).read_bytes() == (gguf_reference / name).read_bytes(), name
+    _assert_same_tokenizer(
+        AutoTokenizer.from_pretrained(extracted), AutoTokenizer.from_pretrained(gguf_reference)
+    )
+
+
+def test_full_conversion_holds_the_same_tokenizer(extracted: Path, smollm2_path: Path) -> None:
+    for name in TOKENIZER_FILES:
+        assert (extracted / name).read_bytes() == (smollm2_path / name).read_bytes(), name
+
+
+def test_tokenizer_extraction_is_cached(
+    extracted: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FEDLLM_CACHE", str(extracted.parent.parent))
+    monkeypatch.setattr(load, "_convert_gguf", _refuse_conversion)
+
+    def refuse_extraction(out: Path) -> None:
+        raise AssertionError("extracted again despite the cache")
+
+    monkeypatch.setattr(load, "_extract_tokenizer", refuse_extraction)
+    for name in ("tiny", SMOLLM2):
+        tok = load_tokenizer(name)
+        assert tok.pad_token == tok.eos_token == "<|im_end|>"
+        assert tokenizer_source(name) == str(extracted)
+    assert AutoTokenizer.from_pretrained(tokenizer_source("tiny")).get_vocab() == tok.get_vocab()
+
+    monkeypatch.setenv("FEDLLM_CACHE", str(tmp_path))
+    (tmp_path / "tokenizers" / SMOLLM2).mkdir(parents=True)  # left by hand, incomplete
+    with pytest.raises(ModelLoadError, match="not a complete fedllm cache; delete it"):
+        load_tokenizer("tiny")

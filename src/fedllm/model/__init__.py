@@ -1,25 +1,52 @@
-"""Base models, tokenizers, fine-tuning methods and the exchanged trainable state."""
+"""Base models, tokenizers, fine-tuning methods and the exchanged trainable state.
+
+The names below import their module on first use (PEP 562), so importing one
+submodule (the config reads :mod:`fedllm.model.settings`) does not import
+torch and transformers with :mod:`fedllm.model.load`.
+"""
 
 from __future__ import annotations
 
-from fedllm.model.load import (
-    SMOLLM2,
-    ModelLoadError,
-    cache_dir,
-    known_names,
-    load_base_model,
-    load_tokenizer,
-)
-from fedllm.model.presets import preset_names
-from fedllm.model.state import (
-    StateMismatchError,
-    count_parameters,
-    get_trainable_state,
-    set_trainable_state,
-    state_nbytes,
-    trainable_names,
-    zeros_like_state,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fedllm.model.load import (
+        SMOLLM2,
+        ModelLoadError,
+        cache_dir,
+        known_names,
+        load_base_model,
+        load_tokenizer,
+    )
+    from fedllm.model.presets import preset_names
+    from fedllm.model.state import (
+        StateMismatchError,
+        count_parameters,
+        get_trainable_state,
+        set_trainable_state,
+        state_nbytes,
+        trainable_names,
+        zeros_like_state,
+    )
+
+_HOMES = {
+    "SMOLLM2": "load",
+    "ModelLoadError": "load",
+    "cache_dir": "load",
+    "known_names": "load",
+    "load_base_model": "load",
+    "load_tokenizer": "load",
+    "preset_names": "presets",
+    "StateMismatchError": "state",
+    "count_parameters": "state",
+    "get_trainable_state": "state",
+    "set_trainable_state": "state",
+    "state_nbytes": "state",
+    "trainable_names": "state",
+    "zeros_like_state": "state",
+}
+"""Each exported name and the submodule defining it."""
 
 __all__ = [
     "SMOLLM2",
@@ -37,3 +64,11 @@ __all__ = [
     "trainable_names",
     "zeros_like_state",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The exported ``name``, importing the submodule that defines it."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

