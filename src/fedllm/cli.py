@@ -18,12 +18,12 @@ from fedllm.config import load_config
 from fedllm.federation.rundir import RunDir, RunDirError, check_writable
 from fedllm.registry import UnknownComponentError
 from fedllm.settings import ConfigError
-from fedllm.types import Params
 
 if TYPE_CHECKING:
     from fedllm.federation.runner import RunResult
     from fedllm.federation.setup import Workspace
-from fedllm.report.progress import QuietReporter, Reporter, RichReporter
+    from fedllm.report.progress import Reporter
+    from fedllm.types import Params
 
 EPILOG = """examples:
   fedllm run configs/demo.toml --set server.rounds=3 --out runs/my-run
@@ -267,6 +267,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _reporter(quiet: bool, console: Console) -> Reporter:
+    from fedllm.report.progress import QuietReporter, RichReporter
+
     return QuietReporter(console) if quiet else RichReporter(console)
 
 

@@ -1,21 +1,44 @@
 """Data: sources, partitioning across clients, tokenization and batching.
 
-Importing this package registers the built-in data sources and partitioners.
+The names below import their module on first use (:mod:`fedllm.lazy`). The
+built-in data sources and partitioners register when their modules are
+imported (``fedllm.components.load_builtin``).
 """
 
-from fedllm.data import skew, topic  # noqa: F401  (they register partitioners)
-from fedllm.data.build import (
-    ClientData,
-    ClientRecords,
-    FederatedData,
-    RecordSplit,
-    build_client_records,
-    build_federated_data,
-)
-from fedllm.data.format import IGNORE_INDEX, Example, collate
-from fedllm.data.partition import Partition
-from fedllm.data.sources import DataError, Record, load_records
+from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from fedllm.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from fedllm.data.build import (
+        ClientData,
+        ClientRecords,
+        FederatedData,
+        RecordSplit,
+        build_client_records,
+        build_federated_data,
+    )
+    from fedllm.data.format import IGNORE_INDEX, Example, collate
+    from fedllm.data.partition import Partition
+    from fedllm.data.sources import DataError, Record, load_records
+
+_HOMES = {
+    "ClientData": "build",
+    "ClientRecords": "build",
+    "FederatedData": "build",
+    "RecordSplit": "build",
+    "build_client_records": "build",
+    "build_federated_data": "build",
+    "IGNORE_INDEX": "format",
+    "Example": "format",
+    "collate": "format",
+    "Partition": "partition",
+    "DataError": "sources",
+    "Record": "sources",
+    "load_records": "sources",
+}
 __all__ = [
     "IGNORE_INDEX",
     "ClientData",
@@ -31,3 +54,4 @@ __all__ = [
     "collate",
     "load_records",
 ]
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -1,14 +1,15 @@
 """Base models, tokenizers, fine-tuning methods and the exchanged trainable state.
 
-The names below import their module on first use (PEP 562), so importing one
+The names below import their module on first use (:mod:`fedllm.lazy`), so importing one
 submodule (the config reads :mod:`fedllm.model.settings`) does not import
 torch and transformers with :mod:`fedllm.model.load`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from fedllm.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from fedllm.model.load import (
@@ -65,10 +66,4 @@ __all__ = [
     "zeros_like_state",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """The exported ``name``, importing the submodule that defines it."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+__getattr__ = lazy_exports(__name__, _HOMES)
