@@ -7,33 +7,11 @@ import math
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fedllm.message import Message
 from fedllm.types import join_parts, split_parts
 from fedllm.wire import WireError, decode_message, encode_message, message_bytes
-
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool]
-names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=12)
-config_values = st.one_of(
-    st.booleans(),
-    st.integers(-(2**62), 2**62),
-    st.floats(allow_nan=False),
-    st.text(max_size=20),
-    st.binary(max_size=40),
-)
-
-
-@st.composite
-def messages(draw: st.DrawFn) -> Message:
-    arrays = {}
-    for name in draw(st.lists(names, max_size=4, unique=True)):
-        shape = draw(st.lists(st.integers(0, 4), max_size=3))
-        dtype = draw(st.sampled_from(DTYPES))
-        arrays[name] = (torch.rand(shape) * 10).to(dtype)
-    config = draw(st.dictionaries(names, config_values, max_size=5))
-    metrics = draw(st.dictionaries(names, st.floats(allow_nan=True), max_size=5))
-    return Message(arrays, config, metrics)
+from tests.support.messages import messages
 
 
 @settings(max_examples=150, deadline=None)

@@ -1,0 +1,84 @@
+"""The engine over Flower: a phase's messages go to SuperNodes through a ServerApp's grid.
+
+The round driver, protocols and plug-ins are the ones the simulator runs; this
+only moves their messages. Each client is a Flower node; a node that answers
+with an error, or not within the timeout, is :class:`~fedllm.message.Dropped`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+from flwr.app import Message as FlowerMessage
+from flwr.app import MessageType
+from flwr.serverapp import Grid
+
+from fedllm.message import Dropped, Message, Reply
+from fedllm.protocol.engine import ClientHandler
+from fedllm.runtime.flower.records import from_records, to_records
+from fedllm.types import ClientId
+from fedllm.wire import WireError
+
+
+class FlowerEngine:
+    """Sends each client's message to its node and yields the decoded replies.
+
+    Args:
+        grid: the ServerApp's grid.
+        nodes: client id -> Flower node id.
+        timeout_s: how long a phase waits for replies; None: until every node answers.
+    """
+
+    def __init__(
+        self, grid: Grid, nodes: Mapping[ClientId, int], timeout_s: float | None = None
+    ) -> None:
+        self.grid = grid
+        self.nodes = dict(nodes)
+        self.timeout_s = timeout_s
+
+    def exchange(
+        self, phase: str, messages: Mapping[ClientId, Message]
+    ) -> Iterator[tuple[ClientId, Reply]]:
+        """Every client's reply (in the order sent), or Dropped with what happened."""
+        unknown = sorted(set(messages) - set(self.nodes))
+        if unknown:
+            raise KeyError(f"no Flower node for client(s) {unknown}")
+        sent = {
+            client: self.grid.create_message(
+                to_records(message, phase),
+                MessageType.TRAIN,
+                self.nodes[client],
+                group_id=str(message.round),
+            )
+            for client, message in messages.items()
+        }
+        by_node = {node: client for client, node in self.nodes.items()}
+        replies: dict[ClientId, Reply] = {}
+        for reply in self.grid.send_and_receive(list(sent.values()), timeout=self.timeout_s):
+            client = by_node.get(reply.metadata.src_node_id)
+            if client is not None and client in sent:
+                replies[client] = _decode_reply(reply)
+        for client in sent:
+            yield client, replies.get(client, Dropped("no reply from its node in time"))
+
+
+def client_app_handler(
+    handler: ClientHandler, client: ClientId
+) -> Callable[[FlowerMessage], FlowerMessage]:
+    """A ClientApp's train function answering with fedllm's client side for ``client``."""
+
+    def answer(message: FlowerMessage) -> FlowerMessage:
+        phase, decoded = from_records(message.content)
+        reply = handler(client, phase, decoded)
+        return FlowerMessage(to_records(reply, phase), reply_to=message)
+
+    return answer
+
+
+def _decode_reply(reply: FlowerMessage) -> Reply:
+    if reply.has_error():
+        return Dropped(f"node error {reply.error.code}: {reply.error.reason}")
+    try:
+        return from_records(reply.content)[1]
+    except WireError as err:
+        return Dropped(f"undecodable reply: {err}")
