@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from fedllm.federation.modes import FederatedMode, build_mode
-from fedllm.federation.setup import prepare
-from fedllm.runtime.flower.engine import FlowerEngine, client_app_handler
-from fedllm.runtime.simulation import SimulationEngine
+from fedllm.federation.runner import run
+from fedllm.federation.setup import Workspace, prepare
+from fedllm.protocol.engine import ClientHandler, Engine
+from fedllm.runtime.dropout import DropoutPlan
+from fedllm.runtime.flower.engine import FlowerEngine, client_app_handler, flower_engines
+from fedllm.runtime.simulation import EngineFactory
 from tests.support.flower import InProcessGrid
 from tests.support.runs import stable, tiny_config
 
@@ -27,14 +30,18 @@ CASES = {
 }
 
 
-def flower_mode(mode: FederatedMode) -> InProcessGrid:
-    """Put ``mode``'s clients behind Flower nodes (node id = 100 + index)."""
-    assert isinstance(mode.engine, SimulationEngine)
-    nodes = {client: 100 + i for i, client in enumerate(mode.clients)}
-    apps = {node: client_app_handler(mode.engine.handler, c) for c, node in nodes.items()}
-    grid = InProcessGrid(apps)
-    mode.engine = FlowerEngine(grid, nodes)
-    return grid
+def over_flower(ws: Workspace, grids: list[InProcessGrid]) -> EngineFactory:
+    """An engine factory putting each client behind a Flower node (id 100 + index) that
+    answers in process with the client side the mode built."""
+    assert ws.data is not None
+    nodes = {client: 100 + i for i, client in enumerate(ws.data.clients)}
+
+    def factory(handler: ClientHandler, dropouts: DropoutPlan | None) -> Engine:
+        apps = {node: client_app_handler(handler, c) for c, node in nodes.items()}
+        grids.append(InProcessGrid(apps))
+        return flower_engines(grids[-1], nodes)(handler, dropouts)
+
+    return factory
 
 
 def play(mode: FederatedMode) -> list[dict[str, object]]:
@@ -44,14 +51,15 @@ def play(mode: FederatedMode) -> list[dict[str, object]]:
 @pytest.mark.parametrize("case", CASES)
 def test_flower_rounds_equal_the_simulators(case: str, tmp_path: Path) -> None:
     ws = prepare(tiny_config(*CASES[case], f"server.rounds={ROUNDS}"))
+    grids: list[InProcessGrid] = []
     simulated = build_mode(ws, tmp_path / "sim")
-    carried = build_mode(ws, tmp_path / "flower")
+    carried = build_mode(ws, tmp_path / "flower", over_flower(ws, grids))
     assert isinstance(simulated, FederatedMode) and isinstance(carried, FederatedMode)
-    grid = flower_mode(carried)
+    assert isinstance(carried.engine, FlowerEngine)
     assert play(carried) == play(simulated)
     for name, value in simulated.state.params.items():
         assert torch.equal(carried.state.params[name], value), name
-    assert sum(grid.sent_bytes.values()) > 0
+    assert sum(grids[0].sent_bytes.values()) > 0
     if case != "fedavg_lora":  # client state stayed with the clients, the same
         sim_files = sorted(p.relative_to(tmp_path / "sim") for p in (tmp_path / "sim").rglob("*"))
         assert sim_files == sorted(
@@ -61,11 +69,10 @@ def test_flower_rounds_equal_the_simulators(case: str, tmp_path: Path) -> None:
 
 def test_a_node_that_fails_or_stays_silent_is_dropped(tmp_path: Path) -> None:
     ws = prepare(tiny_config("server.clients_per_round=3"))
-    mode = build_mode(ws, tmp_path)
-    assert isinstance(mode, FederatedMode)
-    grid = flower_mode(mode)
-    cohort = mode.sampler.cohort(1)
-    assert isinstance(mode.engine, FlowerEngine)
+    grids: list[InProcessGrid] = []
+    mode = build_mode(ws, tmp_path, over_flower(ws, grids))
+    assert isinstance(mode, FederatedMode) and isinstance(mode.engine, FlowerEngine)
+    grid, cohort = grids[0], mode.sampler.cohort(1)
     grid.failing.add(mode.engine.nodes[cohort[0]])
     grid.silent.add(mode.engine.nodes[cohort[1]])
     record = mode.play_round(1, None)
@@ -73,3 +80,17 @@ def test_a_node_that_fails_or_stays_silent_is_dropped(tmp_path: Path) -> None:
     assert "ClientApp crashed" in dropped[cohort[0]]
     assert "no reply" in dropped[cohort[1]]
     assert record.accepted == [cohort[2]] and record.skipped is None
+
+
+def test_a_whole_run_over_flower_equals_the_simulated_run(tmp_path: Path) -> None:
+    config = tiny_config(f"server.rounds={ROUNDS}")
+    simulated = run(config, tmp_path / "sim")
+    grids: list[InProcessGrid] = []
+    workspace = prepare(config)
+    carried = run(config, tmp_path / "flower", engine=over_flower(workspace, grids))
+    assert stable(carried.records) == stable(simulated.records)
+    assert stable(carried.summary) == stable(simulated.summary)
+    final = {p.name: p.read_bytes() for p in (tmp_path / "sim" / "final").glob("*.safetensors")}
+    assert final and final == {
+        p.name: p.read_bytes() for p in (tmp_path / "flower" / "final").glob("*.safetensors")
+    }

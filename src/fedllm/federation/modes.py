@@ -29,7 +29,7 @@ from fedllm.protocol.engine import ReplyDone
 from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.protocol.solo import run_solo_round
 from fedllm.runtime.dropout import dropout_plan
-from fedllm.runtime.simulation import SimulationEngine
+from fedllm.runtime.simulation import EngineFactory, SimulationEngine
 from fedllm.server.optimizer import build_server_optimizer
 from fedllm.server.sampling import build_sampler
 from fedllm.server.settings import ServerConfig
@@ -96,6 +96,7 @@ class FederatedMode:
         composition: Composition,
         store: ClientStateStore,
         counts_bytes: bool = True,
+        engine: EngineFactory = SimulationEngine,
     ) -> None:
         self.ws = ws
         self.clients = clients
@@ -128,7 +129,7 @@ class FederatedMode:
             self.pipeline.client,
             store,
         )
-        self.engine = SimulationEngine(side.handle, dropout_plan(server_cfg, ws.config.seed))
+        self.engine = engine(side.handle, dropout_plan(server_cfg, ws.config.seed))
 
     def play_round(self, round_num: int, on_reply: ReplyDone | None) -> RoundRecord:
         cohort = self.sampler.cohort(round_num)
@@ -190,7 +191,13 @@ class LocalMode:
 
     name = "local"
 
-    def __init__(self, ws: Workspace, store: ClientStateStore, composition: Composition) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        store: ClientStateStore,
+        composition: Composition,
+        engine: EngineFactory = SimulationEngine,
+    ) -> None:
         assert ws.data is not None
         self.ws = ws
         self.store = store
@@ -208,7 +215,7 @@ class LocalMode:
             composition.client_plugins,
             store=store,
         )
-        self.engine = SimulationEngine(side.handle, dropout_plan(cfg.server, cfg.seed))
+        self.engine = engine(side.handle, dropout_plan(cfg.server, cfg.seed))
 
     def state_of(self, client_id: ClientId) -> Params:
         return self.store.get(client_id) or self.ws.initial
@@ -255,8 +262,11 @@ def centralized_budget(config: Config, clients: dict[ClientId, ClientData]) -> C
     return with_fixed_steps(config.client, steps)
 
 
-def build_mode(ws: Workspace, run_root: Path) -> Mode:
-    """The mode named by ``federation.mode``."""
+def build_mode(
+    ws: Workspace, run_root: Path, engine: EngineFactory = SimulationEngine
+) -> Mode:
+    """The mode named by ``federation.mode``, its rounds carried by ``engine``'s engine
+    (the embedded simulator by default)."""
     assert ws.data is not None
     config = ws.config
     mode = config.federation.mode
@@ -280,12 +290,15 @@ def build_mode(ws: Workspace, run_root: Path) -> Mode:
         budget = centralized_budget(config, ws.data.clients)
         no_stages = Pipeline([], WeightedMean())
         # (its name stays "federated": the record format of earlier runs)
-        return FederatedMode(ws, pooled, budget, plain, no_stages, composition, store, False)
+        return FederatedMode(
+            ws, pooled, budget, plain, no_stages, composition, store, False, engine
+        )
     check_budget_clients(config.client, ws.data.clients)
     clients = dict(ws.data.clients)
     composition = compose(AlgorithmSetup(ws, mode, clients, store, ws.initial))
     if mode == "local":
-        return LocalMode(ws, store, composition)
+        return LocalMode(ws, store, composition, engine)
+    pipeline = build_pipeline(config)
     return FederatedMode(
-        ws, clients, config.client, config.server, build_pipeline(config), composition, store
+        ws, clients, config.client, config.server, pipeline, composition, store, engine=engine
     )

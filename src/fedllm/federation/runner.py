@@ -28,6 +28,7 @@ from fedllm.model.flops import describe_flops
 from fedllm.model.state import count_parameters
 from fedllm.report.progress import Reporter, SilentReporter
 from fedllm.report.resources import peak_rss_mb
+from fedllm.runtime.simulation import EngineFactory, SimulationEngine
 from fedllm.types import RoundRecord
 from fedllm.wire import payload_bytes
 
@@ -58,22 +59,27 @@ def run(
     out: str | Path,
     overwrite: bool = False,
     reporter: Reporter | None = None,
+    engine: EngineFactory = SimulationEngine,
 ) -> RunResult:
     """Start a fresh run in ``out`` and train it to the end.
 
     The model and data are loaded before anything in ``out`` is touched, so a
-    config that fails to load leaves an earlier run there intact.
+    config that fails to load leaves an earlier run there intact. ``engine``
+    carries the rounds' messages (the embedded simulator by default).
     """
     started = time.perf_counter()
     rundir = RunDir(out)
     rundir.check_new(overwrite)
     ws = prepare(config)
     rundir.create(config, overwrite=overwrite)
-    return _train(ws, rundir, reporter or SilentReporter(), None, started)
+    return _train(ws, rundir, reporter or SilentReporter(), None, started, engine)
 
 
 def resume(
-    out: str | Path, overrides: list[str] | None = None, reporter: Reporter | None = None
+    out: str | Path,
+    overrides: list[str] | None = None,
+    reporter: Reporter | None = None,
+    engine: EngineFactory = SimulationEngine,
 ) -> RunResult:
     """Continue the run in ``out`` from its last checkpoint.
 
@@ -113,7 +119,7 @@ def resume(
     ws = prepare(config)
     if config != saved:
         rundir.config_path.write_text(dump_config(config))
-    return _train(ws, rundir, reporter, ckpt, started)
+    return _train(ws, rundir, reporter, ckpt, started, engine)
 
 
 def _wrote_its_end(rundir: RunDir, recorded: int, checkpointed: int) -> bool:
@@ -152,9 +158,10 @@ def _train(
     reporter: Reporter,
     ckpt: Checkpoint | None,
     started: float,
+    engine: EngineFactory,
 ) -> RunResult:
     config = ws.config
-    mode = build_mode(ws, rundir.root)
+    mode = build_mode(ws, rundir.root, engine)
     first_round = 1
     if ckpt is not None:
         mode.restore(ckpt.round, ckpt.tensors, ckpt.meta)

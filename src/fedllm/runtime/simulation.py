@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from fedllm.message import Dropped, Message, Reply
-from fedllm.protocol.engine import ClientHandler
+from fedllm.protocol.engine import ClientHandler, Engine
 from fedllm.runtime.dropout import DropoutPlan
 from fedllm.types import ClientId
+
+EngineFactory = Callable[[ClientHandler, DropoutPlan | None], Engine]
+"""How a mode gets its engine: from the in-process client side and the simulated
+dropouts. :class:`SimulationEngine` is the default; a distributed runtime passes a
+factory that ignores both (its clients, and their dropouts, are real)."""
 
 
 class SimulationEngine:

@@ -15,7 +15,9 @@ from flwr.serverapp import Grid
 
 from fedllm.message import Dropped, Message, Reply
 from fedllm.protocol.engine import ClientHandler
+from fedllm.runtime.dropout import DropoutPlan
 from fedllm.runtime.flower.records import from_records, to_records
+from fedllm.runtime.simulation import EngineFactory
 from fedllm.types import ClientId
 from fedllm.wire import WireError
 
@@ -60,6 +62,20 @@ class FlowerEngine:
                 replies[client] = _decode_reply(reply)
         for client in sent:
             yield client, replies.get(client, Dropped("no reply from its node in time"))
+
+
+def flower_engines(
+    grid: Grid, nodes: Mapping[ClientId, int], timeout_s: float | None = None
+) -> EngineFactory:
+    """The engine factory a ServerApp hands to the run: every mode's rounds go over
+    ``grid`` to ``nodes``. The in-process client side and the simulated dropouts
+    are ignored: the clients, and their dropouts, are the real nodes'."""
+
+    def factory(handler: ClientHandler, dropouts: DropoutPlan | None) -> FlowerEngine:
+        del handler, dropouts
+        return FlowerEngine(grid, nodes, timeout_s)
+
+    return factory
 
 
 def client_app_handler(
