@@ -35,6 +35,7 @@ EPILOG = """examples:
   fedllm select-prompt configs/hard_prompt.toml --out runs/hard-prompt
   fedllm inspect runs/my-prompt-run --top-k 5
   fedllm data partition configs/tiny.toml --set data.partition=topic
+  fedllm deploy local configs/tiny.toml --set data.num_clients=2 --out runs/on-flower
 """
 
 
@@ -176,6 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client", default=None, help="which client's prompt (local-mode runs)")
 
     p = sub.add_parser(
+        "deploy",
+        help="run a configuration on Flower (a SuperLink and SuperNodes)",
+        description="Run CONFIG on a Flower deployment instead of the embedded simulator.",
+    )
+    deploy_sub = p.add_subparsers(dest="deploy_command", required=True, metavar="DEPLOY_COMMAND")
+    q = deploy_sub.add_parser(
+        "local",
+        help="a SuperLink and one SuperNode per client on loopback, then stop them",
+        description="Start a SuperLink and NODES SuperNodes on free loopback ports, run "
+        "CONFIG on them (node i answers for the i-th client, sorted by id), write the "
+        "usual run directory, and stop every process started (also on failure).",
+    )
+    q.add_argument("config", type=Path, help="TOML config file (see configs/)")
+    add_overrides(q)
+    q.add_argument("--nodes", type=int, default=None, help="SuperNodes (default: the clients)")
+    q.add_argument(
+        "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
+    )
+    q.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+
+    p = sub.add_parser(
         "data",
         help="inspect how a configuration splits its data among clients",
         description="Inspect the federation a configuration builds, without loading a model.",
@@ -239,6 +261,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean bad input, not a bug: shown as one line, no traceback."""
     from fedllm.client.personal import PersonalizationError
     from fedllm.data.sources import DataError
+    from fedllm.deploy.local import DeployError
     from fedllm.eval.generate import GenerationError
     from fedllm.federation.algorithms.base import ModeError
     from fedllm.model.load import ModelLoadError
@@ -263,6 +286,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         SelectionError,
         InspectError,
         GenerationError,
+        DeployError,
     )
 
 
@@ -483,6 +507,30 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.config import dump_config
+    from fedllm.deploy.local import run_local
+
+    config = load_config(args.config, args.overrides)
+    out: Path = args.out or Path("runs") / args.config.stem
+    RunDir(out).check_new(args.overwrite)
+    nodes = args.nodes or config.data.num_clients
+    if nodes < 1:
+        raise ConfigError(f"--nodes = {nodes}: must be at least 1")
+    resolved = out.parent / f".{out.name}.deploy.toml"  # the overrides, for the nodes
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    resolved.write_text(dump_config(config))
+    say(console, f"Flower on loopback: a SuperLink and {nodes} SuperNodes for {args.config}")
+    try:
+        run_local(resolved, out, nodes)
+    finally:
+        resolved.unlink(missing_ok=True)
+    summary = RunDir(out).read_summary()
+    final = summary.get("final", {}).get("clients_ppl_mean")
+    say(console, f"finished: {summary['rounds']} rounds, client-mean ppl {final}; in {out}")
+    return 0
+
+
 _HANDLERS = {
     "run": _run,
     "resume": _resume,
@@ -494,6 +542,7 @@ _HANDLERS = {
     "select-prompt": _select_prompt,
     "inspect": _inspect,
     "data": _data,
+    "deploy": _deploy,
 }
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ COMMANDS = [
     "select-prompt",
     "inspect",
     "data",
+    "deploy",
 ]
 
 

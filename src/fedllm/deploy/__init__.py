@@ -1,0 +1,1 @@
+"""Running a configuration on Flower: the apps' contents and a loopback deployment."""

@@ -1,0 +1,65 @@
+"""The Flower components of a fedllm deployment (``[tool.flwr.app.components]``).
+
+``server_app`` runs the configuration's federation over the SuperLink's grid and
+writes the usual run directory; ``client_app`` builds the node's client side from
+the same configuration and answers for one client. The run config names the
+fedllm config file (``config``), the run directory (``out``) and how many nodes
+to wait for (``nodes``); a node's config names its client (``partition-id``, an
+index into the federation's clients) and its state directory (``state-dir``).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from fedllm.config import load_config
+from fedllm.federation.algorithms.base import ModeError
+from fedllm.federation.modes import FederatedMode, build_mode
+from fedllm.federation.runner import run
+from fedllm.federation.setup import prepare
+from fedllm.protocol.engine import ClientHandler
+from fedllm.runtime.flower.apps import (
+    Grid,
+    Settings,
+    make_client_app,
+    make_server_app,
+    node_clients,
+)
+from fedllm.runtime.flower.engine import flower_engines
+from fedllm.runtime.simulation import SimulationEngine
+from fedllm.types import ClientId
+
+NODE_WAIT_S = 120.0
+
+
+def serve(grid: Grid, run_config: Settings) -> None:
+    """The federation of ``run_config["config"]``, over ``grid``, into ``run_config["out"]``."""
+    config = load_config(str(run_config["config"]))
+    nodes = node_clients(grid, int(run_config["nodes"]), NODE_WAIT_S)
+    out = Path(str(run_config["out"]))
+    run(config, out, overwrite=True, engine=flower_engines(grid, nodes))
+
+
+@cache
+def _node(config_path: str, partition: int, state_dir: str) -> tuple[ClientId, ClientHandler]:
+    ws = prepare(load_config(config_path))
+    assert ws.data is not None
+    mode = build_mode(ws, Path(state_dir))
+    client = sorted(ws.data.clients)[partition]
+    if not isinstance(mode, FederatedMode) or not isinstance(mode.engine, SimulationEngine):
+        raise ModeError(f"federation.mode = {ws.config.federation.mode!r} does not run on Flower")
+    return client, mode.engine.handler
+
+
+def node_handler(node_config: Settings, run_config: Settings) -> tuple[ClientId, ClientHandler]:
+    """The node's client id and its client side (built once per process)."""
+    return _node(
+        str(run_config["config"]),
+        int(node_config["partition-id"]),
+        str(node_config.get("state-dir", "fedllm-node-state")),
+    )
+
+
+server_app = make_server_app(serve)
+client_app = make_client_app(node_handler)

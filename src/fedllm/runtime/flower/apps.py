@@ -1,0 +1,101 @@
+"""Flower apps around fedllm: a ServerApp that drives a run, a ClientApp per node.
+
+What runs inside them is handed in from above (:mod:`fedllm.deploy.apps`), so this
+package stays below the run loop: ``serve(grid, run_config)`` runs the federation
+over the grid; ``node_handler(node_config, run_config)`` gives the node's client id
+and the handler answering its messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import Message as FlowerMessage
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from fedllm.protocol.engine import ClientHandler
+from fedllm.runtime.flower.engine import client_app_handler
+from fedllm.types import ClientId
+
+__all__ = [
+    "IDENTITY",
+    "Grid",
+    "NodeHandler",
+    "Serve",
+    "Settings",
+    "make_client_app",
+    "make_server_app",
+    "node_clients",
+]
+
+Settings = Mapping[str, bool | float | int | str]
+"""A Flower run or node config."""
+
+Serve = Callable[[Grid, Settings], None]
+NodeHandler = Callable[[Settings, Settings], tuple[ClientId, ClientHandler]]
+
+IDENTITY = "fedllm.identity"
+"""Config record of a node's answer to the server's query: its client id."""
+
+
+def make_server_app(serve: Serve) -> ServerApp:
+    """A ServerApp whose main runs ``serve`` with the grid and the run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        serve(grid, context.run_config)
+
+    return app
+
+
+def make_client_app(node_handler: NodeHandler) -> ClientApp:
+    """A ClientApp: ``query`` answers the node's client id, ``train`` a fedllm message.
+
+    Flower starts a process per message, so the handler is built for each one.
+    """
+    app = ClientApp()
+
+    @app.query()
+    def identify(message: FlowerMessage, context: Context) -> FlowerMessage:
+        client, _ = node_handler(context.node_config, context.run_config)
+        content = RecordDict({IDENTITY: ConfigRecord({"client": client})})
+        return FlowerMessage(content, reply_to=message)
+
+    @app.train()
+    def train(message: FlowerMessage, context: Context) -> FlowerMessage:
+        client, handler = node_handler(context.node_config, context.run_config)
+        return client_app_handler(handler, client)(message)
+
+    return app
+
+
+def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, int]:
+    """Wait for ``expected`` nodes, ask each its client id: client id -> node id.
+
+    Raises:
+        TimeoutError: fewer nodes connected, or answered, within ``timeout_s``.
+    """
+    import time
+
+    from flwr.app import MessageType
+
+    deadline = time.monotonic() + timeout_s
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        nodes = list(grid.get_node_ids())
+    if len(nodes) < expected:
+        raise TimeoutError(f"{len(nodes)} of {expected} nodes connected in {timeout_s:.0f} s")
+    asks = [grid.create_message(RecordDict(), MessageType.QUERY, n, "identify") for n in nodes]
+    found: dict[ClientId, int] = {}
+    for reply in grid.send_and_receive(asks, timeout=max(deadline - time.monotonic(), 1.0)):
+        if not reply.has_error():
+            found[str(reply.content.config_records[IDENTITY]["client"])] = (
+                reply.metadata.src_node_id
+            )
+    if len(found) < expected:
+        raise TimeoutError(f"{len(found)} of {expected} nodes said which client they are")
+    return found

@@ -1,0 +1,49 @@
+"""fedllm on a real Flower deployment on loopback: a SuperLink, two SuperNodes, `flwr run`.
+
+The same config and seed give the simulator's metrics and final tensors, and every
+process the deployment started is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fedllm.config import dump_config
+from fedllm.deploy.local import local_deployment, submit
+from fedllm.federation.runner import run
+from tests.support.runs import stable, tiny_config
+
+TWO_CLIENTS = ("data.num_clients=2", "server.clients_per_round=2", "server.rounds=2")
+
+
+def process_groups_alive(groups: set[int]) -> list[int]:
+    """PIDs of live processes in any of the process ``groups`` (zombies excluded)."""
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, pgid = fields[0], int(fields[2])
+        if pgid in groups and state != "Z":
+            alive.append(int(entry.name))
+    return alive
+
+
+def test_loopback_run_equals_the_simulator_and_leaves_no_process(tmp_path: Path) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text(dump_config(tiny_config(*TWO_CLIENTS)))
+    simulated = run(tiny_config(*TWO_CLIENTS), tmp_path / "sim")
+    with local_deployment(2, home=tmp_path / "flower-home") as deployment:
+        groups = set(deployment.pids)
+        assert len(groups) == 3 and len(process_groups_alive(groups)) >= 3
+        submit(deployment, config, tmp_path / "flower", nodes=2, timeout_s=900)
+    assert process_groups_alive(groups) == []
+    lines = (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert stable(records) == stable(simulated.records)
+    for path in (tmp_path / "sim" / "final").glob("*.safetensors"):
+        assert path.read_bytes() == (tmp_path / "flower" / "final" / path.name).read_bytes()
