@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -11,7 +9,7 @@ from hypothesis import given, settings
 from fedllm.message import Message
 from fedllm.types import join_parts, split_parts
 from fedllm.wire import WireError, decode_message, encode_message, message_bytes
-from tests.support.messages import messages
+from tests.support.messages import assert_same_message, messages
 
 
 @settings(max_examples=150, deadline=None)
@@ -19,14 +17,7 @@ from tests.support.messages import messages
 def test_counted_bytes_are_the_encoded_length_and_decoding_inverts(message: Message) -> None:
     payload = encode_message(message)
     assert message_bytes(message) == len(payload)
-    back = decode_message(payload)
-    assert back.config == message.config
-    assert list(back.metrics) == list(message.metrics)
-    for name, value in message.metrics.items():
-        assert back.metrics[name] == value or (math.isnan(value) and math.isnan(back.metrics[name]))
-    assert set(back.arrays) == set(message.arrays)
-    for name, tensor in message.arrays.items():
-        assert back.arrays[name].dtype == tensor.dtype and torch.equal(back.arrays[name], tensor)
+    assert_same_message(decode_message(payload), message)
 
 
 def test_byte_count_depends_on_names_and_shapes_not_float_values() -> None:
