@@ -15,6 +15,7 @@ import torch
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.runner import run
 from fedllm.federation.setup import Workspace, prepare
+from fedllm.message import Dropped, Message
 from fedllm.protocol.engine import ClientHandler, Engine
 from fedllm.runtime.dropout import DropoutPlan
 from fedllm.runtime.flower.engine import FlowerEngine, client_app_handler, flower_engines
@@ -94,3 +95,18 @@ def test_a_whole_run_over_flower_equals_the_simulated_run(tmp_path: Path) -> Non
     assert final and final == {
         p.name: p.read_bytes() for p in (tmp_path / "flower" / "final").glob("*.safetensors")
     }
+
+
+def test_the_reply_timeout_reaches_the_grid_and_late_nodes_are_dropped() -> None:
+    def echo(client: str, phase: str, message: Message) -> Message:
+        return Message(config={"client": client, "phase": phase})
+
+    nodes = {"a": 1, "b": 2}
+    grid = InProcessGrid({n: client_app_handler(echo, c) for c, n in nodes.items()})
+    grid.silent.add(2)
+    engine = FlowerEngine(grid, nodes, timeout_s=2.5)  # type: ignore[arg-type]
+    replies = dict(engine.exchange("train", {c: Message(config={"round": 1}) for c in nodes}))
+    assert grid.timeouts == [2.5]
+    reply_a = replies["a"]
+    assert isinstance(reply_a, Message) and reply_a.config == {"client": "a", "phase": "train"}
+    assert isinstance(replies["b"], Dropped) and "no reply" in replies["b"].reason

@@ -27,6 +27,7 @@ class InProcessGrid:
         failing: node ids that answer with an error.
         silent: node ids that never answer.
         sent_bytes: protobuf bytes of every message sent, per node.
+        timeouts: the timeout of every send_and_receive call.
     """
 
     def __init__(self, apps: Mapping[int, NodeApp]) -> None:
@@ -34,6 +35,7 @@ class InProcessGrid:
         self.failing: set[int] = set()
         self.silent: set[int] = set()
         self.sent_bytes: dict[int, int] = {}
+        self.timeouts: list[float | None] = []
         self._count = 0
 
     def create_message(
@@ -56,6 +58,7 @@ class InProcessGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
+        self.timeouts.append(timeout)
         replies = []
         for message in messages:
             node = message.metadata.dst_node_id

@@ -38,7 +38,8 @@ def serve(grid: Grid, run_config: Settings) -> None:
     config = load_config(str(run_config["config"]))
     nodes = node_clients(grid, int(run_config["nodes"]), NODE_WAIT_S)
     out = Path(str(run_config["out"]))
-    run(config, out, overwrite=True, engine=flower_engines(grid, nodes))
+    engines = flower_engines(grid, nodes, config.server.reply_timeout_s)
+    run(config, out, overwrite=True, engine=engines)
 
 
 @cache

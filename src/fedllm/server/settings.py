@@ -16,6 +16,13 @@ class ServerConfig(Section):
     min_clients: int = Field(
         1, ge=1, description="Fewest accepted updates for a round to change the model."
     )
+    reply_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="On Flower: seconds a phase waits for its replies; a node that has not "
+        "answered by then is dropped (the round goes on if min_clients replied); none: wait "
+        "for every node. The simulator ignores it.",
+    )
     optimizer: str = Field(
         "fedavg",
         description="Server optimizer on the pseudo-gradient: fedavg, fedavgm, fedadam, fedyogi, "
