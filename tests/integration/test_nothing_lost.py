@@ -212,3 +212,19 @@ def test_top_level_key_under_a_section_is_pointed_to(capsys: pytest.CaptureFixtu
     assert main(["config", str(TINY), "--set", "run.seed=1"]) == 2
     err = capsys.readouterr().err.replace("\n", " ")
     assert "'seed' is a key of the top level (--set seed=...)" in err
+
+
+def test_an_export_blocked_by_a_folder_changes_nothing(tmp_path: Path) -> None:
+    from fedllm.federation.export import _move_in
+    from fedllm.federation.rundir import RunDirError
+
+    out, staging = tmp_path / "out", tmp_path / "staging"
+    (out / "tokenizer.json").mkdir(parents=True)  # a folder where the export puts a file
+    (out / "old.bin").write_text("previous export")
+    (out / "fedllm.json").write_text(json.dumps({"files": ["old.bin", "fedllm.json"]}))
+    staging.mkdir()
+    (staging / "tokenizer.json").write_text("{}")
+    before = snapshot(out)
+    with pytest.raises(RunDirError, match="tokenizer.json into .*a folder of that name"):
+        _move_in(staging, out)
+    assert snapshot(out) == before

@@ -91,20 +91,24 @@ def exported_files(folder: Path) -> list[str]:
 
 
 def _move_in(staging: Path, out: Path) -> None:
-    """Remove the previous export's files from ``out``, then move the new ones in."""
+    """Remove the previous export's files from ``out``, then move the new ones in.
+
+    A folder in the way of a new file is found before anything in ``out`` changes.
+    """
+    new = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
+    blocked = next((relative for relative in new if (out / relative).is_dir()), None)
+    if blocked is not None:
+        raise RunDirError(
+            f"cannot export {blocked} into {out}: a folder of that name is in the way"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    for name in exported_files(out):
-        stale = out / name
+    for old in exported_files(out):
+        stale = out / old
         if stale.is_file():
             stale.unlink()
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        target = out / path.relative_to(staging)
-        if target.is_dir():
-            raise RunDirError(
-                f"cannot export {target.name} into {out}: a folder of that name is in the way"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, target)
+    for relative in new:
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / relative, out / relative)
 
 
 def _inside(folder: Path, relative: str) -> bool:
