@@ -51,6 +51,16 @@ def add_overrides(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_target(parser: argparse.ArgumentParser) -> None:
+    """CONFIG, ``--set`` overrides, ``--out`` and ``--overwrite``: what starting a run takes."""
+    parser.add_argument("config", type=Path, help="TOML config file (see configs/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
+    )
+    add_overrides(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedllm",
@@ -67,12 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a configuration from scratch",
         description="Train the federation described by CONFIG (TOML).",
     )
-    p.add_argument("config", type=Path, help="TOML config file (see configs/)")
-    p.add_argument(
-        "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
-    )
-    add_overrides(p)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    add_run_target(p)
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = sub.add_parser(
@@ -189,13 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "CONFIG on them (node i answers for the i-th client, sorted by id), write the "
         "usual run directory, and stop every process started (also on failure).",
     )
-    q.add_argument("config", type=Path, help="TOML config file (see configs/)")
-    add_overrides(q)
+    add_run_target(q)
     q.add_argument("--nodes", type=int, default=None, help="SuperNodes (default: the clients)")
-    q.add_argument(
-        "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
-    )
-    q.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
 
     p = sub.add_parser(
         "data",

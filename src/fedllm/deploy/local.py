@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,14 +99,14 @@ class LocalDeployment:
         """SIGTERM every process group started, then SIGKILL what is left after ``grace_s``."""
         for process in reversed(self.processes):
             if process.poll() is None:
-                with _gone_ok():
+                with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for process in self.processes:
             try:
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                with _gone_ok():
+                with suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
@@ -222,8 +222,3 @@ def wait_for_port(port: int, deployment: LocalDeployment, timeout_s: float) -> N
                 return
         time.sleep(0.2)
     raise DeployError(f"the SuperLink did not listen on port {port} within {timeout_s:.0f} s")
-
-
-def _gone_ok() -> AbstractContextManager[None]:
-    """A process group that already exited is fine."""
-    return suppress(ProcessLookupError)
