@@ -10,14 +10,17 @@ index into the federation's clients) and its state directory (``state-dir``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
-from fedllm.config import load_config
+from fedllm.config import ConfigError, load_config
+from fedllm.data import build_federated_data
 from fedllm.federation.algorithms.base import ModeError
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.runner import run
 from fedllm.federation.setup import prepare
+from fedllm.model.load import load_tokenizer
 from fedllm.protocol.engine import ClientHandler
 from fedllm.runtime.flower.apps import (
     Grid,
@@ -42,15 +45,36 @@ def serve(grid: Grid, run_config: Settings) -> None:
     run(config, out, overwrite=True, engine=engines)
 
 
+def pick_client(clients: Iterable[ClientId], partition: int) -> ClientId:
+    """The ``partition``-th client id (sorted), the one node ``partition`` answers for.
+
+    Raises:
+        ConfigError: there are not that many clients.
+    """
+    ids = sorted(clients)
+    if not 0 <= partition < len(ids):
+        raise ConfigError(
+            f"node partition-id = {partition}, but the federation has {len(ids)} clients "
+            f"(partition-id 0 to {len(ids) - 1})"
+        )
+    return ids[partition]
+
+
+def node_client(node_config: Settings, run_config: Settings) -> ClientId:
+    """The node's client id, from the tokenized data alone (no model is loaded)."""
+    config = load_config(str(run_config["config"]))
+    data = build_federated_data(config.data, load_tokenizer(config.model), config.seed)
+    return pick_client(data.clients, int(node_config["partition-id"]))
+
+
 @cache
 def _node(config_path: str, partition: int, state_dir: str) -> tuple[ClientId, ClientHandler]:
     ws = prepare(load_config(config_path))
     assert ws.data is not None
     mode = build_mode(ws, Path(state_dir))
-    client = sorted(ws.data.clients)[partition]
     if not isinstance(mode, FederatedMode) or not isinstance(mode.engine, SimulationEngine):
         raise ModeError(f"federation.mode = {ws.config.federation.mode!r} does not run on Flower")
-    return client, mode.engine.handler
+    return pick_client(ws.data.clients, partition), mode.engine.handler
 
 
 def node_handler(node_config: Settings, run_config: Settings) -> tuple[ClientId, ClientHandler]:
@@ -63,4 +87,4 @@ def node_handler(node_config: Settings, run_config: Settings) -> tuple[ClientId,
 
 
 server_app = make_server_app(serve)
-client_app = make_client_app(node_handler)
+client_app = make_client_app(node_client, node_handler)

@@ -8,9 +8,10 @@ and the handler answering its messages.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context, MessageType, RecordDict
 from flwr.app import Message as FlowerMessage
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -22,6 +23,7 @@ from fedllm.types import ClientId
 __all__ = [
     "IDENTITY",
     "Grid",
+    "NodeClient",
     "NodeHandler",
     "Serve",
     "Settings",
@@ -34,7 +36,10 @@ Settings = Mapping[str, bool | float | int | str]
 """A Flower run or node config."""
 
 Serve = Callable[[Grid, Settings], None]
+NodeClient = Callable[[Settings, Settings], ClientId]
+"""``(node config, run config) -> the node's client id`` (cheap: no model)."""
 NodeHandler = Callable[[Settings, Settings], tuple[ClientId, ClientHandler]]
+"""``(node config, run config) -> (client id, its client side)``."""
 
 IDENTITY = "fedllm.identity"
 """Config record of a node's answer to the server's query: its client id."""
@@ -51,16 +56,17 @@ def make_server_app(serve: Serve) -> ServerApp:
     return app
 
 
-def make_client_app(node_handler: NodeHandler) -> ClientApp:
+def make_client_app(node_client: NodeClient, node_handler: NodeHandler) -> ClientApp:
     """A ClientApp: ``query`` answers the node's client id, ``train`` a fedllm message.
 
-    Flower starts a process per message, so the handler is built for each one.
+    Flower starts a process per message, so the handler is built for each one;
+    ``query`` only names the client and loads no model.
     """
     app = ClientApp()
 
     @app.query()
     def identify(message: FlowerMessage, context: Context) -> FlowerMessage:
-        client, _ = node_handler(context.node_config, context.run_config)
+        client = node_client(context.node_config, context.run_config)
         content = RecordDict({IDENTITY: ConfigRecord({"client": client})})
         return FlowerMessage(content, reply_to=message)
 
@@ -78,10 +84,6 @@ def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, 
     Raises:
         TimeoutError: fewer nodes connected, or answered, within ``timeout_s``.
     """
-    import time
-
-    from flwr.app import MessageType
-
     deadline = time.monotonic() + timeout_s
     nodes = list(grid.get_node_ids())
     while len(nodes) < expected and time.monotonic() < deadline:
