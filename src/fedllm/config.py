@@ -278,10 +278,9 @@ def _check_components(config: Config) -> None:
     for dotted, registry in named:
         section, key = dotted.split(".")
         value = getattr(getattr(config, section), key)
-        if registry is components.DATA_SOURCES and Path(str(value)).suffix in {".jsonl", ".txt"}:
-            continue
-        if registry is components.DATA_SOURCES and value not in registry:
-            problems.append(f"config error: {dotted} = {_unknown_source(str(value))}")
+        if registry is components.DATA_SOURCES:
+            if not _is_data_file(str(value)) and value not in registry:
+                problems.append(f"config error: {dotted} = {_unknown_source(str(value))}")
         elif value not in registry:
             problems.append(f"config error: {dotted} = {registry.unknown_message(value)}")
     if problems:
@@ -291,29 +290,36 @@ def _check_components(config: Config) -> None:
 def _unknown_source(value: str) -> str:
     """Why ``value`` is not a data source: not a shipped corpus, nor a readable file kind."""
     from fedllm import components
+    from fedllm.data.sources import FILE_SUFFIXES
 
     known = components.DATA_SOURCES.names()
     suffix = Path(value).suffix
-    hint = difflib.get_close_matches(value, known, n=1)
     if suffix:
         tail = (
             f"; {suffix} files are not read: convert it to .jsonl (one JSON object per line "
             "with 'text', 'prompt' and 'response', or 'messages')"
         )
     else:
+        hint = difflib.get_close_matches(value, known, n=1)
         tail = f" (did you mean {hint[0]!r}?)" if hint else ""
-    names = ", ".join(known)
     return (
-        f"{value!r} is neither a shipped corpus ({names}) nor a path to a .jsonl or .txt "
-        f"file{tail}"
+        f"{value!r} is neither a shipped corpus ({', '.join(known)}) nor a path to a "
+        f"{' or '.join(FILE_SUFFIXES)} file{tail}"
     )
+
+
+def _is_data_file(source: str) -> bool:
+    """Whether a data source names a file (by its suffix) rather than a shipped corpus."""
+    from fedllm.data.sources import FILE_SUFFIXES
+
+    return Path(source).suffix in FILE_SUFFIXES
 
 
 def _same_source(a: str, b: str) -> bool:
     """True when two data sources name the same corpus (a name, or the same file)."""
     if a == b:
         return True
-    files = [Path(s) for s in (a, b) if Path(s).suffix in {".jsonl", ".txt"}]
+    files = [Path(s) for s in (a, b) if _is_data_file(s)]
     return len(files) == 2 and files[0].resolve() == files[1].resolve()
 
 
