@@ -41,6 +41,7 @@ __all__ = [  # the sections live with their components; importable from here too
     "PipelineConfig",
     "PublicConfig",
     "RunConfig",
+    "RuntimeConfig",
     "Section",
     "ServerConfig",
     "apply_override",
@@ -85,6 +86,33 @@ class RunConfig(Section):
         gt=0,
         description="Peak dense TFLOP/s of the training device(s), the denominator of the MFU "
         "estimate; none: looked up for known CUDA GPUs (bf16 dense), else MFU is not reported.",
+    )
+
+
+class RuntimeConfig(Section):
+    engine: Literal["simulation", "flower"] = Field(
+        "simulation",
+        description="What carries the rounds' messages: 'simulation' (the embedded simulator, "
+        "one process) or 'flower' (a Flower SuperLink and one SuperNode per client; the same "
+        "round protocol, see docs/deploy.md).",
+    )
+    superlink: str | None = Field(
+        None,
+        description="With engine = 'flower': host:port of a running SuperLink to submit the "
+        "run to (its nodes already connected); none: start a SuperLink and runtime.nodes "
+        "SuperNodes on loopback, run, and stop them.",
+    )
+    nodes: int | None = Field(
+        None,
+        ge=1,
+        description="With engine = 'flower': the SuperNodes to start on loopback, or to wait "
+        "for on runtime.superlink; none: data.num_clients.",
+    )
+    root_certificates: str | None = Field(
+        None,
+        description="With runtime.superlink: the CA certificate (PEM) the SuperLink's TLS "
+        "certificate is checked against (`fedllm certs` makes one); none: plaintext, for "
+        "loopback and trusted networks only.",
     )
 
 
@@ -137,6 +165,7 @@ class Config(Section):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     hard_prompt: HardPromptConfig = Field(default_factory=HardPromptConfig)
 
     @model_validator(mode="after")
@@ -172,6 +201,38 @@ class Config(Section):
                     f"{setting} needs a CUDA GPU, but run.device = 'cpu'; set run.device = "
                     f"'cuda' (or 'auto'), or {fix}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> Config:
+        runtime = self.runtime
+        if runtime.engine == "simulation":
+            flower_only = [
+                f"runtime.{key} = {value!r}"
+                for key, value in (
+                    ("superlink", runtime.superlink),
+                    ("nodes", runtime.nodes),
+                    ("root_certificates", runtime.root_certificates),
+                )
+                if value is not None
+            ]
+            if flower_only:
+                raise ValueError(
+                    f"{', '.join(flower_only)} only applies with runtime.engine = 'flower'; "
+                    "set runtime.engine = 'flower', or remove it"
+                )
+            return self
+        if self.federation.mode != "federated":
+            raise ValueError(
+                f"runtime.engine = 'flower' runs federation.mode = 'federated', not "
+                f"{self.federation.mode!r} (it needs every client's data in one place): "
+                "use runtime.engine = 'simulation' for it"
+            )
+        if runtime.root_certificates is not None and runtime.superlink is None:
+            raise ValueError(
+                "runtime.root_certificates is for a remote runtime.superlink; a loopback "
+                "deployment makes its own: set runtime.superlink = 'host:port', or remove it"
+            )
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ from fedllm.client.store import ClientStateStore
 from fedllm.config import Config
 from fedllm.data import ClientData, Example, FederatedData, collate
 from fedllm.federation.algorithms.base import Composition
-from fedllm.federation.modes import FederatedMode, build_mode
+from fedllm.federation.modes import FederatedMode, Members, build_mode
 from fedllm.federation.setup import Workspace, prepare
 from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.pipeline import build_pipeline
@@ -105,7 +105,8 @@ def test_one_step_fedsgd_equals_a_centralized_step_on_the_union(
     ws.data = FederatedData(clients, [])
     store = ClientStateStore(tmp_path / "clients")
     plain = Composition()  # FedAvg alone: no algorithm plug-ins
-    mode = FederatedMode(ws, clients, cfg.client, cfg.server, build_pipeline(cfg), plain, store)
+    members = Members.held(clients)
+    mode = FederatedMode(ws, members, cfg.client, cfg.server, build_pipeline(cfg), plain, store)
     record = mode.play_round(1, None)
     assert record.accepted == ["a", "b", "c"]
 

@@ -7,11 +7,14 @@ messages (through Flower's protobuf) to per-client node apps.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from fedllm.config import ConfigError, dump_config
+from fedllm.deploy.apps import node_client, node_handler
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.runner import run
 from fedllm.federation.setup import Workspace, prepare
@@ -110,3 +113,63 @@ def test_the_reply_timeout_reaches_the_grid_and_late_nodes_are_dropped() -> None
     reply_a = replies["a"]
     assert isinstance(reply_a, Message) and reply_a.config == {"client": "a", "phase": "train"}
     assert isinstance(replies["b"], Dropped) and "no reply" in replies["b"].reason
+
+
+def write_chats(path: Path, marker: str, n: int) -> None:
+    """``n`` chat records, each holding ``marker`` (to look for it where it must not be)."""
+    lines = []
+    for i in range(n):
+        messages = [
+            {"role": "user", "content": f"what is {marker} number {i}?"},
+            {"role": "assistant", "content": f"{marker} {i} is a private record of ours."},
+        ]
+        lines.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_nodes_with_their_own_files_train_and_are_scored_where_the_files_are(
+    tmp_path: Path,
+) -> None:
+    """Two organisations' files stay on their nodes: the server gets names and sizes,
+    then updates and loss sums; nothing of the text reaches its run directory."""
+    config = tiny_config("server.rounds=1", "server.clients_per_round=2", "server.min_clients=2")
+    config_path = tmp_path / "fed.toml"
+    config_path.write_text(dump_config(config))
+    run_config = {"config": str(config_path)}
+    apps, sizes, nodes, expected = {}, {}, {}, {}
+    for node, org in enumerate(("org-a", "org-b"), start=1):
+        data = tmp_path / org / "chats.jsonl"
+        data.parent.mkdir()
+        records = 12 + 6 * node
+        write_chats(data, f"zq{org[-1]}secret", records)
+        expected[org] = records - round(config.data.eval_fraction * records)
+        node_config = {"data": str(data), "client": org, "state-dir": str(tmp_path / org / "s")}
+        client, sizes[org] = node_client(node_config, run_config)
+        assert client == org
+        _, handler = node_handler(node_config, run_config)
+        apps[node], nodes[org] = client_app_handler(handler, org), node
+    assert sizes == expected  # data.eval_fraction of each file held out for evaluation
+    grid = InProcessGrid(apps)
+    result = run(config, tmp_path / "server", engine=flower_engines(grid, nodes), remote=sizes)
+    first = result.records[1]
+    assert first["sampled"] == ["org-a", "org-b"] and first["accepted"] == ["org-a", "org-b"]
+    for record in result.records:
+        assert {"client/org-a/loss", "client/org-b/loss"} <= set(record["eval"])
+    for path in (tmp_path / "server").rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert b"zqasecret" not in content and b"zqbsecret" not in content, path
+
+
+def test_a_node_without_data_or_with_a_bad_name_is_refused(tmp_path: Path) -> None:
+    config_path = tmp_path / "fed.toml"
+    config_path.write_text(dump_config(tiny_config()))
+    run_config = {"config": str(config_path)}
+    with pytest.raises(ConfigError, match="give data=PATH"):
+        node_client({}, run_config)
+    data = tmp_path / "x.jsonl"
+    write_chats(data, "x", 4)
+    with pytest.raises(ConfigError, match="client = '../up'"):
+        node_client({"data": str(data), "client": "../up"}, run_config)
+    with pytest.raises(ConfigError, match="partition-id 0 to 3"):
+        node_client({"partition-id": 9}, run_config)

@@ -108,7 +108,7 @@ class Saboteur(ClientPlugin):
 
 def sabotage(mode: FederatedMode, how: dict[str, object]) -> None:
     """The named clients send the given malformed update."""
-    side = mode.engine.handler.__self__  # type: ignore[attr-defined]
+    side = mode.side
     assert isinstance(side, ClientSide)
     assert not mode.pipeline.stages, "no client stage may act on the update after the saboteur"
     side.plugins = [*side.plugins, Saboteur(how)]

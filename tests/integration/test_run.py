@@ -90,7 +90,7 @@ def test_refuses_to_clobber_a_run(tmp_path: Path) -> None:
 
 def corrupting(mode: FederatedMode, bad: dict[str, str]) -> None:
     """Make the named clients send a NaN or a wrong-shape update."""
-    side = mode.engine.handler.__self__  # type: ignore[attr-defined]
+    side = mode.side
     assert isinstance(side, ClientSide)
     inner = side.client_halves
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,15 @@ from transformers import PreTrainedTokenizerBase
 from fedllm.components import PARTITIONERS
 from fedllm.data.format import IGNORE_INDEX, Example, encode_chats, pack_texts
 from fedllm.data.settings import DataConfig
-from fedllm.data.sources import DataError, Record, load_records, record_kind, record_text
+from fedllm.data.sources import (
+    FILE_SUFFIXES,
+    DataError,
+    Record,
+    load_file,
+    load_records,
+    record_kind,
+    record_text,
+)
 
 Encoder = Callable[[Sequence[Record], int | None], list[Example]]
 """Records (and an optional cap on examples) -> tokenized examples."""
@@ -185,6 +194,35 @@ def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
         raise _no_client_left(cfg, len(partition), dropped)
     test = [records[i] for i in test_rows]
     return ClientRecords(kind=kind, clients=clients, test=test, dropped=dropped)
+
+
+def build_own_client(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, path: str, client_id: str, seed: int
+) -> ClientData:
+    """One client's data from its own file (a Flower node's ``data=...``), split and
+    tokenized as :func:`build_federated_data` splits and tokenizes a partition.
+
+    Nothing is held out as a global test split: the whole file is the client's
+    (``max_examples_per_client``, ``eval_fraction`` and ``min_client_examples`` apply).
+
+    Raises:
+        DataError: the file is missing or unreadable, or it leaves the client too
+            few examples (with why).
+    """
+    if Path(path).suffix not in FILE_SUFFIXES:
+        raise DataError(
+            f"node data {path}: must be a {' or '.join(FILE_SUFFIXES)} file "
+            "(one chat or text record per line)"
+        )
+    records = load_file(path)
+    kind = record_kind(records)
+    split = _split_client(client_id, records, cfg, seed % 2**63)
+    if isinstance(split, str):
+        raise DataError(f"node data {path}: {split}")
+    built = _encode_client(split, cfg, _encoder(kind, tokenizer, cfg.seq_len, cfg.format == "text"))
+    if isinstance(built, str):
+        raise DataError(f"node data {path}: {built}")
+    return built
 
 
 def _split_client(

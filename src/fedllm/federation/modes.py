@@ -9,23 +9,25 @@ driver on the simulator; the algorithms come from the registry
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.client.budget import check_budget_clients, client_steps, with_fixed_steps
+from fedllm.client.evaluate import AS_SENT, CLIENT, EVALUATE, GLOBAL
 from fedllm.client.settings import ClientConfig
-from fedllm.client.side import ClientSide
+from fedllm.client.side import TRAIN, ClientSide
 from fedllm.client.store import ClientStateStore
 from fedllm.config import Config
 from fedllm.data import ClientData
 from fedllm.federation.algorithms.base import AlgorithmSetup, Composition, ModeError, compose
-from fedllm.federation.evaluation import evaluate_states
+from fedllm.federation.evaluation import client_evaluator, evaluate_federation
 from fedllm.federation.setup import Workspace
 from fedllm.pipeline import Pipeline, build_pipeline
 from fedllm.pipeline.stage import StageState
-from fedllm.protocol.engine import ReplyDone
+from fedllm.protocol.engine import ClientHandler, ReplyDone, by_phase
 from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.protocol.solo import run_solo_round
 from fedllm.runtime.dropout import dropout_plan
@@ -70,12 +72,36 @@ class Mode(Protocol):
         ...
 
 
+@dataclass
+class Members:
+    """Who trains, who is scored, and whose data this process holds.
+
+    Attributes:
+        sizes: the training clients -> their training examples (what the sampler
+            draws from, in client order).
+        data: the training clients' data held here: all of them in the simulator,
+            none on a Flower server (the nodes hold it).
+        evaluated: the clients scored at evaluation (the real ones, also when
+            training is pooled).
+    """
+
+    sizes: dict[ClientId, int]
+    data: Mapping[ClientId, ClientData]
+    evaluated: list[ClientId]
+
+    @classmethod
+    def held(cls, clients: Mapping[ClientId, ClientData]) -> Members:
+        """Members whose data is all here (the simulator)."""
+        sizes = {cid: len(data.train) for cid, data in clients.items()}
+        return cls(sizes, clients, list(clients))
+
+
 class FederatedMode:
     """Sample, train, screen, aggregate through the pipeline, step the server.
 
     Args:
         ws: the loaded model, data and config.
-        clients: the clients that train (the pooled one when centralized).
+        members: who trains (the pooled client when centralized) and who is scored.
         client_cfg: local training settings.
         server_cfg: rounds, sampling, aggregation and the server optimizer.
         pipeline: the aggregation stages and the configured aggregator.
@@ -89,7 +115,7 @@ class FederatedMode:
     def __init__(
         self,
         ws: Workspace,
-        clients: dict[ClientId, ClientData],
+        members: Members,
         client_cfg: ClientConfig,
         server_cfg: ServerConfig,
         pipeline: Pipeline,
@@ -99,16 +125,15 @@ class FederatedMode:
         engine: EngineFactory = SimulationEngine,
     ) -> None:
         self.ws = ws
-        self.clients = clients
+        self.members = members
         self.view = composition.view
         self.plugins = composition.server_plugins
         shared = self.view.shared(ws.initial) if self.view else ws.initial
         params = {k: v.clone() for k, v in shared.items()}
         optimizer = build_server_optimizer(server_cfg)
         self.state = ServerState(0, params, optimizer.initial_state(params))
-        self.cohort_size = min(server_cfg.clients_per_round, len(clients))
-        sizes = {cid: len(data.train) for cid, data in clients.items()}
-        self.sampler = build_sampler(server_cfg, sizes, ws.config.seed)
+        self.cohort_size = min(server_cfg.clients_per_round, len(members.sizes))
+        self.sampler = build_sampler(server_cfg, members.sizes, ws.config.seed)
         self.pipeline = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
         self.setup = TrainingSetup(
             self.pipeline,
@@ -120,7 +145,7 @@ class FederatedMode:
             counts_bytes,
         )
         side = ClientSide(
-            clients,
+            members.data,
             client_cfg,
             ws.config.seed,
             ws.pad_id,
@@ -129,7 +154,14 @@ class FederatedMode:
             self.pipeline.client,
             store,
         )
-        self.engine = engine(side.handle, dropout_plan(server_cfg, ws.config.seed))
+        self.side = side
+        handler = client_handler(ws, side, composition)
+        self.engine = engine(handler, dropout_plan(server_cfg, ws.config.seed))
+
+    @property
+    def clients(self) -> Mapping[ClientId, ClientData]:
+        """The training clients whose data is held here."""
+        return self.members.data
 
     def play_round(self, round_num: int, on_reply: ReplyDone | None) -> RoundRecord:
         cohort = self.sampler.cohort(round_num)
@@ -138,12 +170,22 @@ class FederatedMode:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        view, params = self.view, self.state.params
+        """Every member scores the global model (each its own, with personal parts)."""
+        view, params, round_num = self.view, self.state.params, self.state.round
+        clients = self.members.evaluated
+
+        def sent(_client: ClientId) -> Params:
+            return params
+
         if view is None:
-            return evaluate_states(self.ws, lambda _cid: params, shared=True)
-        global_only = view.global_only(params)
-        metrics = evaluate_states(self.ws, lambda cid: view.of_client(cid, params), shared=False)
-        baseline = evaluate_states(self.ws, lambda _cid: global_only, shared=True)
+            return evaluate_federation(
+                self.ws, self.engine, clients, round_num, sent, AS_SENT, params
+            )
+        metrics = evaluate_federation(self.ws, self.engine, clients, round_num, sent, CLIENT, None)
+        common = view.global_only(params)
+        baseline = evaluate_federation(
+            self.ws, self.engine, clients, round_num, sent, GLOBAL, common
+        )
         return {**metrics, **{f"global_only/{k}": v for k, v in baseline.items()}}
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
@@ -171,7 +213,7 @@ class FederatedMode:
             yield "", self.state.params
             return
         yield "", self.view.global_only(self.state.params)
-        for cid in self.clients:  # per-client models, one in memory at a time
+        for cid in self.members.data:  # per-client models held here, one at a time
             yield cid, self.view.of_client(cid, self.state.params)
 
     def stop_reason(self) -> str | None:
@@ -204,7 +246,7 @@ class LocalMode:
         self.clients = ws.data.clients
         cfg = ws.config
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
-        sizes = {cid: len(data.train) for cid, data in self.clients.items()}
+        sizes = Members.held(self.clients).sizes
         self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
         side = ClientSide(
             self.clients,
@@ -215,12 +257,16 @@ class LocalMode:
             composition.client_plugins,
             store=store,
         )
-        self.engine = engine(side.handle, dropout_plan(cfg.server, cfg.seed))
+        self.side = side
+        handler = client_handler(ws, side, composition)
+        self.engine = engine(handler, dropout_plan(cfg.server, cfg.seed))
+        self.round = 0
 
     def state_of(self, client_id: ClientId) -> Params:
         return self.store.get(client_id) or self.ws.initial
 
     def play_round(self, round_num: int, on_reply: ReplyDone | None) -> RoundRecord:
+        self.round = round_num
         cohort = self.sampler.cohort(round_num)
         record = run_solo_round(
             round_num, cohort, self.engine, self.state_of, self.store.put, on_reply
@@ -229,13 +275,17 @@ class LocalMode:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate_states(self.ws, self.state_of, shared=False)
+        """Each client scores its own model (sent from the store, one at a time)."""
+        clients, round_num = list(self.clients), self.round
+        return evaluate_federation(
+            self.ws, self.engine, clients, round_num, self.state_of, AS_SENT, None
+        )
 
     def checkpoint_state(self) -> tuple[dict[str, Params], dict[str, Any]]:
         return {}, {}
 
     def restore(self, round_num: int, tensors: dict[str, Params], meta: dict[str, Any]) -> None:
-        pass  # the runner restores the client store from the checkpoint's snapshot
+        self.round = round_num  # the runner restores the client store from its snapshot
 
     def final_states(self) -> Iterator[tuple[str, Params]]:
         for cid in self.clients:  # one client's state in memory at a time
@@ -243,6 +293,45 @@ class LocalMode:
 
     def stop_reason(self) -> str | None:
         return None
+
+
+def client_handler(ws: Workspace, side: ClientSide, composition: Composition) -> ClientHandler:
+    """The client side every engine calls: training, and scoring on held-out data."""
+    evaluator = client_evaluator(ws, composition.view)
+    return by_phase({TRAIN: side.handle, EVALUATE: evaluator.handle})
+
+
+def node_client_side(ws: Workspace, run_root: Path) -> ClientHandler:
+    """The client side alone, for the clients whose data ``ws`` holds (a Flower node's):
+    training with the algorithms' client halves and the pipeline's client stages, and
+    scoring on held-out data; client state under ``run_root``.
+
+    Raises:
+        ModeError: ``federation.mode`` is not 'federated' (nothing to serve remotely).
+    """
+    assert ws.data is not None
+    config = ws.config
+    if config.federation.mode != "federated":
+        raise ModeError(
+            f"federation.mode = {config.federation.mode!r} does not run on a distributed "
+            "engine; only 'federated' does"
+        )
+    store = ClientStateStore(run_root / "clients")
+    sizes = Members.held(ws.data.clients).sizes
+    composition = compose(AlgorithmSetup(ws, "federated", sizes, store, ws.initial, True))
+    pipeline = build_pipeline(config)
+    stages = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
+    side = ClientSide(
+        ws.data.clients,
+        config.client,
+        config.seed,
+        ws.pad_id,
+        ws.model,
+        composition.client_plugins,
+        stages.client,
+        store,
+    )
+    return client_handler(ws, side, composition)
 
 
 def pooled_client(clients: dict[ClientId, ClientData]) -> ClientData:
@@ -263,14 +352,39 @@ def centralized_budget(config: Config, clients: dict[ClientId, ClientData]) -> C
 
 
 def build_mode(
-    ws: Workspace, run_root: Path, engine: EngineFactory = SimulationEngine
+    ws: Workspace,
+    run_root: Path,
+    engine: EngineFactory = SimulationEngine,
+    remote: Mapping[ClientId, int] | None = None,
 ) -> Mode:
     """The mode named by ``federation.mode``, its rounds carried by ``engine``'s engine
-    (the embedded simulator by default)."""
+    (the embedded simulator by default).
+
+    Args:
+        ws: the loaded model and config; its data is every client's in the simulator.
+        run_root: the run directory (client state lives under it).
+        engine: makes the engine from the in-process client side.
+        remote: the clients that live elsewhere (a Flower server's nodes): client id
+            -> training examples, as they announced them. Their data is not here, so
+            nothing of ``ws.data`` but the test split is used.
+
+    Raises:
+        ModeError: too few clients for ``server.min_clients``, or a mode that needs
+            every client's data in one place while the clients are remote.
+    """
     assert ws.data is not None
     config = ws.config
     mode = config.federation.mode
-    available = len(ws.data.clients)
+    if remote is not None and mode != "federated":
+        raise ModeError(
+            f"federation.mode = {mode!r} needs every client's data or model in one place; "
+            "on a distributed engine only 'federated' runs (use the simulator for it)"
+        )
+    if remote is None:
+        members = Members.held(ws.data.clients)
+    else:
+        members = Members(dict(remote), {}, list(remote))
+    available = len(members.sizes)
     if mode == "federated" and config.server.min_clients > available:
         raise ModeError(
             f"server.min_clients = {config.server.min_clients} but only {available} client(s) "
@@ -279,7 +393,9 @@ def build_mode(
     store = ClientStateStore(run_root / "clients")
     if mode == "centralized":
         pooled = {POOLED: pooled_client(ws.data.clients)}
-        composition = compose(AlgorithmSetup(ws, mode, pooled, store, ws.initial))
+        composition = compose(
+            AlgorithmSetup(ws, mode, Members.held(pooled).sizes, store, ws.initial)
+        )
         plain = ServerConfig(
             rounds=config.server.rounds,
             clients_per_round=1,
@@ -289,16 +405,16 @@ def build_mode(
         )
         budget = centralized_budget(config, ws.data.clients)
         no_stages = Pipeline([], WeightedMean())
+        trains_pooled = Members(Members.held(pooled).sizes, pooled, list(ws.data.clients))
         # (its name stays "federated": the record format of earlier runs)
         return FederatedMode(
-            ws, pooled, budget, plain, no_stages, composition, store, False, engine
+            ws, trains_pooled, budget, plain, no_stages, composition, store, False, engine
         )
-    check_budget_clients(config.client, ws.data.clients)
-    clients = dict(ws.data.clients)
-    composition = compose(AlgorithmSetup(ws, mode, clients, store, ws.initial))
+    check_budget_clients(config.client, members.sizes)
+    composition = compose(AlgorithmSetup(ws, mode, members.sizes, store, ws.initial))
     if mode == "local":
         return LocalMode(ws, store, composition, engine)
     pipeline = build_pipeline(config)
     return FederatedMode(
-        ws, clients, config.client, config.server, pipeline, composition, store, engine=engine
+        ws, members, config.client, config.server, pipeline, composition, store, engine=engine
     )

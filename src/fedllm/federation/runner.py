@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from fedllm.model.state import count_parameters
 from fedllm.report.progress import Reporter, SilentReporter
 from fedllm.report.resources import peak_rss_mb
 from fedllm.runtime.simulation import EngineFactory, SimulationEngine
-from fedllm.types import RoundRecord
+from fedllm.types import ClientId, RoundRecord
 from fedllm.wire import payload_bytes
 
 
@@ -60,19 +61,22 @@ def run(
     overwrite: bool = False,
     reporter: Reporter | None = None,
     engine: EngineFactory = SimulationEngine,
+    remote: Mapping[ClientId, int] | None = None,
 ) -> RunResult:
     """Start a fresh run in ``out`` and train it to the end.
 
     The model and data are loaded before anything in ``out`` is touched, so a
     config that fails to load leaves an earlier run there intact. ``engine``
-    carries the rounds' messages (the embedded simulator by default).
+    carries the rounds' messages (the embedded simulator by default); ``remote``
+    names the clients that live elsewhere, with their training-set sizes (a
+    distributed engine's nodes; see :func:`~fedllm.federation.modes.build_mode`).
     """
     started = time.perf_counter()
     rundir = RunDir(out)
     rundir.check_new(overwrite)
     ws = prepare(config)
     rundir.create(config, overwrite=overwrite)
-    return _train(ws, rundir, reporter or SilentReporter(), None, started, engine)
+    return _train(ws, rundir, reporter or SilentReporter(), None, started, engine, remote)
 
 
 def resume(
@@ -80,8 +84,10 @@ def resume(
     overrides: list[str] | None = None,
     reporter: Reporter | None = None,
     engine: EngineFactory = SimulationEngine,
+    remote: Mapping[ClientId, int] | None = None,
 ) -> RunResult:
-    """Continue the run in ``out`` from its last checkpoint.
+    """Continue the run in ``out`` from its last checkpoint (``engine`` and ``remote``
+    as for :func:`run`).
 
     ``overrides`` may extend ``server.rounds``; other changes would make the
     continuation differ from the run that was started and are refused.
@@ -119,7 +125,7 @@ def resume(
     ws = prepare(config)
     if config != saved:
         rundir.config_path.write_text(dump_config(config))
-    return _train(ws, rundir, reporter, ckpt, started, engine)
+    return _train(ws, rundir, reporter, ckpt, started, engine, remote)
 
 
 def _wrote_its_end(rundir: RunDir, recorded: int, checkpointed: int) -> bool:
@@ -159,9 +165,10 @@ def _train(
     ckpt: Checkpoint | None,
     started: float,
     engine: EngineFactory,
+    remote: Mapping[ClientId, int] | None,
 ) -> RunResult:
     config = ws.config
-    mode = build_mode(ws, rundir.root, engine)
+    mode = build_mode(ws, rundir.root, engine, remote)
     first_round = 1
     if ckpt is not None:
         mode.restore(ckpt.round, ckpt.tensors, ckpt.meta)

@@ -33,3 +33,19 @@ class Engine(Protocol):
         time, not one per client.
         """
         ...
+
+
+def by_phase(handlers: Mapping[str, ClientHandler]) -> ClientHandler:
+    """One client handler answering each phase with the handler named for it.
+
+    Raises (when called):
+        ValueError: a phase no handler is named for.
+    """
+    table = dict(handlers)
+
+    def handle(client_id: ClientId, phase: str, message: Message) -> Message:
+        if phase not in table:
+            raise ValueError(f"no client handler for phase {phase!r}: known {sorted(table)}")
+        return table[phase](client_id, phase, message)
+
+    return handle

@@ -3,7 +3,9 @@
 A client drops in a round and phase either because a trace says so
 (``server.dropout_trace``: round -> clients) or by a seeded draw with
 probability ``server.dropout`` (the same for every phase of a round: a client
-that dropped does not come back within it).
+that dropped does not come back within it). Evaluation is a measurement, not a
+step of the protocol: simulated dropouts never hit it (real ones on Flower do, and
+the metrics say how many clients were missing).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fedllm.client.evaluate import EVALUATE
 from fedllm.seeding import derive_seed
 from fedllm.server.settings import ServerConfig
 from fedllm.types import ClientId
@@ -44,7 +47,7 @@ class DropoutPlan:
 
     def drops(self, client_id: ClientId, round_num: int, phase: str) -> str | None:
         """Why ``client_id`` drops in this round and phase, or None if it answers."""
-        if self.phases and phase not in self.phases:
+        if phase == EVALUATE or (self.phases and phase not in self.phases):
             return None
         if self.trace:
             if client_id in self.trace.get(round_num, ()):

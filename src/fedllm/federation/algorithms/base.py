@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -10,7 +10,6 @@ from fedllm.client.plugin import ClientPlugin
 from fedllm.client.store import ClientStateStore
 from fedllm.components import ALGORITHMS, load_builtin
 from fedllm.config import Config
-from fedllm.data import ClientData
 from fedllm.federation.setup import Workspace
 from fedllm.pipeline.stage import Aggregator, BatchAggregator
 from fedllm.server.plugin import ServerPlugin
@@ -47,17 +46,21 @@ class AlgorithmSetup:
     Attributes:
         ws: the loaded model, data and config.
         mode: the federation mode being built (``federated``, ``local``, ``centralized``).
-        clients: the clients that train in this mode (the pooled one when centralized).
+        clients: the clients that train in this mode (the pooled one when centralized)
+            -> their training examples; their data may live elsewhere (Flower nodes).
         store: the run's per-client state (plug-ins use a slot named after them).
         shared: the exchanged state before training (what earlier algorithms with a
             :class:`ModelView` leave shared).
+        partial: ``clients`` are only those whose data this process holds (a Flower
+            node's own): checks against the whole federation are the server's.
     """
 
     ws: Workspace
     mode: str
-    clients: dict[ClientId, ClientData]
+    clients: Mapping[ClientId, int]
     store: ClientStateStore
     shared: Params
+    partial: bool = False
 
 
 @dataclass

@@ -49,7 +49,8 @@ class HeteroRank:
         method = setup.ws.config.method
         if not method.heterogeneous_ranks or setup.mode != "federated":
             return None
-        check_rank_clients(method, setup.clients)
+        if not setup.partial:
+            check_rank_clients(method, setup.clients)
         plan = RankPlan(method, setup.ws.config.seed)
         per_rank = method.rank_aggregation == "per_rank"
         return Algorithm(

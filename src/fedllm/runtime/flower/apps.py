@@ -36,13 +36,15 @@ Settings = Mapping[str, bool | float | int | str]
 """A Flower run or node config."""
 
 Serve = Callable[[Grid, Settings], None]
-NodeClient = Callable[[Settings, Settings], ClientId]
-"""``(node config, run config) -> the node's client id`` (cheap: no model)."""
+NodeClient = Callable[[Settings, Settings], tuple[ClientId, int]]
+"""``(node config, run config) -> (the node's client id, its training examples)``
+(cheap: no model)."""
 NodeHandler = Callable[[Settings, Settings], tuple[ClientId, ClientHandler]]
 """``(node config, run config) -> (client id, its client side)``."""
 
 IDENTITY = "fedllm.identity"
-"""Config record of a node's answer to the server's query: its client id."""
+"""Config record of a node's answer to the server's query: its client id (``client``)
+and training-set size (``train``, the sampling and weighting size)."""
 
 
 def make_server_app(serve: Serve) -> ServerApp:
@@ -66,23 +68,26 @@ def make_client_app(node_client: NodeClient, node_handler: NodeHandler) -> Clien
 
     @app.query()
     def identify(message: FlowerMessage, context: Context) -> FlowerMessage:
-        client = node_client(context.node_config, context.run_config)
-        content = RecordDict({IDENTITY: ConfigRecord({"client": client})})
+        client, train = node_client(context.node_config, context.run_config)
+        content = RecordDict({IDENTITY: ConfigRecord({"client": client, "train": train})})
         return FlowerMessage(content, reply_to=message)
 
-    @app.train()
-    def train(message: FlowerMessage, context: Context) -> FlowerMessage:
+    def answer(message: FlowerMessage, context: Context) -> FlowerMessage:
         client, handler = node_handler(context.node_config, context.run_config)
         return client_app_handler(handler, client)(message)
 
+    app.train()(answer)
+    app.evaluate()(answer)
     return app
 
 
-def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, int]:
-    """Wait for ``expected`` nodes, ask each its client id: client id -> node id.
+def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, tuple[int, int]]:
+    """Wait for ``expected`` nodes and ask each who it is: client id -> (node id,
+    training examples).
 
     Raises:
         TimeoutError: fewer nodes connected, or answered, within ``timeout_s``.
+        ValueError: two nodes answer for the same client.
     """
     deadline = time.monotonic() + timeout_s
     nodes = list(grid.get_node_ids())
@@ -92,12 +97,18 @@ def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, 
     if len(nodes) < expected:
         raise TimeoutError(f"{len(nodes)} of {expected} nodes connected in {timeout_s:.0f} s")
     asks = [grid.create_message(RecordDict(), MessageType.QUERY, n, "identify") for n in nodes]
-    found: dict[ClientId, int] = {}
+    found: dict[ClientId, tuple[int, int]] = {}
     for reply in grid.send_and_receive(asks, timeout=max(deadline - time.monotonic(), 1.0)):
-        if not reply.has_error():
-            found[str(reply.content.config_records[IDENTITY]["client"])] = (
-                reply.metadata.src_node_id
+        if reply.has_error():
+            continue
+        identity = reply.content.config_records[IDENTITY]
+        client, node = str(identity["client"]), reply.metadata.src_node_id
+        if client in found:
+            raise ValueError(
+                f"nodes {found[client][0]} and {node} both answer for client {client!r}: "
+                "give each node its own partition-id, or its own client= name"
             )
+        found[client] = (node, int(str(identity["train"])))
     if len(found) < expected:
         raise TimeoutError(f"{len(found)} of {expected} nodes said which client they are")
     return found

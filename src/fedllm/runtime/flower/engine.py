@@ -13,6 +13,7 @@ from flwr.app import Message as FlowerMessage
 from flwr.app import MessageType
 from flwr.serverapp import Grid
 
+from fedllm.client.evaluate import EVALUATE
 from fedllm.message import Dropped, Message, Reply
 from fedllm.protocol.engine import ClientHandler
 from fedllm.runtime.dropout import DropoutPlan
@@ -45,10 +46,11 @@ class FlowerEngine:
         unknown = sorted(set(messages) - set(self.nodes))
         if unknown:
             raise KeyError(f"no Flower node for client(s) {unknown}")
+        kind = MessageType.EVALUATE if phase == EVALUATE else MessageType.TRAIN
         sent = {
             client: self.grid.create_message(
                 to_records(message, phase),
-                MessageType.TRAIN,
+                kind,
                 self.nodes[client],
                 group_id=str(message.round),
             )
