@@ -196,6 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_target(q)
     q.add_argument("--nodes", type=int, default=None, help="SuperNodes (default: the clients)")
+    q.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser(
+        "certs",
+        help="make a CA, the SuperLink's TLS certificate and node authentication keys",
+        description="Write into OUT a self-signed CA (ca.crt, ca.key), the SuperLink's "
+        "certificate and key signed by it (superlink.crt, superlink.key; valid for every "
+        "--host) and one OpenSSH ECDSA key pair per node (node-<i>.key, node-<i>.pub) for "
+        "Flower's node authentication. Private keys are written with mode 0600. See "
+        "docs/deploy.md for where each file goes.",
+    )
+    p.add_argument("out", type=Path, help="folder to write the files into")
+    p.add_argument("--nodes", type=int, required=True, help="node key pairs to make")
+    p.add_argument(
+        "--host",
+        action="append",
+        default=None,
+        help="a name or IP the SuperLink is reached at (repeatable; default: 127.0.0.1 "
+        "and localhost)",
+    )
+    p.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
 
     p = sub.add_parser(
         "data",
@@ -297,11 +319,16 @@ def _reporter(quiet: bool, console: Console) -> Reporter:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.federation.runner import run
-
     config = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / args.config.stem
-    result = run(config, out, overwrite=args.overwrite, reporter=_reporter(args.quiet, console))
+    reporter = _reporter(args.quiet, console)
+    if config.runtime.engine == "flower":
+        from fedllm.deploy.launch import run_on_flower
+
+        return _exit_status(run_on_flower(config, out, args.overwrite, reporter), console)
+    from fedllm.federation.runner import run
+
+    result = run(config, out, overwrite=args.overwrite, reporter=reporter)
     return _exit_status(result, console)
 
 
@@ -311,15 +338,25 @@ def _resume(args: argparse.Namespace, console: Console) -> int:
     if args.rounds is not None and args.rounds < 1:
         raise ConfigError(f"--rounds = {args.rounds}: must be at least 1 (rounds in total)")
     overrides = [] if args.rounds is None else [f"server.rounds={args.rounds}"]
-    result = resume(args.run_dir, overrides, reporter=_reporter(args.quiet, console))
+    reporter = _reporter(args.quiet, console)
+    saved = RunDir(args.run_dir).load_config(overrides)
+    if saved.runtime.engine == "flower":
+        from fedllm.deploy.launch import run_on_flower
+
+        rounds = saved.server.rounds
+        return _exit_status(
+            run_on_flower(saved, args.run_dir, reporter=reporter, resume_rounds=rounds), console
+        )
+    result = resume(args.run_dir, overrides, reporter=reporter)
     if result.already_finished:
         say(console, f"{result.run_dir}: already finished; its records were left as they are")
     return _exit_status(result, console)
 
 
-def _exit_status(result: RunResult, console: Console) -> int:
-    """0, or :data:`NOTHING_CHANGED` with the summary's warning when no round applied."""
-    if result.changed_model:
+def _exit_status(result: RunResult | None, console: Console) -> int:
+    """0, or :data:`NOTHING_CHANGED` with the summary's warning when no round applied
+    (None: a run whose records are on another machine)."""
+    if result is None or result.changed_model:
         return 0
     warning = f"warning: {result.summary.get('warning', '')}"
     console.print(warning, style="yellow", markup=False, soft_wrap=True)
@@ -508,26 +545,32 @@ def _data(args: argparse.Namespace, console: Console) -> int:
 
 
 def _deploy(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.config import dump_config
-    from fedllm.deploy.local import run_local
+    from fedllm.deploy.launch import run_on_flower
 
-    config = load_config(args.config, args.overrides)
+    if args.nodes is not None and args.nodes < 1:
+        raise ConfigError(f"--nodes = {args.nodes}: must be at least 1")
+    nodes = [] if args.nodes is None else [f"runtime.nodes={args.nodes}"]
+    flower = ["runtime.engine=flower", "runtime.superlink=none", *nodes]
+    config = load_config(args.config, [*args.overrides, *flower])
     out: Path = args.out or Path("runs") / args.config.stem
-    RunDir(out).check_new(args.overwrite)
-    nodes = args.nodes or config.data.num_clients
-    if nodes < 1:
-        raise ConfigError(f"--nodes = {nodes}: must be at least 1")
-    resolved = out.parent / f".{out.name}.deploy.toml"  # the overrides, for the nodes
-    resolved.parent.mkdir(parents=True, exist_ok=True)
-    resolved.write_text(dump_config(config))
-    say(console, f"Flower on loopback: a SuperLink and {nodes} SuperNodes for {args.config}")
+    reporter = _reporter(args.quiet, console)
+    return _exit_status(run_on_flower(config, out, args.overwrite, reporter), console)
+
+
+def _certs(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.deploy.certs import make_certs
+
+    hosts = args.host or ["127.0.0.1", "localhost"]
     try:
-        run_local(resolved, out, nodes)
-    finally:
-        resolved.unlink(missing_ok=True)
-    summary = RunDir(out).read_summary()
-    final = summary.get("final", {}).get("clients_ppl_mean")
-    say(console, f"finished: {summary['rounds']} rounds, client-mean ppl {final}; in {out}")
+        files = make_certs(args.out, args.nodes, hosts, overwrite=args.overwrite, days=args.days)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except FileExistsError as err:
+        raise ConfigError(f"{err}; pass --overwrite to replace the files in {args.out}") from None
+    say(console, f"wrote the CA {files.ca_cert} (give it to every node and to `flwr`)")
+    say(console, f"wrote the SuperLink's {files.server_cert} and {files.server_key}")
+    for key, pub in zip(files.node_keys, files.node_public_keys, strict=True):
+        say(console, f"wrote node key {key} (its node's) and {pub} (`flwr supernode register`)")
     return 0
 
 
@@ -543,6 +586,7 @@ _HANDLERS = {
     "inspect": _inspect,
     "data": _data,
     "deploy": _deploy,
+    "certs": _certs,
 }
 
 if __name__ == "__main__":

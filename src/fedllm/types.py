@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -98,3 +98,10 @@ class RoundRecord:
         }
         out.update(self.extra)
         return out
+
+    @classmethod
+    def from_json(cls, line: dict[str, Any]) -> RoundRecord:
+        """The record :meth:`to_json` wrote (unknown keys back in ``extra``)."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        own = {k: v for k, v in line.items() if k in known}
+        return cls(**own, extra={k: v for k, v in line.items() if k not in known})

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedllm.config import ConfigError, dump_config
-from fedllm.deploy.apps import node_client, node_handler
+from fedllm.deploy.apps import built_node, node_client
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.runner import run
 from fedllm.federation.setup import Workspace, prepare
@@ -94,6 +94,10 @@ def test_a_whole_run_over_flower_equals_the_simulated_run(tmp_path: Path) -> Non
     carried = run(config, tmp_path / "flower", engine=over_flower(workspace, grids))
     assert stable(carried.records) == stable(simulated.records)
     assert stable(carried.summary) == stable(simulated.summary)
+    assert "transport/evaluate" in carried.records[0]["time_s"]
+    for record in carried.records[1:]:  # Flower's time per phase; none in the simulator
+        assert record["time_s"]["transport/train"] > 0 and "transport/evaluate" in record["time_s"]
+    assert not any("transport/train" in r["time_s"] for r in simulated.records)
     final = {p.name: p.read_bytes() for p in (tmp_path / "sim" / "final").glob("*.safetensors")}
     assert final and final == {
         p.name: p.read_bytes() for p in (tmp_path / "flower" / "final").glob("*.safetensors")
@@ -133,9 +137,7 @@ def test_nodes_with_their_own_files_train_and_are_scored_where_the_files_are(
     """Two organisations' files stay on their nodes: the server gets names and sizes,
     then updates and loss sums; nothing of the text reaches its run directory."""
     config = tiny_config("server.rounds=1", "server.clients_per_round=2", "server.min_clients=2")
-    config_path = tmp_path / "fed.toml"
-    config_path.write_text(dump_config(config))
-    run_config = {"config": str(config_path)}
+    text = dump_config(config)
     apps, sizes, nodes, expected = {}, {}, {}, {}
     for node, org in enumerate(("org-a", "org-b"), start=1):
         data = tmp_path / org / "chats.jsonl"
@@ -144,9 +146,8 @@ def test_nodes_with_their_own_files_train_and_are_scored_where_the_files_are(
         write_chats(data, f"zq{org[-1]}secret", records)
         expected[org] = records - round(config.data.eval_fraction * records)
         node_config = {"data": str(data), "client": org, "state-dir": str(tmp_path / org / "s")}
-        client, sizes[org] = node_client(node_config, run_config)
+        client, sizes[org], handler = built_node(text, node_config)  # what its worker runs
         assert client == org
-        _, handler = node_handler(node_config, run_config)
         apps[node], nodes[org] = client_app_handler(handler, org), node
     assert sizes == expected  # data.eval_fraction of each file held out for evaluation
     grid = InProcessGrid(apps)
@@ -162,14 +163,14 @@ def test_nodes_with_their_own_files_train_and_are_scored_where_the_files_are(
 
 
 def test_a_node_without_data_or_with_a_bad_name_is_refused(tmp_path: Path) -> None:
-    config_path = tmp_path / "fed.toml"
-    config_path.write_text(dump_config(tiny_config()))
-    run_config = {"config": str(config_path)}
+    text = dump_config(tiny_config())
     with pytest.raises(ConfigError, match="give data=PATH"):
-        node_client({}, run_config)
+        node_client({}, {"config": text})  # refused before any worker starts
     data = tmp_path / "x.jsonl"
     write_chats(data, "x", 4)
     with pytest.raises(ConfigError, match="client = '../up'"):
-        node_client({"data": str(data), "client": "../up"}, run_config)
+        node_client({"data": str(data), "client": "../up"}, {"config": text})
+    with pytest.raises(ConfigError, match="not TOML"):
+        node_client({"partition-id": 0}, {"config": "seed = ="})
     with pytest.raises(ConfigError, match="partition-id 0 to 3"):
-        node_client({"partition-id": 9}, run_config)
+        built_node(text, {"partition-id": "9"})

@@ -13,38 +13,24 @@ import threading
 import time
 from pathlib import Path
 
+from fedllm.cli import main
 from fedllm.config import dump_config
 from fedllm.deploy.local import local_deployment, submit
 from fedllm.federation.runner import run
+from tests.support.processes import process_groups_alive
 from tests.support.runs import stable, tiny_config
 
 TWO_CLIENTS = ("data.num_clients=2", "server.clients_per_round=2", "server.rounds=2")
 
 
-def process_groups_alive(groups: set[int]) -> list[int]:
-    """PIDs of live processes in any of the process ``groups`` (zombies excluded)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, pgid = fields[0], int(fields[2])
-        if pgid in groups and state != "Z":
-            alive.append(int(entry.name))
-    return alive
-
-
 def test_loopback_run_equals_the_simulator_and_leaves_no_process(tmp_path: Path) -> None:
-    config = tmp_path / "two.toml"
-    config.write_text(dump_config(tiny_config(*TWO_CLIENTS)))
-    simulated = run(tiny_config(*TWO_CLIENTS), tmp_path / "sim")
+    config = tiny_config(*TWO_CLIENTS)
+    simulated = run(config, tmp_path / "sim")
     with local_deployment(2, home=tmp_path / "flower-home") as deployment:
         groups = set(deployment.pids)
         assert len(groups) == 3 and len(process_groups_alive(groups)) >= 3
-        submit(deployment, config, tmp_path / "flower", nodes=2, timeout_s=900)
+        settings = {"out": str(tmp_path / "flower"), "nodes": 2}
+        submit(deployment, config, settings, timeout_s=900)
     assert process_groups_alive(groups) == []
     lines = (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -55,11 +41,11 @@ def test_loopback_run_equals_the_simulator_and_leaves_no_process(tmp_path: Path)
 
 def test_a_supernode_killed_mid_run_is_dropped_and_the_round_completes(tmp_path: Path) -> None:
     overrides = (*TWO_CLIENTS, "server.min_clients=1", "server.reply_timeout_s=30")
-    config = tmp_path / "two.toml"
-    config.write_text(dump_config(tiny_config(*overrides)))
+    config = tiny_config(*overrides)
     out = tmp_path / "flower"
+    settings = {"out": str(out), "nodes": 2}
     with local_deployment(2, home=tmp_path / "flower-home") as deployment:
-        worker = threading.Thread(target=submit, args=(deployment, config, out, 2, 900))
+        worker = threading.Thread(target=submit, args=(deployment, config, settings, 900))
         worker.start()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and _recorded_rounds(out) < 1:
@@ -74,6 +60,25 @@ def test_a_supernode_killed_mid_run_is_dropped_and_the_round_completes(tmp_path:
     dropped = {d["client"] for d in last["dropped"]}
     assert len(dropped) == 1 and last["accepted"] and dropped.isdisjoint(last["accepted"])
     assert (out / "summary.json").exists()
+
+
+def test_fedllm_run_on_flower_then_resume_keeps_the_nodes_state(tmp_path: Path) -> None:
+    """`fedllm run --set runtime.engine=flower` for one round, `fedllm resume --rounds 2`
+    on a fresh deployment: SCAFFOLD's control variates stayed on the nodes (in the run
+    directory's nodes/), so the result equals two rounds on the simulator."""
+    overrides = (*TWO_CLIENTS, 'client.drift_correction="scaffold"')
+    simulated = run(tiny_config(*overrides), tmp_path / "sim")
+    config = tmp_path / "scaffold.toml"
+    config.write_text(dump_config(tiny_config(*overrides, "server.rounds=1")))
+    out = tmp_path / "flower"
+    flower = ["--set", 'runtime.engine="flower"', "--out", str(out), "--quiet"]
+    assert main(["run", str(config), *flower]) == 0
+    assert _recorded_rounds(out) == 1 and (out / "nodes").is_dir()
+    assert main(["resume", str(out), "--rounds", "2", "--quiet"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert stable(records) == stable(simulated.records)
+    for path in (tmp_path / "sim" / "final").glob("*.safetensors"):
+        assert path.read_bytes() == (out / "final" / path.name).read_bytes()
 
 
 def _recorded_rounds(out: Path) -> int:

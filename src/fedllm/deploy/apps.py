@@ -2,9 +2,11 @@
 
 ``server_app`` runs the configuration's federation over the SuperLink's grid and
 writes the usual run directory; ``client_app`` builds the node's client side from
-the same configuration and answers for one client. The run config names the
-fedllm config file (``config``), the run directory (``out``) and how many nodes
-to wait for (``nodes``). A node's config says whose data it holds: either
+the same configuration and answers for one client. The run config carries the
+fedllm configuration itself (``config``, its TOML text: the same on every machine),
+the run directory on the server's machine (``out``), how many nodes to wait for
+(``nodes``) and, to continue a run, its new total of rounds (``resume-rounds``).
+A node's config says whose data it holds: either
 ``partition-id`` (an index into the clients the configuration builds from its
 corpus, for trying it out) or ``data`` (the organisation's own ``.jsonl``/``.txt``
 file, with an optional ``client`` name); and where its client state lives
@@ -15,19 +17,23 @@ id and training-set size, never its path or text: evaluation is federated too.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fedllm.config import Config, ConfigError, load_config
+import tomllib
+
+from fedllm.config import Config, ConfigError, parse_config
 from fedllm.data import FederatedData, build_federated_data
 from fedllm.data.build import build_own_client
 from fedllm.data.public import build_public_data
+from fedllm.deploy.worker import IDENTIFY, WorkerSpec, ask
 from fedllm.federation.modes import node_client_side
-from fedllm.federation.runner import run
+from fedllm.federation.rundir import FLOWER_DONE
+from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
-from fedllm.model.load import load_tokenizer
+from fedllm.message import Message
 from fedllm.protocol.engine import ClientHandler
 from fedllm.runtime.flower.apps import (
     Grid,
@@ -49,13 +55,40 @@ def serve(grid: Grid, run_config: Settings) -> None:
 
     The clients are the nodes that answer, with the training-set sizes they announce.
     """
-    config = load_config(str(run_config["config"]))
+    config = run_config_config(run_config)
     found = node_clients(grid, int(run_config["nodes"]), NODE_WAIT_S)
     nodes = {client: node for client, (node, _size) in found.items()}
     remote = {client: size for client, (_node, size) in sorted(found.items())}
     out = Path(str(run_config["out"]))
     engines = flower_engines(grid, nodes, config.server.reply_timeout_s)
-    run(config, out, overwrite=True, engine=engines, remote=remote)
+    rounds = run_config.get("resume-rounds")
+    if rounds:
+        resume(out, [f"server.rounds={int(rounds)}"], engine=engines, remote=remote)
+    else:
+        run(config, out, overwrite=True, engine=engines, remote=remote)
+    (out / FLOWER_DONE).write_text(str(run_config.get("token", "")))
+
+
+def run_config_config(run_config: Settings) -> Config:
+    """The fedllm configuration a run config carries (``config``: TOML text).
+
+    Raises:
+        ConfigError: it is missing, not TOML, or not a valid configuration.
+    """
+    return _parse(str(run_config.get("config", "")))
+
+
+@cache
+def _parse(text: str) -> Config:
+    if not text.strip():
+        raise ConfigError("the Flower run config carries no fedllm configuration (config='')")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(
+            f"the Flower run config's fedllm configuration is not TOML: {err}"
+        ) from None
+    return parse_config(raw)
 
 
 def pick_client(clients: Iterable[ClientId], partition: int) -> ClientId:
@@ -73,6 +106,26 @@ def pick_client(clients: Iterable[ClientId], partition: int) -> ClientId:
     return ids[partition]
 
 
+def check_node_config(node_config: Settings) -> None:
+    """Refuse a node config that names no data, or a bad client name (before any work).
+
+    Raises:
+        ConfigError: naming the problem and what would be valid.
+    """
+    if "data" not in node_config and "partition-id" not in node_config:
+        raise ConfigError(
+            "the node config names no data: give data=PATH (the node's own .jsonl/.txt "
+            "file) or partition-id=N (a partition of the configuration's corpus)"
+        )
+    if "data" in node_config:
+        client = str(node_config.get("client", Path(str(node_config["data"])).stem))
+        if not CLIENT_NAME.fullmatch(client):
+            raise ConfigError(
+                f"node client = {client!r}: a client name is 1-64 letters, digits, '.', "
+                "'_' or '-', starting with a letter or digit"
+            )
+
+
 def node_data(config: Config, tokenizer: Any, node_config: Settings) -> FederatedData:
     """The data this node holds: its own file (``data``), or one partition of the
     configuration's corpus (``partition-id``) with the corpus's test split.
@@ -81,52 +134,65 @@ def node_data(config: Config, tokenizer: Any, node_config: Settings) -> Federate
         ConfigError: neither is given, or a bad ``client`` name.
         DataError: the node's file is unusable.
     """
+    check_node_config(node_config)
     if "data" in node_config:
         path = str(node_config["data"])
         client = str(node_config.get("client", Path(path).stem))
-        if not CLIENT_NAME.fullmatch(client):
-            raise ConfigError(
-                f"node client = {client!r}: a client name is 1-64 letters, digits, '.', "
-                "'_' or '-', starting with a letter or digit"
-            )
         own = build_own_client(config.data, tokenizer, path, client, config.seed)
         return FederatedData({client: own}, [])
-    if "partition-id" not in node_config:
-        raise ConfigError(
-            "the node config names no data: give data=PATH (the node's own .jsonl/.txt "
-            "file) or partition-id=N (a partition of the configuration's corpus)"
-        )
     whole = build_federated_data(config.data, tokenizer, config.seed)
     client = pick_client(whole.clients, int(node_config["partition-id"]))
     return FederatedData({client: whole.clients[client]}, whole.test)
 
 
-def node_client(node_config: Settings, run_config: Settings) -> tuple[ClientId, int]:
-    """The node's client id and training examples, from its data alone (no model)."""
-    config = load_config(str(run_config["config"]))
-    data = node_data(config, load_tokenizer(config.model), node_config)
-    [(client, held)] = data.clients.items()
-    return client, len(held.train)
+def built_node(
+    config_text: str, node_config: Mapping[str, str]
+) -> tuple[ClientId, int, ClientHandler]:
+    """The node's client id, training examples and client side, built in this process
+    (by the node's worker; tests call it directly)."""
+    return _built(config_text, tuple(sorted(node_config.items())))
 
 
 @cache
-def _node(
-    config_path: str, node_key: tuple[tuple[str, str], ...]
-) -> tuple[ClientId, ClientHandler]:
+def _built(
+    config_text: str, node_key: tuple[tuple[str, str], ...]
+) -> tuple[ClientId, int, ClientHandler]:
     node_config = dict(node_key)
-    config = load_config(config_path)
+    check_node_config(node_config)  # before the model loads
+    config = _parse(config_text)
     ws = prepare(config, with_data=False)
     ws.data = node_data(config, ws.tokenizer, node_config)
     ws.public = build_public_data(config, ws.tokenizer)
     state_dir = Path(node_config.get("state-dir", "fedllm-node-state"))
-    [client] = ws.data.clients
-    return client, node_client_side(ws, state_dir)
+    [(client, held)] = ws.data.clients.items()
+    return client, len(held.train), node_client_side(ws, state_dir)
+
+
+def node_spec(node_config: Settings, run_config: Settings) -> WorkerSpec:
+    """The worker that answers for this node in this run."""
+    node = {str(k): str(v) for k, v in node_config.items()}
+    return WorkerSpec(str(run_config.get("config", "")), node)
+
+
+def node_client(node_config: Settings, run_config: Settings) -> tuple[ClientId, int]:
+    """The node's client id and training examples, as its worker (started now, so the
+    model loads while the other nodes answer) says."""
+    run_config_config(run_config)  # bad input fails here, not in the worker
+    check_node_config(node_config)
+    answer = ask(node_spec(node_config, run_config), IDENTIFY, Message())
+    return str(answer.config["client"]), int(str(answer.config["train"]))
 
 
 def node_handler(node_config: Settings, run_config: Settings) -> tuple[ClientId, ClientHandler]:
-    """The node's client id and its client side (built once per process)."""
-    key = tuple(sorted((str(k), str(v)) for k, v in node_config.items()))
-    return _node(str(run_config["config"]), key)
+    """The node's client id and a client side that hands each message to the node's
+    worker (the model stays loaded there across Flower's per-message processes)."""
+    spec = node_spec(node_config, run_config)
+    client, _ = node_client(node_config, run_config)
+
+    def forward(_client: ClientId, phase: str, message: Message) -> Message:
+        return ask(spec, phase, message)
+
+    return client, forward
 
 
 server_app = make_server_app(serve)

@@ -4,11 +4,19 @@
 fedllm app (``flwr run``), waits for the run to finish and stops every process
 it started, also on failure and Ctrl-C. Node ``i`` answers for the ``i``-th client
 of the configuration (sorted ids) and keeps its client state in its own folder.
+
+``secure=True`` starts the same deployment with TLS and SuperNode authentication:
+certificates and node keys made in the deployment's folder (``certs/``, see
+``fedllm.deploy.certs``), every node's public key registered with the SuperLink before
+the node starts, and the deployment handed over only once every node is online.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -16,10 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from fedllm.config import Config, dump_config
+from fedllm.deploy.certs import CertFiles, make_certs
+from fedllm.federation.rundir import FLOWER_DONE
 
 APP_PYPROJECT = """\
 [build-system]
@@ -47,7 +62,19 @@ clientapp = "fedllm.deploy.apps:client_app"
 config = ""
 out = ""
 nodes = 1
+token = ""
+resume-rounds = 0
 """
+
+CONNECTION = """\
+[superlink]
+default = "local"
+
+[superlink.local]
+address = "{address}"
+"""
+
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 
 QUIET_FLOWER = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -68,11 +95,19 @@ class LocalDeployment:
         home: the deployment's folder (FLWR_HOME, the app, logs, node state).
         superlink: host:port of the SuperLink.
         processes: every process started, SuperLink first.
+        logs: the log file of each process, in the same order.
+        certs: the TLS certificates and node keys; None for an insecure deployment.
+        node_ids: the SuperLink's id for each node registered (secure only), node order.
+        state_root: where node ``i`` keeps its client state (``node-<i>``); None: ``home``.
     """
 
     home: Path
     superlink: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    certs: CertFiles | None = None
+    node_ids: list[int] = field(default_factory=list)
+    state_root: Path | None = None
 
     @property
     def pids(self) -> list[int]:
@@ -83,65 +118,27 @@ class LocalDeployment:
         path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
         return {**os.environ, **QUIET_FLOWER, "FLWR_HOME": str(self.home), "PATH": path}
 
-    def start(self, argv: list[str], log: str) -> None:
-        with (self.home / log).open("wb") as out:
-            self.processes.append(
-                subprocess.Popen(
-                    argv,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=self.env(),
-                    start_new_session=True,
-                )
+    def start(self, argv: list[str], log: str) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in its own process group, output to ``home/log``."""
+        path = self.home / log
+        with path.open("wb") as out:
+            process = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env(),
+                start_new_session=True,
             )
+        self.processes.append(process)
+        self.logs.append(path)
+        return process
 
-    def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM every process group started, then SIGKILL what is left after ``grace_s``."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def run_local(config_path: Path, out: Path, nodes: int, timeout_s: float = 3600.0) -> Path:
-    """Run ``config_path`` on a fresh loopback deployment of ``nodes`` SuperNodes.
-
-    Returns:
-        ``out``, the run directory the ServerApp wrote.
-
-    Raises:
-        DeployError: a process failed to start, or the run wrote no summary (the
-            ServerApp's log tail is in the message).
-    """
-    with local_deployment(nodes) as deployment:
-        submit(deployment, config_path, out, nodes, timeout_s)
-    return out
-
-
-@contextmanager
-def local_deployment(nodes: int, home: Path | None = None) -> Iterator[LocalDeployment]:
-    """A running SuperLink with ``nodes`` SuperNodes; all stopped on exit."""
-    folder = Path(tempfile.mkdtemp(prefix="fedllm-flower-")) if home is None else home
-    folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    deployment = LocalDeployment(folder, f"127.0.0.1:{port}")
-    (folder / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
-        f'address = "{deployment.superlink}"\ninsecure = true\n'
-    )
-    try:
-        deployment.start(
+    def start_superlink(self, port: int) -> subprocess.Popen[bytes]:
+        """The SuperLink on 127.0.0.1:``port`` (all its APIs), logging to superlink.log."""
+        return self.start(
             [
                 "flower-superlink",
-                "--insecure",
+                *security_flags("superlink", self.certs),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -150,22 +147,104 @@ def local_deployment(nodes: int, home: Path | None = None) -> Iterator[LocalDepl
             ],
             "superlink.log",
         )
+
+    def start_supernode(self, index: int, key: Path | None = None) -> subprocess.Popen[bytes]:
+        """SuperNode ``index`` (``partition-id``), logging to supernode-<index>.log.
+
+        Args:
+            index: the node's partition id; its state lives in ``node-<index>`` under
+                ``state_root`` (or ``home``).
+            key: its authentication private key (secure only); default: ``node-<index>``'s
+                key from ``certs``.
+        """
+        if self.certs is not None and key is None:
+            key = self.certs.node_keys[index]
+        state = (self.state_root or self.home) / f"node-{index}"
+        return self.start(
+            [
+                "flower-supernode",
+                *security_flags("supernode", self.certs, key),
+                "--superlink",
+                self.superlink,
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={index} state-dir='{state}'",
+            ],
+            f"supernode-{index}.log",
+        )
+
+    def log_tail(self, process: subprocess.Popen[bytes], chars: int = 2000) -> str:
+        """The last ``chars`` characters of ``process``'s log."""
+        log = self.logs[self.processes.index(process)]
+        return tail(log.read_text(errors="replace"), chars)
+
+    def flwr(self, *args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``flwr ARGS`` against this deployment's FLWR_HOME (output captured, not checked)."""
+        return subprocess.run(
+            ["flwr", *args],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM every process group started, then SIGKILL what is left after ``grace_s``.
+
+        A group whose first process has already exited is stopped too: a SuperNode that
+        exits at start (an unregistered key) leaves its SuperExec child running a while.
+        """
+        for process in reversed(self.processes):
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in self.processes:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            while group_alive(process.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if group_alive(process.pid):
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def local_deployment(
+    nodes: int, home: Path | None = None, secure: bool = False, state_root: Path | None = None
+) -> Iterator[LocalDeployment]:
+    """A running SuperLink with ``nodes`` SuperNodes; all stopped on exit.
+
+    Args:
+        nodes: how many SuperNodes (partition ids 0 .. nodes-1).
+        home: the deployment's folder (kept); default: a temporary one, removed on exit.
+        secure: TLS (a CA and server certificate for 127.0.0.1 in ``home/certs``) and
+            SuperNode authentication (each node's key registered before it starts);
+            returns once every node is online. Default: plaintext, no authentication,
+            returns once the SuperLink listens.
+        state_root: where the nodes keep their client state; default: ``home``.
+
+    Raises:
+        DeployError: the SuperLink, a registration or (secure) a SuperNode failed to
+            start; the message ends with the log or output tail.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="fedllm-flower-")) if home is None else home
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    certs = make_certs(folder / "certs", nodes, overwrite=True) if secure else None
+    deployment = LocalDeployment(folder, f"127.0.0.1:{port}", certs=certs, state_root=state_root)
+    (folder / "config.toml").write_text(connection_toml(deployment))
+    try:
+        deployment.start_superlink(port)
         wait_for_port(port, deployment, timeout_s=60.0)
+        if certs is not None:
+            deployment.node_ids = [register_node(deployment, pub) for pub in certs.node_public_keys]
         for i in range(nodes):
-            state = folder / f"node-{i}"
-            deployment.start(
-                [
-                    "flower-supernode",
-                    "--insecure",
-                    "--superlink",
-                    deployment.superlink,
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
-                    f"partition-id={i} state-dir='{state}'",
-                ],
-                f"supernode-{i}.log",
-            )
+            deployment.start_supernode(i)
+        if certs is not None:
+            wait_for_nodes(deployment, deployment.node_ids, timeout_s=60.0)
         yield deployment
     finally:
         deployment.stop()
@@ -173,30 +252,209 @@ def local_deployment(nodes: int, home: Path | None = None) -> Iterator[LocalDepl
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def connection_toml(deployment: LocalDeployment) -> str:
+    """FLWR_HOME/config.toml: the default connection ``local`` to the deployment's SuperLink.
+
+    Plaintext (``insecure = true``) without certificates, else trusting the CA
+    (``root-certificates``, which flwr wants as an absolute path).
+    """
+    ca = deployment.certs.ca_cert if deployment.certs is not None else None
+    return connection_to(deployment.superlink, ca)
+
+
+def connection_to(address: str, ca: Path | None) -> str:
+    """The connection ``local`` to the SuperLink at ``address``: TLS checked against
+    ``ca`` (PEM), or plaintext when None."""
+    head = CONNECTION.format(address=address)
+    if ca is None:
+        return head + "insecure = true\n"
+    return head + f"root-certificates = {json.dumps(str(ca.resolve()))}\n"
+
+
+@contextmanager
+def remote_deployment(address: str, root_certificates: str | None) -> Iterator[LocalDeployment]:
+    """A SuperLink running elsewhere (nothing is started or stopped here): a private
+    FLWR_HOME holding the connection to it, removed on exit.
+
+    Raises:
+        DeployError: ``root_certificates`` names no file.
+    """
+    ca = None if root_certificates is None else Path(root_certificates)
+    if ca is not None and not ca.is_file():
+        raise DeployError(
+            f"runtime.root_certificates = {root_certificates!r} is not a file; give the CA "
+            "certificate (PEM) the SuperLink's certificate was signed with (`fedllm certs`)"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="fedllm-flower-"))
+    try:
+        (folder / "config.toml").write_text(connection_to(address, ca))
+        yield LocalDeployment(folder, address)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def security_flags(
+    role: Literal["superlink", "supernode"], certs: CertFiles | None, key: Path | None = None
+) -> list[str]:
+    """The TLS and authentication arguments of ``flower-superlink`` or ``flower-supernode``.
+
+    Without ``certs``: ``--insecure``. With them, the SuperLink serves TLS with the CA's
+    server certificate and admits only registered nodes; a SuperNode checks the SuperLink
+    against the CA and signs its requests with ``key`` (its OpenSSH private key).
+    """
+    if certs is None:
+        return ["--insecure"]
+    if role == "superlink":
+        return [
+            "--ssl-ca-certfile",
+            str(certs.ca_cert),
+            "--ssl-certfile",
+            str(certs.server_cert),
+            "--ssl-keyfile",
+            str(certs.server_key),
+            "--enable-supernode-auth",
+        ]
+    if key is None:
+        raise ValueError("a SuperNode of a secure deployment needs its private key")
+    return ["--root-certificates", str(certs.ca_cert), "--auth-supernode-private-key", str(key)]
+
+
+def register_node(deployment: LocalDeployment, public_key: Path) -> int:
+    """Register a node's public key (OpenSSH) with the SuperLink; returns the node's id.
+
+    Raises:
+        DeployError: ``flwr supernode register`` failed (its output is in the message).
+    """
+    done = deployment.flwr("supernode", "register", str(public_key), "local", "--format", "json")
+    answer = _json_object(done.stdout)
+    if done.returncode != 0 or not answer.get("success") or "node-id" not in answer:
+        raise DeployError(
+            f"registering {public_key} with the SuperLink failed (exit {done.returncode}); "
+            f"flwr said:\n{tail(done.stdout + done.stderr)}"
+        )
+    return int(answer["node-id"])
+
+
+def node_status(deployment: LocalDeployment) -> dict[int, str]:
+    """Every node the SuperLink knows, id -> status (registered, online, offline, ...).
+
+    Raises:
+        DeployError: ``flwr supernode list`` failed (its output is in the message).
+    """
+    done = deployment.flwr("supernode", "list", "local", "--format", "json")
+    answer = _json_object(done.stdout)
+    if done.returncode != 0 or not answer.get("success"):
+        raise DeployError(
+            f"listing the SuperLink's nodes failed (exit {done.returncode}); flwr said:\n"
+            f"{tail(done.stdout + done.stderr)}"
+        )
+    return {int(node["node-id"]): str(node["status"]) for node in answer.get("nodes", [])}
+
+
+def wait_for_nodes(deployment: LocalDeployment, node_ids: list[int], timeout_s: float) -> None:
+    """Return once every node in ``node_ids`` is online (polls about once a second).
+
+    Raises:
+        DeployError: a SuperNode exited (its log tail is in the message), or not every
+            node was online within ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    status: dict[int, str] = {}
+    while time.monotonic() < deadline:
+        for process in deployment.processes[1:]:
+            if process.poll() is not None:
+                raise DeployError(
+                    f"a SuperNode exited at start (exit {process.returncode}); its log ends:"
+                    f"\n{deployment.log_tail(process)}"
+                )
+        status = node_status(deployment)
+        if all(status.get(node) == "online" for node in node_ids):
+            return
+        time.sleep(1.0)
+    raise DeployError(
+        f"not every SuperNode was online within {timeout_s:.0f} s: {status}; the last "
+        f"node's log ends:\n{deployment.log_tail(deployment.processes[-1])}"
+    )
+
+
+def tail(text: str, chars: int = 2000) -> str:
+    """The last ``chars`` characters of a log or of a command's output, colour codes removed."""
+    return ANSI_COLOUR.sub("", text)[-chars:]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The JSON object ``flwr ... --format json`` printed (after any other output); {} if none."""
+    start = text.find("{")
+    try:
+        value = json.loads(text[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def submit(
-    deployment: LocalDeployment, config_path: Path, out: Path, nodes: int, timeout_s: float
+    deployment: LocalDeployment,
+    config: Config,
+    settings: Mapping[str, str | int],
+    timeout_s: float,
 ) -> None:
-    """``flwr run`` the fedllm app on ``deployment`` and wait for its run directory."""
+    """``flwr run`` the fedllm app with ``config`` on ``deployment``; wait for it to end.
+
+    The configuration travels as TOML text in the run config (with ``settings``: the
+    run directory ``out``, ``nodes``, ``resume-rounds``), so every machine runs the same
+    one. On a deployment started here, the run counts as finished once the ServerApp
+    wrote this submission's token in ``out`` (``flwr run`` exits 0 even when it fails).
+
+    Raises:
+        DeployError: ``flwr run`` failed, or wrote no new summary (with the log tail).
+    """
     app = deployment.home / "app"
     app.mkdir(exist_ok=True)
     (app / "pyproject.toml").write_text(APP_PYPROJECT)
-    started = time.time()
-    run_config = f"config='{config_path.resolve()}' out='{out.resolve()}' nodes={nodes}"
+    run_config = deployment.home / "run-config.toml"
+    token = secrets.token_hex(8)
+    everything = {"config": dump_config(config), "token": token, **settings}
+    run_config.write_text(tomli_w.dumps(everything))
     log = deployment.home / "run.log"
     with log.open("wb") as sink:
         done = subprocess.run(
-            ["flwr", "run", str(app), "local", "--stream", "--run-config", run_config],
+            ["flwr", "run", str(app), "local", "--stream", "--run-config", str(run_config)],
             stdout=sink,
             stderr=subprocess.STDOUT,
             env=deployment.env(),
             timeout=timeout_s,
         )
-    summary = out / "summary.json"
-    if done.returncode != 0 or not summary.exists() or summary.stat().st_mtime < started:
-        tail = log.read_text(errors="replace")[-3000:]
+    done_file = Path(str(settings["out"])) / FLOWER_DONE
+    finished = done_file.is_file() and done_file.read_text() == token
+    if done.returncode != 0 or (deployment.processes and not finished):
         raise DeployError(
-            f"the Flower run did not finish (no new {summary}); its log ends:\n{tail}"
+            f"the Flower run did not finish (exit {done.returncode}, the ServerApp did not "
+            f"say it was done in {done_file}); "
+            f"its log ends:\n{tail(log.read_text(errors='replace'), 3000)}"
         )
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies don't, where /proc tells)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def free_port() -> int:
@@ -215,7 +473,7 @@ def wait_for_port(port: int, deployment: LocalDeployment, timeout_s: float) -> N
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if deployment.processes[0].poll() is not None:
-            log = (deployment.home / "superlink.log").read_text(errors="replace")[-2000:]
+            log = deployment.log_tail(deployment.processes[0])
             raise DeployError(f"the SuperLink exited at start; its log ends:\n{log}")
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:

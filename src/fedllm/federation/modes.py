@@ -27,7 +27,7 @@ from fedllm.federation.evaluation import client_evaluator, evaluate_federation
 from fedllm.federation.setup import Workspace
 from fedllm.pipeline import Pipeline, build_pipeline
 from fedllm.pipeline.stage import StageState
-from fedllm.protocol.engine import ClientHandler, ReplyDone, by_phase
+from fedllm.protocol.engine import ClientHandler, ReplyDone, by_phase, transport_times
 from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.protocol.solo import run_solo_round
 from fedllm.runtime.dropout import dropout_plan
@@ -69,6 +69,10 @@ class Mode(Protocol):
 
     def stop_reason(self) -> str | None:
         """Why the run must stop now, or None."""
+        ...
+
+    def transport_times(self) -> dict[str, float]:
+        """Seconds a distributed engine spent per phase since last asked ({} in process)."""
         ...
 
 
@@ -216,6 +220,9 @@ class FederatedMode:
         for cid in self.members.data:  # per-client models held here, one at a time
             yield cid, self.view.of_client(cid, self.state.params)
 
+    def transport_times(self) -> dict[str, float]:
+        return transport_times(self.engine)
+
     def stop_reason(self) -> str | None:
         for plugin in self.plugins:
             reason = plugin.stop_reason()
@@ -290,6 +297,9 @@ class LocalMode:
     def final_states(self) -> Iterator[tuple[str, Params]]:
         for cid in self.clients:  # one client's state in memory at a time
             yield cid, self.state_of(cid)
+
+    def transport_times(self) -> dict[str, float]:
+        return transport_times(self.engine)
 
     def stop_reason(self) -> str | None:
         return None

@@ -22,6 +22,9 @@ from typing import Any
 from fedllm.config import Config, dump_config, load_config
 
 MARKER = ".fedllm-run"
+FLOWER_DONE = ".flower-done"
+"""Written by the Flower ServerApp when it is done: the submission's token."""
+
 RUN_ENTRIES = (
     "config.toml",
     "metrics.jsonl",
@@ -32,6 +35,7 @@ RUN_ENTRIES = (
     "clients",
     "final",
     "report",
+    FLOWER_DONE,
     MARKER,
 )
 """Everything a run writes; --overwrite removes these and nothing else."""

@@ -186,6 +186,7 @@ def _train(
         eval_start = time.perf_counter()
         baseline.eval = mode.evaluate()
         baseline.time_s = {"setup": eval_start - started, "eval": time.perf_counter() - eval_start}
+        baseline.time_s.update(mode.transport_times())
         baseline.peak_rss_mb = peak_rss_mb()
         rundir.append_metrics(baseline.to_json())
 
@@ -211,6 +212,7 @@ def _train(
             _checkpoint(mode, rundir, round_num, config, record)
             record.time_s["checkpoint"] = time.perf_counter() - ckpt_start
         record.time_s["round"] = time.perf_counter() - round_start
+        record.time_s.update(mode.transport_times())
         rundir.append_metrics(record.to_json())
         reporter.round_done(record)
         if stop is not None:

@@ -8,7 +8,7 @@ Nothing above this interface knows which one runs.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from fedllm.message import Message, Reply
 from fedllm.types import ClientId
@@ -33,6 +33,20 @@ class Engine(Protocol):
         time, not one per client.
         """
         ...
+
+
+@runtime_checkable
+class TimedEngine(Protocol):
+    """An engine that measures its transport (a distributed one)."""
+
+    def take_times(self) -> dict[str, float]:
+        """Seconds spent per phase since the last call (``transport/<phase>``), then reset."""
+        ...
+
+
+def transport_times(engine: Engine) -> dict[str, float]:
+    """What ``engine`` measured since it was last asked; {} for an engine that doesn't."""
+    return engine.take_times() if isinstance(engine, TimedEngine) else {}
 
 
 def by_phase(handlers: Mapping[str, ClientHandler]) -> ClientHandler:

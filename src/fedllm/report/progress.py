@@ -161,8 +161,9 @@ def run_title(name: str, about: dict[str, Any], sep: str = " · ") -> str:
 
 
 def _seconds(times: dict[str, float]) -> float:
-    """A round's wall time: its ``round`` total, or the sum of phases (round 0)."""
-    return times.get("round", sum(times.values()))
+    """A round's wall time: its ``round`` total, or the sum of phases (round 0); keys
+    with a ``/`` (``transport/train``) are parts of those phases, not added again."""
+    return times.get("round", sum(v for k, v in times.items() if "/" not in k))
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

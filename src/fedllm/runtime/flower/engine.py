@@ -7,6 +7,7 @@ with an error, or not within the timeout, is :class:`~fedllm.message.Dropped`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 
 from flwr.app import Message as FlowerMessage
@@ -38,6 +39,13 @@ class FlowerEngine:
         self.grid = grid
         self.nodes = dict(nodes)
         self.timeout_s = timeout_s
+        self._times: dict[str, float] = {}
+
+    def take_times(self) -> dict[str, float]:
+        """Wall seconds per phase from sending its messages to the last reply (Flower's
+        transport, the nodes' work and their process start-up), since the last call."""
+        times, self._times = self._times, {}
+        return times
 
     def exchange(
         self, phase: str, messages: Mapping[ClientId, Message]
@@ -58,10 +66,13 @@ class FlowerEngine:
         }
         by_node = {node: client for client, node in self.nodes.items()}
         replies: dict[ClientId, Reply] = {}
+        start = time.perf_counter()
         for reply in self.grid.send_and_receive(list(sent.values()), timeout=self.timeout_s):
             client = by_node.get(reply.metadata.src_node_id)
             if client is not None and client in sent:
                 replies[client] = _decode_reply(reply)
+        key = f"transport/{phase}"
+        self._times[key] = self._times.get(key, 0.0) + time.perf_counter() - start
         for client in sent:
             yield client, replies.get(client, Dropped("no reply from its node in time"))
 

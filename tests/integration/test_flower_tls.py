@@ -1,0 +1,117 @@
+"""A TLS, node-authenticated loopback deployment: TLS only, registered nodes only.
+
+The SuperLink answers HTTPS checked against the deployment's own CA and nothing in
+plaintext; a SuperNode whose key was never registered is refused and exits while the
+registered one stays online; every process is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+from pathlib import Path
+
+import pytest
+
+from fedllm.deploy.certs import make_certs
+from fedllm.deploy.local import (
+    DeployError,
+    LocalDeployment,
+    connection_toml,
+    local_deployment,
+    node_status,
+    register_node,
+    security_flags,
+    wait_for_nodes,
+)
+from tests.support.processes import process_groups_alive
+
+FLOWER_AUTH_FAILED = 305  # flower-supernode's log: "Failed to initialize the connection"
+
+
+def _https_status(port: int, context: ssl.SSLContext) -> int:
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def _plaintext_status(port: int) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_secure_deployment_speaks_tls_only_and_admits_only_registered_nodes(
+    tmp_path: Path,
+) -> None:
+    with local_deployment(1, home=tmp_path / "home", secure=True) as deployment:
+        groups = set(deployment.pids)
+        assert deployment.certs is not None and len(deployment.node_ids) == 1
+        port = int(deployment.superlink.rsplit(":", 1)[1])
+
+        trusted = ssl.create_default_context(cafile=deployment.certs.ca_cert)
+        assert 200 <= _https_status(port, trusted) < 500  # an HTTP answer, over TLS
+        with pytest.raises(ssl.SSLCertVerificationError):  # the system CAs don't vouch for it
+            _https_status(port, ssl.create_default_context())
+        with pytest.raises((http.client.HTTPException, ConnectionResetError)):
+            _plaintext_status(port)  # the TLS server hangs up on plaintext HTTP
+
+        registered = deployment.node_ids[0]
+        assert node_status(deployment) == {registered: "online"}
+
+        intruder_keys = make_certs(tmp_path / "intruder", nodes=1)  # never registered
+        intruder = deployment.start_supernode(1, key=intruder_keys.node_keys[0])
+        groups.add(intruder.pid)
+        assert intruder.wait(timeout=60) != 0
+        assert f"Exit Code: {FLOWER_AUTH_FAILED}" in deployment.log_tail(intruder)
+        assert "Failed to activate SuperNode" in deployment.log_tail(intruder)
+        refusals = [
+            line
+            for line in (deployment.home / "superlink.log").read_text().splitlines()
+            if "activate-node" in line and "No SuperNode found with the given public key" in line
+        ]
+        assert len(refusals) == 1
+        assert node_status(deployment) == {registered: "online"}
+        with pytest.raises(DeployError, match=r"(?s)SuperNode exited.*Failed to activate"):
+            wait_for_nodes(deployment, deployment.node_ids, timeout_s=10)
+        not_a_key = tmp_path / "not-a-key.pub"
+        not_a_key.write_text("ssh-rsa AAAA nonsense\n")
+        with pytest.raises(DeployError, match=r"(?s)registering .*not-a-key\.pub.*flwr said"):
+            register_node(deployment, not_a_key)
+    assert process_groups_alive(groups) == []
+
+
+def test_insecure_and_secure_flags_and_connections(tmp_path: Path) -> None:
+    plain = LocalDeployment(tmp_path, "127.0.0.1:9999")
+    assert security_flags("superlink", None) == ["--insecure"]
+    assert security_flags("supernode", None) == ["--insecure"]
+    assert connection_toml(plain).endswith('address = "127.0.0.1:9999"\ninsecure = true\n')
+
+    certs = make_certs(tmp_path / "certs", nodes=1)
+    secure = LocalDeployment(tmp_path, "127.0.0.1:9999", certs=certs)
+    link = security_flags("superlink", certs)
+    assert "--insecure" not in link and "--enable-supernode-auth" in link
+    for flag, path in [
+        ("--ssl-ca-certfile", certs.ca_cert),
+        ("--ssl-certfile", certs.server_cert),
+        ("--ssl-keyfile", certs.server_key),
+    ]:
+        assert link[link.index(flag) + 1] == str(path)
+    node = security_flags("supernode", certs, certs.node_keys[0])
+    assert node == [
+        "--root-certificates",
+        str(certs.ca_cert),
+        "--auth-supernode-private-key",
+        str(certs.node_keys[0]),
+    ]
+    with pytest.raises(ValueError, match="private key"):
+        security_flags("supernode", certs)
+    text = connection_toml(secure)
+    assert "insecure =" not in text
+    assert f'root-certificates = "{certs.ca_cert.resolve()}"' in text

@@ -1,0 +1,84 @@
+"""The node worker's socket protocol: framed requests answered one at a time, errors as
+text, an idle worker exits and removes its socket, a start that fails says why."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedllm.deploy import worker
+from fedllm.deploy.worker import WorkerError, WorkerSpec, ask, serve
+from fedllm.message import Message
+
+
+def start_serving(path: Path, answer: worker.Answer, idle_s: float = 30.0) -> threading.Thread:
+    thread = threading.Thread(target=serve, args=(path, answer, worker.os.getpid(), idle_s))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return thread
+
+
+def spec_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerSpec:
+    spec = WorkerSpec("seed = 1\n", {"state-dir": str(tmp_path / "state")})
+    monkeypatch.setattr(worker.tempfile, "gettempdir", lambda: str(tmp_path))
+    return spec
+
+
+def test_requests_are_answered_in_order_and_tensors_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = spec_at(tmp_path, monkeypatch)
+    seen: list[str] = []
+
+    def answer(phase: str, message: Message) -> Message:
+        seen.append(phase)
+        return Message(arrays={"x": message.arrays["x"] * 2}, metrics={"n": float(len(seen))})
+
+    thread = start_serving(spec.socket_path, answer, idle_s=1.0)
+    big = torch.arange(3_000_000, dtype=torch.float32)  # 12 MB: many socket reads
+    for i, phase in enumerate(("train", "evaluate", "train"), start=1):
+        reply = ask(spec, phase, Message(arrays={"x": big}))
+        assert torch.equal(reply.arrays["x"], big * 2) and reply.metrics == {"n": float(i)}
+    assert seen == ["train", "evaluate", "train"]
+    thread.join(timeout=10)  # idle for 1 s: it exits and removes its socket
+    assert not thread.is_alive() and not spec.socket_path.exists()
+
+
+def test_a_failing_client_side_comes_back_as_an_error_with_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = spec_at(tmp_path, monkeypatch)
+
+    def answer(phase: str, message: Message) -> Message:
+        raise ValueError("no such client here")
+
+    thread = start_serving(spec.socket_path, answer, idle_s=1.0)
+    with pytest.raises(WorkerError, match="ValueError: no such client here"):
+        ask(spec, "train", Message())
+    # the worker survives a failed request and answers the next
+    with pytest.raises(WorkerError, match="no such client here"):
+        ask(spec, "evaluate", Message())
+    thread.join(timeout=10)
+
+
+def test_a_worker_that_cannot_start_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = spec_at(tmp_path, monkeypatch)  # "seed = 1" names no node data: the worker exits
+    with pytest.raises(WorkerError, match="(?s)exited at start.*names no data"):
+        ask(spec, "identify", Message())
+    assert (tmp_path / "state" / f"worker-{spec.key}.log").exists()
+
+
+def test_the_same_run_and_node_share_a_worker_and_others_do_not() -> None:
+    a = WorkerSpec("seed = 1\n", {"partition-id": "0"})
+    assert a.key == WorkerSpec("seed = 1\n", {"partition-id": "0"}).key
+    assert a.key != WorkerSpec("seed = 2\n", {"partition-id": "0"}).key
+    assert a.key != WorkerSpec("seed = 1\n", {"partition-id": "1"}).key
+    assert len(str(a.socket_path)) < 100
