@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from fedllm.config import ConfigError, dump_config
-from fedllm.deploy.apps import built_node, node_client
+from fedllm.deploy.apps import built_node
+from fedllm.deploy.link import NodeConfigError
+from fedllm.deploy.node_app import node_spec
 from fedllm.federation.modes import FederatedMode, build_mode
 from fedllm.federation.runner import run
 from fedllm.federation.setup import Workspace, prepare
@@ -164,13 +166,13 @@ def test_nodes_with_their_own_files_train_and_are_scored_where_the_files_are(
 
 def test_a_node_without_data_or_with_a_bad_name_is_refused(tmp_path: Path) -> None:
     text = dump_config(tiny_config())
-    with pytest.raises(ConfigError, match="give data=PATH"):
-        node_client({}, {"config": text})  # refused before any worker starts
+    with pytest.raises(NodeConfigError, match="give data=PATH"):
+        node_spec({}, {"config": text})  # refused before any worker starts
     data = tmp_path / "x.jsonl"
     write_chats(data, "x", 4)
-    with pytest.raises(ConfigError, match="client = '../up'"):
-        node_client({"data": str(data), "client": "../up"}, {"config": text})
+    with pytest.raises(NodeConfigError, match="client = '../up'"):
+        node_spec({"data": str(data), "client": "../up"}, {"config": text})
     with pytest.raises(ConfigError, match="not TOML"):
-        node_client({"partition-id": 0}, {"config": "seed = ="})
+        built_node("seed = =", {"partition-id": "0"})
     with pytest.raises(ConfigError, match="partition-id 0 to 3"):
         built_node(text, {"partition-id": "9"})

@@ -11,6 +11,7 @@ from flwr.common import serde
 from hypothesis import given, settings
 
 from fedllm.message import Message
+from fedllm.runtime.flower import chunks as chunks_module
 from fedllm.runtime.flower import records
 from fedllm.runtime.flower.records import from_records, payload_size, to_records
 from fedllm.wire import WireError, encode_message
@@ -32,7 +33,7 @@ def test_any_message_survives_flowers_encoding_bit_for_bit(message: Message) -> 
 
 
 def test_a_large_state_travels_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(records, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(chunks_module, "CHUNK_BYTES", 1 << 20)
     big = Message({"w": torch.randn(3_000_000), "b": torch.randn(7).bfloat16()}, {"round": 2})
     content = to_records(big, "train")
     chunks = content.array_records[records.PAYLOAD]

@@ -1,8 +1,12 @@
 """The node worker's socket protocol: framed requests answered one at a time, errors as
-text, an idle worker exits and removes its socket, a start that fails says why."""
+text, an idle worker exits and removes its socket, a start that fails says why; the
+ClientApp that forwards to it imports no torch."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,13 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedllm.deploy import worker
-from fedllm.deploy.worker import WorkerError, WorkerSpec, ask, serve
+from fedllm.client.evaluate import EVALUATE
+from fedllm.client.side import TRAIN
+from fedllm.deploy import link
+from fedllm.deploy.link import IDENTIFY, PHASES, WorkerError, WorkerSpec, ask, identify
+from fedllm.deploy.worker import Answer, node_answer, serve
 from fedllm.message import Message
+from fedllm.wire import decode_message, encode_message
 
 
-def start_serving(path: Path, answer: worker.Answer, idle_s: float = 30.0) -> threading.Thread:
-    thread = threading.Thread(target=serve, args=(path, answer, worker.os.getpid(), idle_s))
+def start_serving(path: Path, answer: Answer, idle_s: float = 30.0) -> threading.Thread:
+    thread = threading.Thread(target=serve, args=(path, answer, os.getpid(), idle_s))
     thread.start()
     deadline = time.monotonic() + 10
     while not path.exists() and time.monotonic() < deadline:
@@ -26,7 +34,7 @@ def start_serving(path: Path, answer: worker.Answer, idle_s: float = 30.0) -> th
 
 def spec_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerSpec:
     spec = WorkerSpec("seed = 1\n", {"state-dir": str(tmp_path / "state")})
-    monkeypatch.setattr(worker.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(link.tempfile, "gettempdir", lambda: str(tmp_path))
     return spec
 
 
@@ -36,16 +44,18 @@ def test_requests_are_answered_in_order_and_tensors_round_trip(
     spec = spec_at(tmp_path, monkeypatch)
     seen: list[str] = []
 
-    def answer(phase: str, message: Message) -> Message:
+    def handler(client: str, phase: str, message: Message) -> Message:
         seen.append(phase)
         return Message(arrays={"x": message.arrays["x"] * 2}, metrics={"n": float(len(seen))})
 
-    thread = start_serving(spec.socket_path, answer, idle_s=1.0)
+    thread = start_serving(spec.socket_path, node_answer("org-a", 17, handler), idle_s=1.0)
+    assert identify(spec) == ("org-a", 17)
     big = torch.arange(3_000_000, dtype=torch.float32)  # 12 MB: many socket reads
-    for i, phase in enumerate(("train", "evaluate", "train"), start=1):
-        reply = ask(spec, phase, Message(arrays={"x": big}))
+    for i, phase in enumerate((TRAIN, EVALUATE, TRAIN), start=1):
+        reply = decode_message(ask(spec, phase, encode_message(Message(arrays={"x": big}))))
         assert torch.equal(reply.arrays["x"], big * 2) and reply.metrics == {"n": float(i)}
-    assert seen == ["train", "evaluate", "train"]
+    assert seen == [TRAIN, EVALUATE, TRAIN]
+    assert oct(spec.socket_path.stat().st_mode & 0o777) == oct(0o600)
     thread.join(timeout=10)  # idle for 1 s: it exits and removes its socket
     assert not thread.is_alive() and not spec.socket_path.exists()
 
@@ -55,15 +65,15 @@ def test_a_failing_client_side_comes_back_as_an_error_with_its_traceback(
 ) -> None:
     spec = spec_at(tmp_path, monkeypatch)
 
-    def answer(phase: str, message: Message) -> Message:
+    def answer(phase: str, payload: bytes) -> bytes:
         raise ValueError("no such client here")
 
     thread = start_serving(spec.socket_path, answer, idle_s=1.0)
     with pytest.raises(WorkerError, match="ValueError: no such client here"):
-        ask(spec, "train", Message())
+        ask(spec, TRAIN, b"")
     # the worker survives a failed request and answers the next
     with pytest.raises(WorkerError, match="no such client here"):
-        ask(spec, "evaluate", Message())
+        ask(spec, EVALUATE, b"")
     thread.join(timeout=10)
 
 
@@ -72,7 +82,7 @@ def test_a_worker_that_cannot_start_says_why(
 ) -> None:
     spec = spec_at(tmp_path, monkeypatch)  # "seed = 1" names no node data: the worker exits
     with pytest.raises(WorkerError, match="(?s)exited at start.*names no data"):
-        ask(spec, "identify", Message())
+        identify(spec)
     assert (tmp_path / "state" / f"worker-{spec.key}.log").exists()
 
 
@@ -82,3 +92,10 @@ def test_the_same_run_and_node_share_a_worker_and_others_do_not() -> None:
     assert a.key != WorkerSpec("seed = 2\n", {"partition-id": "0"}).key
     assert a.key != WorkerSpec("seed = 1\n", {"partition-id": "1"}).key
     assert len(str(a.socket_path)) < 100
+    assert PHASES == (IDENTIFY, TRAIN, EVALUATE)  # the link names them without importing
+
+
+def test_the_forwarding_client_app_imports_no_torch() -> None:
+    probe = "import sys, fedllm.deploy.node_app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr

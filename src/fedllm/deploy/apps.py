@@ -1,8 +1,9 @@
 """The Flower components of a fedllm deployment (``[tool.flwr.app.components]``).
 
 ``server_app`` runs the configuration's federation over the SuperLink's grid and
-writes the usual run directory; ``client_app`` builds the node's client side from
-the same configuration and answers for one client. The run config carries the
+writes the usual run directory; the ClientApp (:mod:`fedllm.deploy.node_app`) hands
+each message to the node's worker, which builds the node's client side from the same
+configuration once (:func:`built_node`) and answers for one client. The run config carries the
 fedllm configuration itself (``config``, its TOML text: the same on every machine),
 the run directory on the server's machine (``out``), how many nodes to wait for
 (``nodes``) and, to continue a run, its new total of rounds (``resume-rounds``).
@@ -16,7 +17,6 @@ id and training-set size, never its path or text: evaluation is federated too.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -28,17 +28,15 @@ from fedllm.config import Config, ConfigError, parse_config
 from fedllm.data import FederatedData, build_federated_data
 from fedllm.data.build import build_own_client
 from fedllm.data.public import build_public_data
-from fedllm.deploy.worker import IDENTIFY, WorkerSpec, ask
+from fedllm.deploy.link import check_node_config
 from fedllm.federation.modes import node_client_side
 from fedllm.federation.rundir import FLOWER_DONE
 from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
-from fedllm.message import Message
 from fedllm.protocol.engine import ClientHandler
 from fedllm.runtime.flower.apps import (
     Grid,
     Settings,
-    make_client_app,
     make_server_app,
     node_clients,
 )
@@ -46,8 +44,6 @@ from fedllm.runtime.flower.engine import flower_engines
 from fedllm.types import ClientId
 
 NODE_WAIT_S = 120.0
-CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-"""A client name a node may give (it names files in the node's state folder)."""
 
 
 def serve(grid: Grid, run_config: Settings) -> None:
@@ -106,32 +102,12 @@ def pick_client(clients: Iterable[ClientId], partition: int) -> ClientId:
     return ids[partition]
 
 
-def check_node_config(node_config: Settings) -> None:
-    """Refuse a node config that names no data, or a bad client name (before any work).
-
-    Raises:
-        ConfigError: naming the problem and what would be valid.
-    """
-    if "data" not in node_config and "partition-id" not in node_config:
-        raise ConfigError(
-            "the node config names no data: give data=PATH (the node's own .jsonl/.txt "
-            "file) or partition-id=N (a partition of the configuration's corpus)"
-        )
-    if "data" in node_config:
-        client = str(node_config.get("client", Path(str(node_config["data"])).stem))
-        if not CLIENT_NAME.fullmatch(client):
-            raise ConfigError(
-                f"node client = {client!r}: a client name is 1-64 letters, digits, '.', "
-                "'_' or '-', starting with a letter or digit"
-            )
-
-
 def node_data(config: Config, tokenizer: Any, node_config: Settings) -> FederatedData:
     """The data this node holds: its own file (``data``), or one partition of the
     configuration's corpus (``partition-id``) with the corpus's test split.
 
     Raises:
-        ConfigError: neither is given, or a bad ``client`` name.
+        NodeConfigError: neither is given, or a bad ``client`` name.
         DataError: the node's file is unusable.
     """
     check_node_config(node_config)
@@ -168,32 +144,4 @@ def _built(
     return client, len(held.train), node_client_side(ws, state_dir)
 
 
-def node_spec(node_config: Settings, run_config: Settings) -> WorkerSpec:
-    """The worker that answers for this node in this run."""
-    node = {str(k): str(v) for k, v in node_config.items()}
-    return WorkerSpec(str(run_config.get("config", "")), node)
-
-
-def node_client(node_config: Settings, run_config: Settings) -> tuple[ClientId, int]:
-    """The node's client id and training examples, as its worker (started now, so the
-    model loads while the other nodes answer) says."""
-    run_config_config(run_config)  # bad input fails here, not in the worker
-    check_node_config(node_config)
-    answer = ask(node_spec(node_config, run_config), IDENTIFY, Message())
-    return str(answer.config["client"]), int(str(answer.config["train"]))
-
-
-def node_handler(node_config: Settings, run_config: Settings) -> tuple[ClientId, ClientHandler]:
-    """The node's client id and a client side that hands each message to the node's
-    worker (the model stays loaded there across Flower's per-message processes)."""
-    spec = node_spec(node_config, run_config)
-    client, _ = node_client(node_config, run_config)
-
-    def forward(_client: ClientId, phase: str, message: Message) -> Message:
-        return ask(spec, phase, message)
-
-    return client, forward
-
-
 server_app = make_server_app(serve)
-client_app = make_client_app(node_client, node_handler)

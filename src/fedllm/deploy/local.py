@@ -56,7 +56,7 @@ publisher = "fedllm"
 
 [tool.flwr.app.components]
 serverapp = "fedllm.deploy.apps:server_app"
-clientapp = "fedllm.deploy.apps:client_app"
+clientapp = "fedllm.deploy.node_app:client_app"
 
 [tool.flwr.app.config]
 config = ""

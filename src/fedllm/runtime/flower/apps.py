@@ -1,50 +1,25 @@
-"""Flower apps around fedllm: a ServerApp that drives a run, a ClientApp per node.
+"""The ServerApp around fedllm, and how it learns who the nodes are.
 
-What runs inside them is handed in from above (:mod:`fedllm.deploy.apps`), so this
+What runs inside is handed in from above (:mod:`fedllm.deploy.apps`), so this
 package stays below the run loop: ``serve(grid, run_config)`` runs the federation
-over the grid; ``node_handler(node_config, run_config)`` gives the node's client id
-and the handler answering its messages.
+over the grid. The nodes' ClientApp is :mod:`~fedllm.runtime.flower.light`'s.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
-from flwr.app import ConfigRecord, Context, MessageType, RecordDict
-from flwr.app import Message as FlowerMessage
-from flwr.clientapp import ClientApp
+from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedllm.protocol.engine import ClientHandler
-from fedllm.runtime.flower.engine import client_app_handler
+from fedllm.runtime.flower.chunks import IDENTITY
+from fedllm.runtime.flower.light import Settings
 from fedllm.types import ClientId
 
-__all__ = [
-    "IDENTITY",
-    "Grid",
-    "NodeClient",
-    "NodeHandler",
-    "Serve",
-    "Settings",
-    "make_client_app",
-    "make_server_app",
-    "node_clients",
-]
-
-Settings = Mapping[str, bool | float | int | str]
-"""A Flower run or node config."""
+__all__ = ["IDENTITY", "Grid", "Serve", "Settings", "make_server_app", "node_clients"]
 
 Serve = Callable[[Grid, Settings], None]
-NodeClient = Callable[[Settings, Settings], tuple[ClientId, int]]
-"""``(node config, run config) -> (the node's client id, its training examples)``
-(cheap: no model)."""
-NodeHandler = Callable[[Settings, Settings], tuple[ClientId, ClientHandler]]
-"""``(node config, run config) -> (client id, its client side)``."""
-
-IDENTITY = "fedllm.identity"
-"""Config record of a node's answer to the server's query: its client id (``client``)
-and training-set size (``train``, the sampling and weighting size)."""
 
 
 def make_server_app(serve: Serve) -> ServerApp:
@@ -55,29 +30,6 @@ def make_server_app(serve: Serve) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         serve(grid, context.run_config)
 
-    return app
-
-
-def make_client_app(node_client: NodeClient, node_handler: NodeHandler) -> ClientApp:
-    """A ClientApp: ``query`` answers the node's client id, ``train`` a fedllm message.
-
-    Flower starts a process per message, so the handler is built for each one;
-    ``query`` only names the client and loads no model.
-    """
-    app = ClientApp()
-
-    @app.query()
-    def identify(message: FlowerMessage, context: Context) -> FlowerMessage:
-        client, train = node_client(context.node_config, context.run_config)
-        content = RecordDict({IDENTITY: ConfigRecord({"client": client, "train": train})})
-        return FlowerMessage(content, reply_to=message)
-
-    def answer(message: FlowerMessage, context: Context) -> FlowerMessage:
-        client, handler = node_handler(context.node_config, context.run_config)
-        return client_app_handler(handler, client)(message)
-
-    app.train()(answer)
-    app.evaluate()(answer)
     return app
 
 
