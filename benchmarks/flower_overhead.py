@@ -79,7 +79,9 @@ def main(grid: Grid, context: Context) -> None:
             size = int(cfg["payload"])
             sent = [grid.create_message(payload(size), MessageType.TRAIN, n, phase) for n in nodes]
             replies = list(grid.send_and_receive(sent))
-            assert len(replies) == len(nodes) and not any(m.has_error() for m in replies)
+            errors = [m.error.reason for m in replies if m.has_error()]
+            if errors or len(replies) != len(nodes):
+                raise RuntimeError(f"{len(replies)} of {len(nodes)} replies; errors: {errors}")
         rounds.append(time.perf_counter() - start)
     Path(str(cfg["out"])).write_text(json.dumps({"round_s": rounds}))
 
@@ -91,11 +93,13 @@ def train(message: Message, context: Context) -> Message:
 '''
 
 NOOP_PYPROJECT = APP_PYPROJECT.replace("fedllm.deploy.apps:server_app", "noop_app:server_app")
-NOOP_PYPROJECT = NOOP_PYPROJECT.replace("fedllm.deploy.apps:client_app", "noop_app:client_app")
+NOOP_PYPROJECT = NOOP_PYPROJECT.replace("fedllm.deploy.node_app:client_app", "noop_app:client_app")
 NOOP_PYPROJECT = NOOP_PYPROJECT.replace('name = "fedllmapp"', 'name = "noopapp"')
 NOOP_PYPROJECT = NOOP_PYPROJECT.replace(
     'nodes = 1\ntoken = ""\nresume-rounds = 0\n', "nodes = 1\nrounds = 1\npayload = 1\n"
 )
+
+assert "fedllm.deploy" not in NOOP_PYPROJECT, "the no-op app must not run fedllm's components"
 
 
 def noop_rounds(
@@ -109,14 +113,20 @@ def noop_rounds(
     settings = {"out": str(out), "nodes": nodes, "rounds": rounds, "payload": payload}
     run_config = deployment.home / "noop-config.toml"
     run_config.write_text(tomli_w.dumps(settings))
-    subprocess.run(
-        ["flwr", "run", str(app), "local", "--stream", "--run-config", str(run_config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        env=deployment.env(),
-        timeout=1800,
-        check=True,
-    )
+    log = deployment.home / "noop.log"
+    with log.open("wb") as sink:
+        subprocess.run(
+            ["flwr", "run", str(app), "local", "--stream", "--run-config", str(run_config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=deployment.env(),
+            timeout=1800,
+            check=True,
+        )
+    if not out.exists():
+        raise RuntimeError(
+            f"the no-op app wrote no result; its log ends:\n{log.read_text()[-3000:]}"
+        )
     times: list[float] = json.loads(out.read_text())["round_s"]
     return times
 
