@@ -18,13 +18,14 @@ from fedllm.client.evaluate import EVALUATE
 from fedllm.client.side import TRAIN
 from fedllm.deploy import link
 from fedllm.deploy.link import IDENTIFY, PHASES, WorkerError, WorkerSpec, ask, identify
-from fedllm.deploy.worker import Answer, node_answer, serve
+from fedllm.deploy.worker import Answer, listen, node_answer, serve
 from fedllm.message import Message
 from fedllm.wire import decode_message, encode_message
 
 
 def start_serving(path: Path, answer: Answer, idle_s: float = 30.0) -> threading.Thread:
-    thread = threading.Thread(target=serve, args=(path, answer, os.getpid(), idle_s))
+    server = listen(path)
+    thread = threading.Thread(target=serve, args=(server, path, answer, os.getpid(), idle_s))
     thread.start()
     deadline = time.monotonic() + 10
     while not path.exists() and time.monotonic() < deadline:
@@ -81,7 +82,7 @@ def test_a_worker_that_cannot_start_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = spec_at(tmp_path, monkeypatch)  # "seed = 1" names no node data: the worker exits
-    with pytest.raises(WorkerError, match="(?s)exited at start.*names no data"):
+    with pytest.raises(WorkerError, match="(?s)worker (exited at start|stopped before answering).*names no data"):
         identify(spec)
     assert (tmp_path / "state" / f"worker-{spec.key}.log").exists()
 

@@ -44,6 +44,10 @@ from fedllm.runtime.flower.engine import flower_engines
 from fedllm.types import ClientId
 
 NODE_WAIT_S = 120.0
+"""How long the ServerApp waits for the nodes to connect (seconds)."""
+NODE_ANSWER_S = 1800.0
+"""How long it then waits for them to say who they are: each builds its client side
+(the base model loads) before it answers (seconds)."""
 
 
 def serve(grid: Grid, run_config: Settings) -> None:
@@ -52,7 +56,7 @@ def serve(grid: Grid, run_config: Settings) -> None:
     The clients are the nodes that answer, with the training-set sizes they announce.
     """
     config = run_config_config(run_config)
-    found = node_clients(grid, int(run_config["nodes"]), NODE_WAIT_S)
+    found = node_clients(grid, int(run_config["nodes"]), NODE_WAIT_S, NODE_ANSWER_S)
     nodes = {client: node for client, (node, _size) in found.items()}
     remote = {client: size for client, (_node, size) in sorted(found.items())}
     out = Path(str(run_config["out"]))

@@ -104,6 +104,11 @@ class WorkerSpec:
         return Path(tempfile.gettempdir()) / f"fedllm-worker-{self.key}.sock"
 
     @property
+    def log_path(self) -> Path:
+        """The worker's output, in the node's state folder."""
+        return self.state_dir / f"worker-{self.key}.log"
+
+    @property
     def state_dir(self) -> Path:
         return Path(self.node.get("state-dir", "fedllm-node-state"))
 
@@ -141,9 +146,15 @@ def ask(spec: WorkerSpec, phase: str, payload: bytes) -> bytes:
     Raises:
         WorkerError: the worker could not start, or its client side failed.
     """
-    with _connected(spec) as sock:
-        send(sock, PHASES.index(phase), payload)
-        kind, reply = receive(sock)
+    try:
+        with _connected(spec) as sock:
+            send(sock, PHASES.index(phase), payload)
+            kind, reply = receive(sock)
+    except (ConnectionError, BrokenPipeError) as err:  # it died building or answering
+        raise WorkerError(
+            f"the node's fedllm worker stopped before answering ({err}); its log ends:\n"
+            f"{_log_tail(spec)}"
+        ) from None
     if kind != OK:
         raise WorkerError(f"the node's fedllm worker failed: {reply.decode(errors='replace')}")
     return reply
@@ -176,10 +187,15 @@ def _connect(path: Path) -> socket.socket | None:
     return sock
 
 
+def _log_tail(spec: WorkerSpec, chars: int = 3000) -> str:
+    path = spec.log_path
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
 def _start(spec: WorkerSpec) -> socket.socket:
     """Start the worker (one at a time per node: a lock in its state folder) and connect."""
     spec.state_dir.mkdir(parents=True, exist_ok=True)
-    log = spec.state_dir / f"worker-{spec.key}.log"
+    log = spec.log_path
     with (spec.state_dir / "worker.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sock = _connect(spec.socket_path)  # another ClientApp may have started it
@@ -200,9 +216,8 @@ def _start(spec: WorkerSpec) -> socket.socket:
             if sock is not None:
                 return sock
             if process.poll() is not None:
-                tail = log.read_text(errors="replace")[-3000:]
                 raise WorkerError(
-                    f"the node's fedllm worker exited at start; its log ends:\n{tail}"
+                    f"the node's fedllm worker exited at start; its log ends:\n{_log_tail(spec)}"
                 )
             time.sleep(0.2)
         process.kill()

@@ -39,13 +39,26 @@ Answer = Callable[[str, bytes], bytes]
 """``(phase, request bytes) -> reply bytes``."""
 
 
-def serve(path: Path, answer: Answer, parent: int, idle_s: float = IDLE_S) -> None:
-    """Answer framed requests on ``path`` one at a time until idle or ``parent`` is gone."""
+def listen(path: Path) -> socket.socket:
+    """A Unix socket listening on ``path`` (mode 0600: only this user's ClientApps).
+
+    A worker listens before it builds the client side: a ClientApp's connection then
+    waits in the backlog for the first answer instead of taking "not listening" for a
+    worker that failed to start.
+    """
     path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
-    path.chmod(0o600)  # only this user's ClientApps may talk to it
+    path.chmod(0o600)
     server.listen(8)
+    return server
+
+
+def serve(
+    server: socket.socket, path: Path, answer: Answer, parent: int, idle_s: float = IDLE_S
+) -> None:
+    """Answer framed requests on ``server`` (listening on ``path``) one at a time until
+    idle for ``idle_s`` seconds or ``parent`` is gone; then remove ``path``."""
     server.settimeout(1.0)
     last = time.monotonic()
     try:
@@ -101,8 +114,14 @@ def main(argv: list[str]) -> int:
 
     raw = json.loads(Path(argv[0]).read_text())
     spec = WorkerSpec(raw["config"], raw["node"])
-    client, train, handler = built_node(spec.config, spec.node)
-    serve(spec.socket_path, node_answer(client, train, handler), int(argv[1]))
+    server = listen(spec.socket_path)
+    try:
+        client, train, handler = built_node(spec.config, spec.node)
+    except BaseException:
+        server.close()
+        spec.socket_path.unlink(missing_ok=True)
+        raise
+    serve(server, spec.socket_path, node_answer(client, train, handler), int(argv[1]))
     return 0
 
 

@@ -33,12 +33,19 @@ def make_server_app(serve: Serve) -> ServerApp:
     return app
 
 
-def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, tuple[int, int]]:
+def node_clients(
+    grid: Grid, expected: int, timeout_s: float, answer_s: float | None = None
+) -> dict[ClientId, tuple[int, int]]:
     """Wait for ``expected`` nodes and ask each who it is: client id -> (node id,
     training examples).
 
+    Args:
+        timeout_s: how long the nodes may take to connect (seconds).
+        answer_s: how long they may then take to answer (a node builds its client
+            side to answer: the model loads); default: what is left of ``timeout_s``.
+
     Raises:
-        TimeoutError: fewer nodes connected, or answered, within ``timeout_s``.
+        TimeoutError: fewer nodes connected, or answered, in time.
         ValueError: two nodes answer for the same client.
     """
     deadline = time.monotonic() + timeout_s
@@ -50,7 +57,8 @@ def node_clients(grid: Grid, expected: int, timeout_s: float) -> dict[ClientId, 
         raise TimeoutError(f"{len(nodes)} of {expected} nodes connected in {timeout_s:.0f} s")
     asks = [grid.create_message(RecordDict(), MessageType.QUERY, n, "identify") for n in nodes]
     found: dict[ClientId, tuple[int, int]] = {}
-    for reply in grid.send_and_receive(asks, timeout=max(deadline - time.monotonic(), 1.0)):
+    wait = answer_s if answer_s is not None else max(deadline - time.monotonic(), 1.0)
+    for reply in grid.send_and_receive(asks, timeout=wait):
         if reply.has_error():
             continue
         identity = reply.content.config_records[IDENTITY]
