@@ -49,7 +49,7 @@ def test_requests_are_answered_in_order_and_tensors_round_trip(
         seen.append(phase)
         return Message(arrays={"x": message.arrays["x"] * 2}, metrics={"n": float(len(seen))})
 
-    thread = start_serving(spec.socket_path, node_answer("org-a", 17, handler), idle_s=1.0)
+    thread = start_serving(spec.socket_path, node_answer("org-a", 17, handler), idle_s=5.0)
     assert identify(spec) == ("org-a", 17)
     big = torch.arange(3_000_000, dtype=torch.float32)  # 12 MB: many socket reads
     for i, phase in enumerate((TRAIN, EVALUATE, TRAIN), start=1):
@@ -57,7 +57,7 @@ def test_requests_are_answered_in_order_and_tensors_round_trip(
         assert torch.equal(reply.arrays["x"], big * 2) and reply.metrics == {"n": float(i)}
     assert seen == [TRAIN, EVALUATE, TRAIN]
     assert oct(spec.socket_path.stat().st_mode & 0o777) == oct(0o600)
-    thread.join(timeout=10)  # idle for 1 s: it exits and removes its socket
+    thread.join(timeout=30)  # idle for 5 s: it exits and removes its socket
     assert not thread.is_alive() and not spec.socket_path.exists()
 
 
@@ -69,20 +69,22 @@ def test_a_failing_client_side_comes_back_as_an_error_with_its_traceback(
     def answer(phase: str, payload: bytes) -> bytes:
         raise ValueError("no such client here")
 
-    thread = start_serving(spec.socket_path, answer, idle_s=1.0)
+    thread = start_serving(spec.socket_path, answer, idle_s=5.0)
     with pytest.raises(WorkerError, match="ValueError: no such client here"):
         ask(spec, TRAIN, b"")
     # the worker survives a failed request and answers the next
     with pytest.raises(WorkerError, match="no such client here"):
         ask(spec, EVALUATE, b"")
-    thread.join(timeout=10)
+    thread.join(timeout=30)
 
 
 def test_a_worker_that_cannot_start_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = spec_at(tmp_path, monkeypatch)  # "seed = 1" names no node data: the worker exits
-    with pytest.raises(WorkerError, match="(?s)worker (exited at start|stopped before answering).*names no data"):
+    with pytest.raises(
+        WorkerError, match="(?s)worker (exited at start|stopped before answering).*names no data"
+    ):
         identify(spec)
     assert (tmp_path / "state" / f"worker-{spec.key}.log").exists()
 

@@ -147,9 +147,7 @@ def ask(spec: WorkerSpec, phase: str, payload: bytes) -> bytes:
         WorkerError: the worker could not start, or its client side failed.
     """
     try:
-        with _connected(spec) as sock:
-            send(sock, PHASES.index(phase), payload)
-            kind, reply = receive(sock)
+        kind, reply = _exchange(spec, PHASES.index(phase), payload)
     except (ConnectionError, BrokenPipeError) as err:  # it died building or answering
         raise WorkerError(
             f"the node's fedllm worker stopped before answering ({err}); its log ends:\n"
@@ -158,6 +156,22 @@ def ask(spec: WorkerSpec, phase: str, payload: bytes) -> bytes:
     if kind != OK:
         raise WorkerError(f"the node's fedllm worker failed: {reply.decode(errors='replace')}")
     return reply
+
+
+def _exchange(spec: WorkerSpec, kind: int, payload: bytes) -> tuple[int, bytes]:
+    """Send one request and read its reply. A worker that closed before reading the
+    request (it was exiting, idle) gets the request once more, on a fresh worker."""
+    for attempt in (1, 2):
+        with _connected(spec) as sock:
+            try:
+                send(sock, kind, payload)
+            except (BrokenPipeError, ConnectionResetError):
+                if attempt == 2:
+                    raise
+                time.sleep(1.5)  # let the exiting worker remove its socket
+                continue
+            return receive(sock)
+    raise AssertionError("unreachable")
 
 
 def identify(spec: WorkerSpec) -> tuple[str, int]:
