@@ -18,7 +18,7 @@ from fedllm.aggregate.mean import WeightedMean
 from fedllm.client.budget import check_budget_clients, client_steps, with_fixed_steps
 from fedllm.client.evaluate import AS_SENT, CLIENT, EVALUATE, GLOBAL
 from fedllm.client.settings import ClientConfig
-from fedllm.client.side import TRAIN, ClientSide
+from fedllm.client.side import TRAIN, ClientHalves, ClientSide, no_stages
 from fedllm.client.store import ClientStateStore
 from fedllm.config import Config
 from fedllm.data import ClientData
@@ -148,16 +148,7 @@ class FederatedMode:
             ws.config.seed,
             counts_bytes,
         )
-        side = ClientSide(
-            members.data,
-            client_cfg,
-            ws.config.seed,
-            ws.pad_id,
-            ws.model,
-            composition.client_plugins,
-            self.pipeline.client,
-            store,
-        )
+        side = client_side(ws, members.data, client_cfg, composition, store, self.pipeline.client)
         self.side = side
         handler = client_handler(ws, side, composition)
         self.engine = engine(handler, dropout_plan(server_cfg, ws.config.seed))
@@ -255,15 +246,7 @@ class LocalMode:
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
         sizes = Members.held(self.clients).sizes
         self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
-        side = ClientSide(
-            self.clients,
-            cfg.client,
-            cfg.seed,
-            ws.pad_id,
-            ws.model,
-            composition.client_plugins,
-            store=store,
-        )
+        side = client_side(ws, self.clients, cfg.client, composition, store)
         self.side = side
         handler = client_handler(ws, side, composition)
         self.engine = engine(handler, dropout_plan(cfg.server, cfg.seed))
@@ -305,6 +288,29 @@ class LocalMode:
         return None
 
 
+def client_side(
+    ws: Workspace,
+    clients: Mapping[ClientId, ClientData],
+    cfg: ClientConfig,
+    composition: Composition,
+    store: ClientStateStore,
+    client_halves: ClientHalves = no_stages,
+) -> ClientSide:
+    """The training client side of ``clients`` on the workspace's one model, with the
+    algorithms' client halves and the pipeline's client stages (every mode's and a
+    Flower node's)."""
+    return ClientSide(
+        clients,
+        cfg,
+        ws.config.seed,
+        ws.pad_id,
+        ws.model,
+        composition.client_plugins,
+        client_halves,
+        store,
+    )
+
+
 def client_handler(ws: Workspace, side: ClientSide, composition: Composition) -> ClientHandler:
     """The client side every engine calls: training, and scoring on held-out data."""
     evaluator = client_evaluator(ws, composition.view)
@@ -331,16 +337,7 @@ def node_client_side(ws: Workspace, run_root: Path) -> ClientHandler:
     composition = compose(AlgorithmSetup(ws, "federated", sizes, store, ws.initial, True))
     pipeline = build_pipeline(config)
     stages = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
-    side = ClientSide(
-        ws.data.clients,
-        config.client,
-        config.seed,
-        ws.pad_id,
-        ws.model,
-        composition.client_plugins,
-        stages.client,
-        store,
-    )
+    side = client_side(ws, ws.data.clients, config.client, composition, store, stages.client)
     return client_handler(ws, side, composition)
 
 
