@@ -44,7 +44,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fedllm report runs/demo runs/demo-local
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -23,7 +23,8 @@ BENCHMARKS = [
     ["benchmarks.methods"],
     ["benchmarks.non_iid"],
     ["benchmarks.local_steps"],
-    ["benchmarks.flower_overhead", "--model", "tiny", "--rounds", "3"],
+    ["benchmarks.flower_overhead", "--model", "tiny", "--rounds", "4", "--clients", "1"],
+    ["benchmarks.flower_overhead", "--model", "smollm2-135m", "--rounds", "4", "--clients", "1"],
 ]
 
 

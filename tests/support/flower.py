@@ -7,11 +7,11 @@ reply) or to stay silent (no reply: a timeout).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 
-from flwr.app import Error, Message, Metadata, RecordDict
+from flwr.app import Error, Message
 from flwr.common import serde
+from flwr.supercore.task_identity import TaskIdentity
 
 NodeApp = Callable[[Message], Message]
 
@@ -37,23 +37,9 @@ class InProcessGrid:
         self.sent_bytes: dict[int, int] = {}
         self.timeouts: list[float | None] = []
         self._count = 0
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str
-    ) -> Message:
-        self._count += 1
-        metadata = Metadata(
-            run_id=1,
-            message_id=f"m{self._count}",
-            src_node_id=0,
-            dst_node_id=dst_node_id,
-            reply_to_message_id="",
-            group_id=group_id,
-            created_at=time.time(),
-            ttl=3600.0,
-            message_type=message_type,
-        )
-        return Message(metadata=metadata, content=content)
+        # What a running ServerApp has set when fedllm builds its messages with Flower's
+        # Message constructor: this run, the SuperLink's node id and the app's task.
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -61,6 +47,8 @@ class InProcessGrid:
         self.timeouts.append(timeout)
         replies = []
         for message in messages:
+            self._count += 1
+            message.metadata.__dict__["_message_id"] = f"m{self._count}"  # as a grid does
             node = message.metadata.dst_node_id
             proto = serde.message_to_proto(message)
             self.sent_bytes[node] = self.sent_bytes.get(node, 0) + proto.ByteSize()

@@ -165,6 +165,15 @@ def test_existing_files_are_refused_unless_overwrite(tmp_path: Path) -> None:
     assert all(p.read_bytes() != before[p] for p in files.paths)
 
 
+def test_overwrite_with_fewer_nodes_deletes_the_extra_node_keys_only(tmp_path: Path) -> None:
+    make_certs(tmp_path, nodes=3)
+    (tmp_path / "node-notes.txt").write_text("the operator's own file")
+    fewer = make_certs(tmp_path, nodes=1, overwrite=True)
+    node_files = sorted(p.name for p in tmp_path.glob("node-*"))
+    assert node_files == ["node-0.key", "node-0.pub", "node-notes.txt"]
+    assert set(fewer.paths) <= set(tmp_path.iterdir())
+
+
 def test_one_file_in_the_way_stops_everything_before_any_write(tmp_path: Path) -> None:
     (tmp_path / "node-1.pub").write_text("someone else's key")
     with pytest.raises(FileExistsError, match=r"node-1\.pub"):

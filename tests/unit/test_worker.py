@@ -5,10 +5,13 @@ ClientApp that forwards to it imports no torch."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,16 +36,18 @@ def start_serving(path: Path, answer: Answer, idle_s: float = 30.0) -> threading
     return thread
 
 
-def spec_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WorkerSpec:
-    spec = WorkerSpec("seed = 1\n", {"state-dir": str(tmp_path / "state")})
-    monkeypatch.setattr(link.tempfile, "gettempdir", lambda: str(tmp_path))
-    return spec
+@pytest.fixture
+def spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WorkerSpec]:
+    """A worker whose state is in ``tmp_path`` and whose socket is in a private folder: a
+    short one under the system temp folder (pytest-xdist's ``tmp_path`` is too long for a
+    Unix socket path)."""
+    sockets = tempfile.mkdtemp(prefix="fw-")
+    monkeypatch.setattr(link.tempfile, "gettempdir", lambda: sockets)
+    yield WorkerSpec("seed = 1\n", {"state-dir": str(tmp_path / "state")})
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
-def test_requests_are_answered_in_order_and_tensors_round_trip(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spec = spec_at(tmp_path, monkeypatch)
+def test_requests_are_answered_in_order_and_tensors_round_trip(spec: WorkerSpec) -> None:
     seen: list[str] = []
 
     def handler(client: str, phase: str, message: Message) -> Message:
@@ -61,10 +66,7 @@ def test_requests_are_answered_in_order_and_tensors_round_trip(
     assert not thread.is_alive() and not spec.socket_path.exists()
 
 
-def test_a_failing_client_side_comes_back_as_an_error_with_its_traceback(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spec = spec_at(tmp_path, monkeypatch)
+def test_a_failing_client_side_comes_back_as_an_error_with_its_traceback(spec: WorkerSpec) -> None:
 
     def answer(phase: str, payload: bytes) -> bytes:
         raise ValueError("no such client here")
@@ -78,10 +80,8 @@ def test_a_failing_client_side_comes_back_as_an_error_with_its_traceback(
     thread.join(timeout=30)
 
 
-def test_a_worker_that_cannot_start_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spec = spec_at(tmp_path, monkeypatch)  # "seed = 1" names no node data: the worker exits
+def test_a_worker_that_cannot_start_says_why(spec: WorkerSpec, tmp_path: Path) -> None:
+    """``seed = 1`` names no node data: the worker exits and says so."""
     with pytest.raises(
         WorkerError, match="(?s)worker (exited at start|stopped before answering).*names no data"
     ):

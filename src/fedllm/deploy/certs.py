@@ -98,8 +98,8 @@ def make_certs(
         hosts: the names the SuperNodes and ``flwr`` reach the SuperLink by: IPv4/IPv6
             addresses and DNS names, without port; the first is the certificate's
             common name.
-        overwrite: replace files a previous call wrote; without it an existing file is
-            an error and nothing is written.
+        overwrite: replace files a previous call wrote (node keys beyond ``nodes`` are
+            deleted); without it an existing file is an error and nothing is written.
         days: how long the certificates are valid, from now (days, at least 1).
 
     Returns:
@@ -138,7 +138,17 @@ def make_certs(
         private, public = node_key_pair(f"fedllm-node-{i}")
         _write(key_path, private, private=True, overwrite=overwrite)
         _write(pub_path, public, private=False, overwrite=overwrite)
+    _remove_stale_node_keys(out, nodes)
     return files
+
+
+def _remove_stale_node_keys(out: Path, nodes: int) -> None:
+    """Delete ``node-<i>.key``/``.pub`` for i >= ``nodes``: keys an earlier call made for
+    more nodes, which would otherwise look like part of this set."""
+    for path in out.glob("node-*.*"):
+        index = path.stem.removeprefix("node-")
+        if path.suffix in (".key", ".pub") and index.isdigit() and int(index) >= nodes:
+            path.unlink()
 
 
 def subject_alt_names(hosts: Sequence[str]) -> list[x509.GeneralName]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedllm.runtime.flower.chunks import IDENTITY
@@ -55,7 +55,10 @@ def node_clients(
         nodes = list(grid.get_node_ids())
     if len(nodes) < expected:
         raise TimeoutError(f"{len(nodes)} of {expected} nodes connected in {timeout_s:.0f} s")
-    asks = [grid.create_message(RecordDict(), MessageType.QUERY, n, "identify") for n in nodes]
+    asks = [
+        Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id="identify")
+        for n in nodes
+    ]
     found: dict[ClientId, tuple[int, int]] = {}
     wait = answer_s if answer_s is not None else max(deadline - time.monotonic(), 1.0)
     for reply in grid.send_and_receive(asks, timeout=wait):

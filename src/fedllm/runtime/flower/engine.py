@@ -56,10 +56,10 @@ class FlowerEngine:
             raise KeyError(f"no Flower node for client(s) {unknown}")
         kind = MessageType.EVALUATE if phase == EVALUATE else MessageType.TRAIN
         sent = {
-            client: self.grid.create_message(
+            client: FlowerMessage(
                 to_records(message, phase),
-                kind,
-                self.nodes[client],
+                dst_node_id=self.nodes[client],
+                message_type=kind,
                 group_id=str(message.round),
             )
             for client, message in messages.items()
