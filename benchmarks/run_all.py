@@ -1,10 +1,10 @@
 """`make bench`: every benchmark, each writing benchmarks/results/<name>.json.
 
-About 85 minutes on 2 cores: round overhead (2 min), memory vs clients
+About 95 minutes on 2 cores: round overhead (2 min), memory vs clients
 (1 min), the demo in three modes (9 min), every method on two federations
 (16 min), four partitions x four non-IID algorithms (about 45 min), local
 steps per round at an equal token budget (about 8 min), Flower loopback vs the
-simulator vs Flower's no-op floor (about 5 min).
+simulator vs Flower's no-op floor, tiny and SmolLM2 LoRA (about 4 and 12 min).
 """
 
 from __future__ import annotations
