@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +19,6 @@ from rich.table import Table
 
 from fedllm.config import load_config
 from fedllm.federation.rundir import RunDir, RunDirError, check_writable
-from fedllm.registry import UnknownComponentError
 from fedllm.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -248,20 +250,42 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    user_errors = _user_errors()
     try:
         handler = _HANDLERS[args.command]
-        return handler(args, console)
-    except user_errors as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 2
-    except OSError as err:  # the disk, not the input: a full disk, a vanished file
-        text = escape(_describe_os_error(err))
+        with terminate_as_interrupt():
+            return handler(args, console)
+    except Exception as err:
+        if is_user_error(err):
+            text = escape(str(err))
+        elif isinstance(err, OSError):  # the disk, not the input: a full disk, a vanished file
+            text = escape(_describe_os_error(err))
+        else:
+            raise
         console.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: the last checkpoint is kept; continue with `fedllm resume`")
         return 130
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager stopping the job) acts as Ctrl-C meanwhile: the
+    run keeps its last checkpoint and a Flower deployment it started is stopped, where
+    Python's default would end the process on the spot. Only in the main thread (the
+    only one that may set handlers); the previous handler is restored on exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 NOTHING_CHANGED = 3
@@ -279,37 +303,35 @@ def _describe_os_error(err: OSError) -> str:
     return f"{err.strerror or err}{where}"
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean bad input, not a bug: shown as one line, no traceback."""
-    from fedllm.client.personal import PersonalizationError
-    from fedllm.data.sources import DataError
-    from fedllm.deploy.local import DeployError
-    from fedllm.eval.generate import GenerationError
-    from fedllm.federation.algorithms.base import ModeError
-    from fedllm.model.load import ModelLoadError
-    from fedllm.model.methods.base import MethodError
-    from fedllm.model.state import StateMismatchError
-    from fedllm.pipeline.stage import PipelineError
-    from fedllm.prompts.inspect import InspectError
-    from fedllm.prompts.select import SelectionError
+USER_ERRORS = (
+    ("fedllm.settings", "ConfigError"),
+    ("fedllm.federation.rundir", "RunDirError"),
+    ("fedllm.registry", "UnknownComponentError"),
+    ("builtins", "FileNotFoundError"),
+    ("fedllm.data.sources", "DataError"),
+    ("fedllm.federation.algorithms.base", "ModeError"),
+    ("fedllm.model.load", "ModelLoadError"),
+    ("fedllm.model.methods.base", "MethodError"),
+    ("fedllm.model.state", "StateMismatchError"),
+    ("fedllm.pipeline.stage", "PipelineError"),
+    ("fedllm.client.personal", "PersonalizationError"),
+    ("fedllm.prompts.select", "SelectionError"),
+    ("fedllm.prompts.inspect", "InspectError"),
+    ("fedllm.eval.generate", "GenerationError"),
+    ("fedllm.deploy.local", "DeployError"),
+)
+"""Errors that mean bad input, not a bug (module, class): shown as one line, no traceback."""
 
-    return (
-        ConfigError,
-        RunDirError,
-        UnknownComponentError,
-        FileNotFoundError,
-        DataError,
-        ModeError,
-        ModelLoadError,
-        MethodError,
-        StateMismatchError,
-        PipelineError,
-        PersonalizationError,
-        SelectionError,
-        InspectError,
-        GenerationError,
-        DeployError,
-    )
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is one of :data:`USER_ERRORS`. Only modules already imported are
+    looked at (an error can't come from a module that never loaded), so a light command
+    such as ``fedllm config`` never imports torch to classify its errors."""
+    for module, name in USER_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(err, getattr(loaded, name)):
+            return True
+    return False
 
 
 def _reporter(quiet: bool, console: Console) -> Reporter:

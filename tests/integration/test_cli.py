@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from safetensors.torch import load_file
 
-from fedllm.cli import main
+from fedllm.cli import main, terminate_as_interrupt
 from fedllm.config import load_config
 from fedllm.federation.setup import prepare
 from fedllm.model.state import set_trainable_state
@@ -119,3 +123,27 @@ def test_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "server.rouns is not a known key" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
     assert "nowhere is not a folder; give a run directory" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_its_checkpoint(tmp_path: Path) -> None:
+    """`kill` (what a service manager sends) ends `fedllm run` as Ctrl-C does: the last
+    checkpoint is kept and the message says how to continue; the handler is put back."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedllm.cli", "run", str(TINY), "--out", str(out)]
+    command += ["--quiet", "--set", "server.rounds=200", "--set", "run.checkpoint_every=1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:  # round 1 done
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted: the last checkpoint is kept" in err
+    assert any((out / "checkpoints").iterdir())
+    before = signal.getsignal(signal.SIGTERM)
+    with terminate_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) is not before
+    assert signal.getsignal(signal.SIGTERM) is before
