@@ -46,7 +46,15 @@ from tests.support.runs import TINY, InterruptAfter, stable  # noqa: E402
 CASES_DIR = Path(__file__).resolve().parent / "cases"
 COMMON = ("run.threads=1", "run.checkpoint_every=1")
 PUBLIC = ('public.source="pydoc"', "public.max_examples=40", "public.max_eval_examples=6")
-VOLATILE_SUMMARY = {"wall_s", "run_dir", "final_dir", "peak_rss_mb", "tokens_per_s", "mfu"}
+VOLATILE_SUMMARY = {
+    "wall_s",
+    "run_dir",
+    "final_dir",
+    "peak_rss_mb",
+    "tokens_per_s",
+    "label_tokens_per_s",
+    "mfu",
+}
 
 MATRIX: dict[str, tuple[str, ...]] = {
     "fedavg_lora": (),

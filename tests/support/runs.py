@@ -12,7 +12,16 @@ from fedllm.types import RoundRecord
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny.toml"
 
-VOLATILE = {"time_s", "peak_rss_mb", "run_dir", "final_dir", "wall_s", "tokens_per_s", "mfu"}
+VOLATILE = {
+    "time_s",
+    "peak_rss_mb",
+    "run_dir",
+    "final_dir",
+    "wall_s",
+    "tokens_per_s",
+    "label_tokens_per_s",
+    "mfu",
+}
 
 
 def tiny_config(*overrides: str) -> Config:

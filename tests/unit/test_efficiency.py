@@ -12,6 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaForCausalLM
 
 from fedllm.client.side import ClientSide
+from fedllm.client.train import train_locally
+from fedllm.config import ClientConfig
+from fedllm.data import IGNORE_INDEX, Example
 from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.setup import prepare
 from fedllm.model.flops import describe_flops, flops_per_token, matmul_parameters
@@ -26,7 +29,25 @@ from tests.support.runs import stable, tiny_config
 
 def update(client: str, tokens: object) -> ClientUpdate:
     metrics: dict[str, Any] = {"train_loss": 1.0, "tokens": tokens}  # a client may send junk
+    metrics["label_tokens"] = tokens / 4 if isinstance(tokens, float) else tokens
     return ClientUpdate(client, {"w": torch.zeros(4)}, 1, metrics)
+
+
+def test_training_counts_input_tokens_without_padding_and_label_tokens_apart() -> None:
+    """Instruction-style examples of unequal length: padding is no work done, the
+    prompt is (it goes through the model) but is not scored."""
+    ws = prepare(tiny_config(), with_data=False)
+    prompt, reply = [5, 6, 7, 8, 9], [10, 11, 12]
+    masked = [IGNORE_INDEX] * len(prompt)
+    examples = [
+        Example(prompt + reply, masked + reply),  # 8 tokens, 3 scored
+        Example(prompt[:2] + reply[:1], masked[:2] + reply[:1]),  # 3 tokens, 1 scored
+    ]
+    cfg = ClientConfig(local_steps=3, batch_size=2, grad_accum=2)
+    metrics = train_locally(ws.model, examples, cfg, steps=3, seed=0, pad_id=ws.pad_id)
+    micro_batches = 3 * 2  # each holds both examples (batch_size = the data)
+    assert metrics["tokens"] == micro_batches * (8 + 3)
+    assert metrics["label_tokens"] == micro_batches * (3 + 1)
 
 
 def test_tally_counts_every_trained_token() -> None:
@@ -41,6 +62,8 @@ def test_tally_counts_every_trained_token() -> None:
     tally.close()
     assert record.extra["tokens"] == 160  # malformed counts are ignored
     assert record.extra["tokens_per_s"] == pytest.approx(160 / record.time_s["train"])
+    assert record.extra["label_tokens"] == 40  # (100 + 60) / 4; NaN's quarter is NaN
+    assert record.extra["label_tokens_per_s"] == pytest.approx(40 / record.time_s["train"])
     one = len(encode_message(ClientSide.reply(update("a", 100.0))))  # sizes: names, not values
     assert record.bytes_up == 4 * one  # bytes still counted
 
@@ -63,12 +86,19 @@ def test_summary_totals_over_the_run() -> None:
         {"round": 1, "tokens": 300, "bytes_up": 600, "bytes_down": 300, "time_s": {"train": 2.0}},
         {"round": 2, "tokens": 100, "bytes_up": 200, "bytes_down": 100, "time_s": {"train": 2.0}},
     ]
+    records[1]["label_tokens"], records[2]["label_tokens"] = 120, 40
     summary = Efficiency(flops_per_token=10, peak_flops=1000.0).summary(records)
     assert summary["tokens"] == 400
     assert summary["bytes_per_token"] == 1200 / 400
     assert summary["tokens_per_s"] == 100.0
     assert summary["mfu"] == 10 * 100.0 / 1000.0
-    assert stable(summary) == {"tokens": 400, "train_flops_per_token": 10, "bytes_per_token": 3.0}
+    assert summary["label_tokens"] == 160 and summary["label_tokens_per_s"] == 40.0
+    assert stable(summary) == {
+        "tokens": 400,
+        "label_tokens": 160,
+        "train_flops_per_token": 10,
+        "bytes_per_token": 3.0,
+    }
 
 
 def test_frozen_base_flops_equal_torch_flop_counter() -> None:

@@ -101,9 +101,9 @@ def train_locally(
     training starts from, handed to :meth:`TrainHook.begin`.
 
     Returns:
-        metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (label
-        tokens seen), ``lr_sum`` (sum of the steps' learning rates), ``train_s``
-        (seconds).
+        metrics: ``train_loss`` (mean over steps), ``steps``, ``tokens`` (input tokens
+        processed, padding excluded), ``label_tokens`` (tokens the loss scored),
+        ``lr_sum`` (sum of the steps' learning rates), ``train_s`` (seconds).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     trainable = [p for _, p in named]
@@ -117,7 +117,7 @@ def train_locally(
     device = input_device(model)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.fp16)  # a no-op unless fp16
     losses: list[float] = []
-    tokens = 0
+    tokens = label_tokens = 0
     lr_sum = 0.0
     begun = time.perf_counter()
     model.train()
@@ -131,7 +131,8 @@ def train_locally(
                 # it from their last virtual token; mask it so that every method (and
                 # evaluate()) scores the same tokens.
                 batch["labels"][:, 0] = IGNORE_INDEX
-                tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                tokens += int(batch["attention_mask"].sum())
+                label_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast(device, cfg.bf16, cfg.fp16):
                     loss = model(**batch).loss
@@ -159,6 +160,7 @@ def train_locally(
         "train_loss": sum(losses) / len(losses),
         "steps": float(steps),
         "tokens": float(tokens),
+        "label_tokens": float(label_tokens),
         "lr_sum": lr_sum,
         "train_s": time.perf_counter() - begun,
     }

@@ -1,9 +1,11 @@
 """Pre-training efficiency of a run: tokens, communication per token and MFU.
 
-Each trained round's record holds ``tokens`` (label tokens the cohort trained
-on: the sum of the clients' ``tokens`` metrics, rejected updates included)
-and ``tokens_per_s`` (over the round's training seconds, ``time_s.train``),
-written by :class:`fedllm.server.round.Tally`; :meth:`Efficiency.annotate`
+Each trained round's record holds ``tokens`` (input tokens the cohort processed,
+padding excluded: the sum of the clients' ``tokens`` metrics, rejected updates
+included), ``label_tokens`` (the tokens the loss scored; in pre-training about the
+same, in instruction tuning only the replies) and each per second of the round's
+training time, ``time_s.train`` (``tokens_per_s`` is the throughput),
+written by :class:`fedllm.protocol.tally.Tally`; :meth:`Efficiency.annotate`
 adds ``bytes_per_token`` (bytes up plus down over tokens) and ``mfu``, the
 model FLOPs utilisation (PaLM, Chowdhery et al. 2022)::
 
@@ -70,14 +72,22 @@ class Efficiency:
             record.extra["mfu"] = mfu
 
     def summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Whole-run totals: tokens, bytes per token, tokens/s and MFU over all training time."""
+        """Whole-run totals: tokens and label tokens (each also per second over all
+        training time), bytes per token and MFU."""
         trained = [r for r in records if r["round"] > 0]
         tokens = sum(r.get("tokens", 0) for r in trained)
+        label_tokens = sum(r.get("label_tokens", 0) for r in trained)
         sent = sum(r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in trained)
         train_s = sum(r.get("time_s", {}).get("train", 0.0) for r in trained)
-        out: dict[str, Any] = {"tokens": tokens, "train_flops_per_token": self.flops_per_token}
+        out: dict[str, Any] = {
+            "tokens": tokens,
+            "label_tokens": label_tokens,
+            "train_flops_per_token": self.flops_per_token,
+        }
         if tokens > 0:
             out["bytes_per_token"] = sent / tokens
+        if label_tokens > 0 and train_s > 0:
+            out["label_tokens_per_s"] = label_tokens / train_s
         if tokens > 0 and train_s > 0:
             out["tokens_per_s"] = tokens / train_s
             mfu = self.mfu(out["tokens_per_s"])

@@ -10,6 +10,10 @@ from fedllm.message import Dropped, Message, Reply
 from fedllm.types import ClientId, ClientUpdate, RoundRecord
 from fedllm.wire import message_bytes, try_message_bytes
 
+COUNTED = ("tokens", "label_tokens")
+"""Client metrics summed over a round: input tokens processed (padding excluded), the
+throughput and MFU base, and the label tokens the loss scored."""
+
 
 class Tally:
     """Counts what a round sends and receives, from the real encoding of each message.
@@ -25,7 +29,7 @@ class Tally:
         self.counts_bytes = counts_bytes
         self.client_metrics: dict[str, dict[str, float]] = {}
         self.losses: list[float] = []
-        self.tokens = 0.0
+        self.counts = dict.fromkeys(COUNTED, 0.0)
         self.start = time.perf_counter()
 
     def sent(self, messages: Mapping[ClientId, Message]) -> None:
@@ -42,11 +46,12 @@ class Tally:
             self.record.bytes_up += try_message_bytes(reply) or 0
 
     def trained(self, update: ClientUpdate) -> None:
-        """Keep an arriving update's tokens and metrics (tokens count whether or not the
-        update is then accepted: they were trained)."""
-        tokens = update.metrics.get("tokens")
-        if isinstance(tokens, int | float) and math.isfinite(tokens) and tokens >= 0:
-            self.tokens += tokens
+        """Keep an arriving update's token counts and metrics (tokens count whether or
+        not the update is then accepted: they were trained)."""
+        for key in COUNTED:
+            count = update.metrics.get(key)
+            if isinstance(count, int | float) and math.isfinite(count) and count >= 0:
+                self.counts[key] += count
         self.client_metrics[update.client_id] = dict(update.metrics)
 
     def reject(self, update: ClientUpdate, reason: str) -> None:
@@ -60,12 +65,13 @@ class Tally:
             self.losses.append(update.metrics["train_loss"])
 
     def close(self) -> None:
-        """Write the training time, mean loss, tokens (and tokens/s over the training
-        time) and client metrics into the record."""
+        """Write the training time, mean loss, token counts (and each per second of
+        training time) and client metrics into the record."""
         train_s = time.perf_counter() - self.start
         self.record.time_s["train"] = train_s
-        self.record.extra["tokens"] = int(self.tokens)
-        if self.tokens > 0 and train_s > 0:
-            self.record.extra["tokens_per_s"] = self.tokens / train_s
+        for key, count in self.counts.items():
+            self.record.extra[key] = int(count)
+            if count > 0 and train_s > 0:
+                self.record.extra[f"{key}_per_s"] = count / train_s
         self.record.train_loss = sum(self.losses) / len(self.losses) if self.losses else None
         self.record.extra["client_metrics"] = self.client_metrics
