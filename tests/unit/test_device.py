@@ -26,8 +26,11 @@ from fedllm.model.device import (
     autocast,
     check_device_map,
     device_peak_tflops,
+    native_bf16,
     peak_flops,
+    precision_label,
     resolve_device,
+    use_bf16,
 )
 from fedllm.model.load import load_base_model
 from fedllm.model.state import get_trainable_state, set_trainable_state
@@ -60,8 +63,13 @@ def test_cuda_only_options_are_refused_on_the_cpu_at_load(
 
 
 def test_precision_combinations_are_refused() -> None:
-    with pytest.raises(ConfigError, match="client.bf16 and client.fp16 are both true"):
+    with pytest.raises(ConfigError, match="client.bf16 = True with client.fp16 = true"):
         parse_config({"run": {"device": "cuda"}, "client": {"bf16": True, "fp16": True}})
+    with pytest.raises(ConfigError, match="client.bf16 = 'auto' with client.fp16 = true"):
+        parse_config({"run": {"device": "cuda"}, "client": {"bf16": "auto", "fp16": True}})
+    with pytest.raises(ConfigError, match=r"client\.bf16"):
+        parse_config({"client": {"bf16": "sometimes"}})
+    assert parse_config({"client": {"bf16": "auto"}}).client.bf16 == "auto"
     with pytest.raises(ConfigError, match="client.fp16 = true with client.offload = 'optimizer'"):
         parse_config({"run": {"device": "cuda"}, "client": {"fp16": True, "offload": "optimizer"}})
     with pytest.raises(ConfigError, match=r"run\.device = 'gpu'"):
@@ -126,6 +134,20 @@ def test_autocast_dtype_follows_the_options(bf16: bool, fp16: bool, dtype: torch
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with autocast(torch.device("cpu"), bf16, fp16):
         assert (a @ b).dtype == dtype
+
+
+@pytest.mark.parametrize("avx512_bf16, amx", [(False, False), (True, False), (False, True)])
+def test_auto_bf16_follows_the_cpus_bf16_instructions(
+    monkeypatch: pytest.MonkeyPatch, avx512_bf16: bool, amx: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    native = avx512_bf16 or amx
+    assert native_bf16(cpu) is native and use_bf16("auto", cpu) is native
+    assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
+    assert precision_label("auto", cpu) == ("bf16 autocast (auto)" if native else "fp32 (auto)")
+    assert precision_label(True, cpu) == "bf16 autocast" and precision_label(False, cpu) == "fp32"
 
 
 # ---------------------------------------------------------------- local training paths
@@ -218,6 +240,20 @@ def test_build_optimizer_offloads_only_when_asked() -> None:
     offloaded = build_optimizer([weight], ClientConfig(offload="optimizer"))
     assert plain.param_groups[0]["params"][0] is weight
     assert offloaded.param_groups[0]["params"][0] is not weight
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_bf16_trains_exactly_as_the_setting_it_picks(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    auto_state, auto_metrics = train_from_start(ws, bf16="auto")
+    picked_state, picked_metrics = train_from_start(ws, bf16=native)
+    other_state, _ = train_from_start(ws, bf16=not native)
+    assert auto_metrics["train_loss"] == picked_metrics["train_loss"]
+    assert all(torch.equal(auto_state[k], picked_state[k]) for k in auto_state)
+    assert not all(torch.equal(auto_state[k], other_state[k]) for k in auto_state)
 
 
 def test_fp16_with_loss_scaling_follows_fp32_sgd(ws: Workspace) -> None:

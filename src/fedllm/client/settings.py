@@ -53,7 +53,13 @@ class ClientConfig(Section):
         description="Steps per round of named clients (overrides local_steps, local_steps_min "
         "and local_epochs for them).",
     )
-    bf16: bool = Field(False, description="bfloat16 autocast for forward and backward.")
+    bf16: bool | Literal["auto"] = Field(
+        False,
+        description="bfloat16 autocast for forward and backward (weights, gradients, optimizer "
+        "state and the exchanged state stay fp32): true, false, or 'auto': on where the "
+        "device multiplies bf16 natively (a CPU with AVX-512 BF16 or AMX, a CUDA GPU with "
+        "bf16), else off; the start banner says which.",
+    )
     fp16: bool = Field(
         False,
         description="CUDA only: float16 autocast for forward and backward, with dynamic loss "
@@ -86,10 +92,10 @@ class ClientConfig(Section):
 
     @model_validator(mode="after")
     def _check_precision(self) -> ClientConfig:
-        if self.bf16 and self.fp16:
+        if self.bf16 is not False and self.fp16:
             raise ValueError(
-                "client.bf16 and client.fp16 are both true; autocast takes one dtype: "
-                "choose one (bf16 needs no loss scaling)"
+                f"client.bf16 = {self.bf16!r} with client.fp16 = true; autocast takes one "
+                "dtype: choose one (bf16 needs no loss scaling)"
             )
         if self.fp16 and self.offload != "none":
             raise ValueError(

@@ -12,7 +12,7 @@ from fedllm.client.hooks import TrainHook
 from fedllm.client.offload import offloaded_optimizer
 from fedllm.client.settings import ClientConfig
 from fedllm.data import IGNORE_INDEX, ClientData, Example, collate
-from fedllm.model.device import autocast, input_device
+from fedllm.model.device import autocast, input_device, use_bf16
 from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.types import ClientUpdate, Params
 
@@ -115,6 +115,7 @@ def train_locally(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
     batches = draw_batches(examples, cfg.batch_size, seed, hooks)
     device = input_device(model)
+    bf16 = use_bf16(cfg.bf16, device)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.fp16)  # a no-op unless fp16
     losses: list[float] = []
     tokens = label_tokens = 0
@@ -134,7 +135,7 @@ def train_locally(
                 tokens += int(batch["attention_mask"].sum())
                 label_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
                 batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast(device, cfg.bf16, cfg.fp16):
+                with autocast(device, bf16, cfg.fp16):
                     loss = model(**batch).loss
                 for hook in hooks:
                     loss = hook.on_loss(loss)

@@ -31,6 +31,7 @@ from fedllm.eval.evaluate import HeldOut, summarize
 from fedllm.federation.algorithms.base import ModelView
 from fedllm.federation.setup import Workspace
 from fedllm.message import Dropped, Message
+from fedllm.model.device import input_device, use_bf16
 from fedllm.model.state import set_trainable_state
 from fedllm.protocol.engine import Engine
 from fedllm.runtime.simulation import SimulationEngine
@@ -76,7 +77,7 @@ def client_evaluator(ws: Workspace, view: ModelView | None = None) -> ClientEval
         ws.model,
         cfg.eval.batch_size,
         ws.pad_id,
-        cfg.client.bf16,
+        use_bf16(cfg.client.bf16, input_device(ws.model)),
         data.test if data is not None else [],
         public,
         view_states(view),

@@ -24,7 +24,7 @@ from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError, check_writable
 from fedllm.federation.setup import Workspace, prepare
-from fedllm.model.device import model_devices
+from fedllm.model.device import input_device, model_devices, precision_label
 from fedllm.model.flops import describe_flops
 from fedllm.model.state import count_parameters
 from fedllm.report.progress import Reporter, SilentReporter
@@ -322,11 +322,12 @@ def _header(ws: Workspace, config: Config) -> str:
     clients = len(ws.data.clients) if ws.data else 0
     flops = describe_flops(ws.model, config.data.seq_len, config.method.kind != "full")
     devices = ", ".join(str(d) for d in model_devices(ws.model))
+    precision = precision_label(config.client.bf16, input_device(ws.model))
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "
         f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload{', ' + flops if flops else ''}) "
         f"· {clients} clients, "
         f"{config.server.clients_per_round} per round · {config.server.rounds} rounds "
-        f"· on {devices}"
+        f"· on {devices}, {precision}"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -142,6 +142,29 @@ def model_devices(model: torch.nn.Module) -> list[torch.device]:
     for param in model.parameters():
         seen.setdefault(str(param.device), param.device)
     return list(seen.values())
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively: a CUDA GPU with bf16 support, a
+    CPU with AVX-512 BF16 or AMX (where bf16 matmuls run at about twice the fp32 rate;
+    elsewhere autocast would emulate them, slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+    return False
+
+
+def use_bf16(setting: bool | Literal["auto"], device: torch.device) -> bool:
+    """``client.bf16`` on ``device``: ``'auto'`` is :func:`native_bf16`."""
+    return native_bf16(device) if setting == "auto" else setting
+
+
+def precision_label(setting: bool | Literal["auto"], device: torch.device) -> str:
+    """What the banner says: ``bf16 autocast`` or ``fp32``, with ``(auto)`` when chosen."""
+    chosen = "bf16 autocast" if use_bf16(setting, device) else "fp32"
+    return f"{chosen} (auto)" if setting == "auto" else chosen
 
 
 def autocast(device: torch.device, bf16: bool, fp16: bool = False) -> AbstractContextManager[None]:

@@ -18,6 +18,7 @@ from fedllm.data import build_client_records
 from fedllm.data.instruct import InstructedEncoder
 from fedllm.data.sources import DataError
 from fedllm.federation.rundir import MARKER, RunDir, check_writable
+from fedllm.model.device import input_device, use_bf16
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.prompts.candidates import initial_candidates
 from fedllm.prompts.score import PromptClient, ScoreFn, model_scorer, prompt_handler
@@ -80,9 +81,9 @@ def run_selection(
     else:
         tokenizer = load_tokenizer(config.model)
         model = load_base_model(config.model, config.seed)
-        score_fn = model_scorer(
-            model, int(tokenizer.pad_token_id), config.eval.batch_size, bf16=config.client.bf16
-        )
+        bf16 = use_bf16(config.client.bf16, input_device(model))
+        pad_id = int(tokenizer.pad_token_id)
+        score_fn = model_scorer(model, pad_id, config.eval.batch_size, bf16=bf16)
     clients, skipped = prompt_clients(config, tokenizer, score_fn)
     for cid, why in skipped.items():
         say(f"client {cid} skipped: {why}")
@@ -162,9 +163,8 @@ def trained_scorer(config: Config, run_dir: Path) -> tuple[PreTrainedTokenizerBa
     ws = prepare(config, with_data=False)
     split = PersonalSplit.from_config(config.personal)
     trained = load_trained(RunDir(run_dir), ws.initial, split)
-    score_fn = model_scorer(
-        ws.model, ws.pad_id, config.eval.batch_size, trained.state_of, config.client.bf16
-    )
+    bf16 = use_bf16(config.client.bf16, input_device(ws.model))
+    score_fn = model_scorer(ws.model, ws.pad_id, config.eval.batch_size, trained.state_of, bf16)
     return ws.tokenizer, score_fn, trained.round
 
 
