@@ -20,7 +20,7 @@ from fedllm.cli import main
 from fedllm.config import dump_config
 from fedllm.deploy.local import local_deployment, submit
 from fedllm.federation.runner import run
-from tests.support.processes import process_groups_alive
+from tests.support.processes import process_groups_alive, processes_mentioning
 from tests.support.runs import stable, tiny_config
 
 TWO_CLIENTS = ("data.num_clients=2", "server.clients_per_round=2", "server.rounds=2")
@@ -57,7 +57,8 @@ def test_a_supernode_killed_mid_run_is_dropped_and_the_round_completes(tmp_path:
 def test_fedllm_run_on_flower_then_resume_keeps_the_nodes_state(tmp_path: Path) -> None:
     """`fedllm run --set runtime.engine=flower` for one round, `fedllm resume --rounds 2`
     on a fresh deployment: SCAFFOLD's control variates stayed on the nodes (in the run
-    directory's nodes/), so the result equals two rounds on the simulator."""
+    directory's nodes/), so the result equals two rounds on the simulator; no SuperNode
+    or node worker (their command lines name the run's nodes/ folder) outlives either."""
     overrides = (*TWO_CLIENTS, 'client.drift_correction="scaffold"')
     simulated = run(tiny_config(*overrides), tmp_path / "sim")
     config = tmp_path / "scaffold.toml"
@@ -66,7 +67,9 @@ def test_fedllm_run_on_flower_then_resume_keeps_the_nodes_state(tmp_path: Path) 
     flower = ["--set", 'runtime.engine="flower"', "--out", str(out), "--quiet"]
     assert main(["run", str(config), *flower]) == 0
     assert _recorded_rounds(out) == 1 and (out / "nodes").is_dir()
+    assert processes_mentioning(str(out / "nodes")) == []
     assert main(["resume", str(out), "--rounds", "2", "--quiet"]) == 0
+    assert processes_mentioning(str(out / "nodes")) == []
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert stable(records) == stable(simulated.records)
     for path in (tmp_path / "sim" / "final").glob("*.safetensors"):

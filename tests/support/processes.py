@@ -19,3 +19,19 @@ def process_groups_alive(groups: set[int]) -> list[int]:
         if pgid in groups and state != "Z":
             alive.append(int(entry.name))
     return alive
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``text`` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in argv and state != "Z":
+            found.append(int(entry.name))
+    return found
