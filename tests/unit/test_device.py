@@ -30,6 +30,7 @@ from fedllm.model.device import (
     peak_flops,
     precision_label,
     resolve_device,
+    resolved_dtype,
     use_bf16,
 )
 from fedllm.model.load import load_base_model
@@ -148,6 +149,26 @@ def test_auto_bf16_follows_the_cpus_bf16_instructions(
     assert use_bf16(True, cpu) is True and use_bf16(False, cpu) is False
     assert precision_label("auto", cpu) == ("bf16 autocast (auto)" if native else "fp32 (auto)")
     assert precision_label(True, cpu) == "bf16 autocast" and precision_label(False, cpu) == "fp32"
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_dtype_holds_a_frozen_base_in_bf16_only_where_bf16_is_native(
+    monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    lora = tiny_config('model.dtype="auto"')
+    full = tiny_config('model.dtype="auto"', 'method.kind="full"')
+    assert resolved_dtype(lora, cpu).model.dtype == ("bfloat16" if native else "float32")
+    assert resolved_dtype(full, cpu).model.dtype == "float32"  # master weights stay fp32
+    fixed = tiny_config('model.dtype="float32"')
+    assert resolved_dtype(fixed, cpu) is fixed
+    ws = prepare(lora, with_data=False)
+    frozen = {p.dtype for p in ws.model.parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16 if native else torch.float32}
+    assert {t.dtype for t in ws.initial.values()} == {torch.float32}  # exchanged: fp32
+    assert ws.config.model.dtype == resolved_dtype(lora, cpu).model.dtype
 
 
 # ---------------------------------------------------------------- local training paths

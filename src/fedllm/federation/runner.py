@@ -323,6 +323,7 @@ def _header(ws: Workspace, config: Config) -> str:
     flops = describe_flops(ws.model, config.data.seq_len, config.method.kind != "full")
     devices = ", ".join(str(d) for d in model_devices(ws.model))
     precision = precision_label(config.client.bf16, input_device(ws.model))
+    precision += f", {config.model.dtype} base"
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "

@@ -11,7 +11,7 @@ from fedllm.components import METHODS, load_builtin
 from fedllm.config import Config, ConfigError
 from fedllm.data import FederatedData, build_federated_data
 from fedllm.data.public import PublicData, build_public_data
-from fedllm.model.device import place_model, resolve_device
+from fedllm.model.device import place_model, resolve_device, resolved_dtype
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.model.methods.base import Method, check_gradient_checkpointing
 from fedllm.model.state import get_trainable_state
@@ -66,6 +66,7 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
     if config.client.gradient_checkpointing:
         check_gradient_checkpointing(method)  # before anything slow is loaded
     device = resolve_device(config)  # a missing GPU fails here, before anything slow
+    config = resolved_dtype(config, device)
     tokenizer = load_tokenizer(config.model)
     data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
     if data is not None:

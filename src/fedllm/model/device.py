@@ -161,6 +161,17 @@ def use_bf16(setting: bool | Literal["auto"], device: torch.device) -> bool:
     return native_bf16(device) if setting == "auto" else setting
 
 
+def resolved_dtype(config: Config, device: torch.device) -> Config:
+    """``config`` with ``model.dtype = 'auto'`` made concrete for ``device``: bfloat16
+    where :func:`native_bf16` and the method freezes the base, else float32."""
+    if config.model.dtype != "auto":
+        return config
+    frozen = config.method.kind != "full"
+    dtype = "bfloat16" if frozen and native_bf16(device) else "float32"
+    model = config.model.model_copy(update={"dtype": dtype})
+    return config.model_copy(update={"model": model})
+
+
 def precision_label(setting: bool | Literal["auto"], device: torch.device) -> str:
     """What the banner says: ``bf16 autocast`` or ``fp32``, with ``(auto)`` when chosen."""
     chosen = "bf16 autocast" if use_bf16(setting, device) else "fp32"

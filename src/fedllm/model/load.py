@@ -161,6 +161,8 @@ def load_base_model(cfg: ModelConfig, seed: int) -> PreTrainedModel:
     """
     from transformers import LlamaForCausalLM
 
+    if cfg.dtype == "auto":
+        raise ValueError("model.dtype = 'auto' is resolved on the run's device first")
     dtype = _DTYPES[cfg.dtype]
     if cfg.name == SMOLLM2:
         model: PreTrainedModel = _from_pretrained(smollm2_dir(), dtype)

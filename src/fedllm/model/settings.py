@@ -17,8 +17,12 @@ class ModelConfig(Section):
         "(tiny: 'tiny', 'tiny-4l'; to pre-train: 'llama-5m', 'llama-20m', 'llama-60m'), "
         "a local directory or a hub id.",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="Dtype the base weights are held in."
+    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+        "float32",
+        description="Dtype the base weights are held in. 'auto': bfloat16 where the device "
+        "multiplies bf16 natively and the method freezes the base (every method but "
+        "'full', whose weights are the trained master weights), else float32. A frozen "
+        "bf16 base halves the model's memory; the trained parameters stay fp32.",
     )
     tokenizer: Literal["default", "bpe"] = Field(
         "default",

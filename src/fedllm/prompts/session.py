@@ -18,7 +18,7 @@ from fedllm.data import build_client_records
 from fedllm.data.instruct import InstructedEncoder
 from fedllm.data.sources import DataError
 from fedllm.federation.rundir import MARKER, RunDir, check_writable
-from fedllm.model.device import input_device, use_bf16
+from fedllm.model.device import input_device, resolved_dtype, use_bf16
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.prompts.candidates import initial_candidates
 from fedllm.prompts.score import PromptClient, ScoreFn, model_scorer, prompt_handler
@@ -80,6 +80,7 @@ def run_selection(
         tokenizer, score_fn, trained_round = trained_scorer(config, Path(run_dir))
     else:
         tokenizer = load_tokenizer(config.model)
+        config = resolved_dtype(config, torch.device("cpu"))  # scored on the CPU
         model = load_base_model(config.model, config.seed)
         bf16 = use_bf16(config.client.bf16, input_device(model))
         pad_id = int(tokenizer.pad_token_id)
