@@ -50,15 +50,11 @@ class CoverageMean(WeightedMean):
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
         with torch.no_grad():
-            for name, buf in self._acc.items():
+            for name in self._weight:
                 mask = coverage.get(name)
-                if mask is None:
-                    buf.add_(update[name].to(buf.dtype), alpha=weight)
-                    self._weight[name] = self._weight[name] + weight
-                else:
-                    mask = mask.to(buf.dtype)
-                    buf.addcmul_(update[name].to(buf.dtype), mask, value=weight)
-                    self._weight[name] = self._weight[name] + weight * mask
+                covered = weight if mask is None else weight * mask.to(self._weight[name].dtype)
+                self._weight[name] = self._weight[name] + covered
+        self._sums.add(update, weight, coverage)
         self._total += weight
 
     def result(self) -> Params:
