@@ -30,6 +30,9 @@ from fedllm.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 
+FP32 = ('model.dtype="float32"', "client.bf16=false")
+"""The plain loop is fp32: so is the simulator's round it is compared with."""
+
 
 def plain_loop(ws: Workspace, client_id: str, steps: int, round_num: int) -> float:
     """The reference: an ordinary torch training loop over the same batches (seconds)."""
@@ -67,6 +70,7 @@ def main() -> None:
             f"client.local_steps={args.steps}",
             "server.clients_per_round=1",
             "data.num_clients=2",
+            *FP32,
         ],
     )
     ws = prepare(config)
