@@ -1,10 +1,12 @@
 """`make bench`: every benchmark, each writing benchmarks/results/<name>.json.
 
-About 95 minutes on 2 cores: round overhead (2 min), memory vs clients
+About 115 minutes on 2 cores: round overhead (2 min), memory vs clients
 (1 min), the demo in three modes (9 min), every method on two federations
 (16 min), four partitions x four non-IID algorithms (about 45 min), local
 steps per round at an equal token budget (about 8 min), Flower loopback vs the
-simulator vs Flower's no-op floor, tiny and SmolLM2 LoRA (about 4 and 12 min).
+simulator vs Flower's no-op floor, tiny and SmolLM2 LoRA (about 4 and 12 min),
+memory vs a plain script (about 10 min), mixed precision (8 min), aggregation
+against memory bandwidth (1 min).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ BENCHMARKS = [
     ["benchmarks.round_overhead", "--model", "smollm2-135m", "--steps", "10", "--reps", "3"],
     ["benchmarks.round_overhead", "--model", "tiny", "--steps", "20", "--reps", "3"],
     ["benchmarks.memory_clients"],
+    ["benchmarks.memory_vs_plain"],
+    ["benchmarks.mixed_precision"],
+    ["benchmarks.aggregate"],
     ["benchmarks.demo_result"],
     ["benchmarks.methods"],
     ["benchmarks.non_iid"],
