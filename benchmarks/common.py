@@ -13,6 +13,10 @@ import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+FP32 = ('model.dtype="float32"', "client.bf16=false")
+"""Overrides that switch the recipes' bf16 ``auto`` off: for benchmarks whose baseline
+(a plain PyTorch loop or script) runs in fp32."""
+
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""

@@ -27,15 +27,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import FP32, write_result
 from fedllm.config import Config, load_config
 from fedllm.data import build_federated_data
 from fedllm.model.load import load_tokenizer, smollm2_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.05
-FP32 = ('model.dtype="float32"', "client.bf16=false")
-"""The plain script is fp32; so is fedllm's run of the job (the demo's own is bf16 auto)."""
 METHODS = {"lora": FP32, "full": (*FP32, 'method.kind="full"', "client.lr=1e-5")}
 
 

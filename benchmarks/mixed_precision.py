@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from benchmarks.common import write_result
-from fedllm.client.train import batch_indices, train_locally
+from benchmarks.common import FP32, write_result
+from benchmarks.round_overhead import plain_loop
+from fedllm.client.train import train_locally
 from fedllm.config import Config, load_config
-from fedllm.data import Example, collate
+from fedllm.data import Example
 from fedllm.federation.setup import Workspace, prepare
 from fedllm.model.state import set_trainable_state
 
@@ -54,8 +54,7 @@ SETTINGS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def demo_config(*overrides: str) -> Config:
-    fp32 = ['model.dtype="float32"', "client.bf16=false"]  # the demo's auto, switched off
-    return load_config(ROOT / "configs" / "demo.toml", ["data.num_clients=2", *fp32, *overrides])
+    return load_config(ROOT / "configs" / "demo.toml", ["data.num_clients=2", *FP32, *overrides])
 
 
 def client_examples(ws: Workspace) -> list[Example]:
@@ -64,25 +63,10 @@ def client_examples(ws: Workspace) -> list[Example]:
 
 
 def plain_step_s(ws: Workspace, steps: int, reps: int) -> float:
-    """Median seconds per step of an ordinary fp32 loop over the client's batches."""
-    cfg = ws.config.client
-    examples = client_examples(ws)
-    order = batch_indices(len(examples), cfg.batch_size, torch.Generator().manual_seed(0))
-    batches = [collate([examples[i] for i in next(order)], ws.pad_id) for _ in range(steps)]
-    params = [p for p in ws.model.parameters() if p.requires_grad]
-    times = []
-    for _ in range(reps + 1):  # the first is the warm-up
-        set_trainable_state(ws.model, ws.initial)
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr)
-        ws.model.train()
-        start = time.perf_counter()
-        for batch in batches:
-            loss = ws.model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        times.append((time.perf_counter() - start) / steps)
+    """Median seconds per step of the ordinary fp32 loop over the client's batches (the
+    round-overhead benchmark's), after a warm-up."""
+    client = sorted(ws.data.clients)[0] if ws.data is not None else ""
+    times = [plain_loop(ws, client, steps, rep) / steps for rep in range(reps + 1)]
     set_trainable_state(ws.model, ws.initial)  # leave the model as it was loaded
     return statistics.median(times[1:])
 

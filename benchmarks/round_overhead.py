@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import FP32, write_result
 from fedllm.client.train import batch_indices
 from fedllm.config import load_config
 from fedllm.data import collate
@@ -29,9 +29,6 @@ from fedllm.model.state import set_trainable_state
 from fedllm.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parents[1]
-
-FP32 = ('model.dtype="float32"', "client.bf16=false")
-"""The plain loop is fp32: so is the simulator's round it is compared with."""
 
 
 def plain_loop(ws: Workspace, client_id: str, steps: int, round_num: int) -> float:
@@ -70,7 +67,7 @@ def main() -> None:
             f"client.local_steps={args.steps}",
             "server.clients_per_round=1",
             "data.num_clients=2",
-            *FP32,
+            *FP32,  # the plain loop is fp32: so is the round it is compared with
         ],
     )
     ws = prepare(config)

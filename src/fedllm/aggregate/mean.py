@@ -89,29 +89,25 @@ Term = tuple[torch.Tensor, float, "torch.Tensor | None"]
 def fold(buf: torch.Tensor, terms: list[Term]) -> None:
     """``buf += sum_k alpha_k * mask_k * tensor_k``, the terms in order, a block of rows
     (about :data:`BLOCK` entries) at a time, so the block of ``buf`` stays in cache while
-    each term's block is read."""
-    if buf.dim() == 0:
-        rows, step = 1, 1
-    else:
-        rows = buf.shape[0]
-        step = max(1, BLOCK // max(buf[0].numel(), 1))
-    for first in range(0, rows, step):
-        block = buf if buf.dim() == 0 else buf[first : first + step]
+    each term's block is read. A 0-d tensor is one row of one entry."""
+    rows = buf.view(-1) if buf.dim() == 0 else buf
+    step = max(1, BLOCK // max(rows[0].numel(), 1))
+    for first in range(0, rows.shape[0], step):
+        block = rows[first : first + step]
         for tensor, alpha, mask in terms:
-            part = tensor if buf.dim() == 0 else tensor[first : first + step]
-            part = part.to(buf.dtype)
+            part = tensor.reshape(rows.shape)[first : first + step].to(buf.dtype)
             if mask is None:
                 block.add_(part, alpha=alpha)
             else:
-                block.addcmul_(part, _mask_rows(mask, buf, first, step), value=alpha)
+                block.addcmul_(part, _mask_rows(mask, rows, first, step), value=alpha)
 
 
-def _mask_rows(mask: torch.Tensor, buf: torch.Tensor, first: int, step: int) -> torch.Tensor:
-    """The part of ``mask`` (broadcastable to ``buf``) that covers rows ``first`` ..
+def _mask_rows(mask: torch.Tensor, rows: torch.Tensor, first: int, step: int) -> torch.Tensor:
+    """The part of ``mask`` (broadcastable to ``rows``) that covers rows ``first`` ..
     ``first + step``: a slice where the mask runs along the rows, else all of it."""
-    spans_rows = mask.dim() == buf.dim() and buf.dim() > 0 and mask.shape[0] == buf.shape[0]
-    part = mask[first : first + step] if spans_rows and buf.shape[0] > 1 else mask
-    return part.to(buf.dtype)
+    if mask.dim() == rows.dim() and mask.shape[0] == rows.shape[0]:
+        mask = mask[first : first + step]
+    return mask.to(rows.dtype)
 
 
 @AGGREGATORS.register("mean")

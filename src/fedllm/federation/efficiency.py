@@ -27,6 +27,7 @@ from typing import Any
 from fedllm.federation.setup import Workspace
 from fedllm.model.device import model_devices, peak_flops
 from fedllm.model.flops import flops_per_token
+from fedllm.protocol.tally import COUNTED
 from fedllm.types import RoundRecord
 
 
@@ -75,21 +76,17 @@ class Efficiency:
         """Whole-run totals: tokens and label tokens (each also per second over all
         training time), bytes per token and MFU."""
         trained = [r for r in records if r["round"] > 0]
-        tokens = sum(r.get("tokens", 0) for r in trained)
-        label_tokens = sum(r.get("label_tokens", 0) for r in trained)
         sent = sum(r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in trained)
         train_s = sum(r.get("time_s", {}).get("train", 0.0) for r in trained)
-        out: dict[str, Any] = {
-            "tokens": tokens,
-            "label_tokens": label_tokens,
-            "train_flops_per_token": self.flops_per_token,
-        }
+        out: dict[str, Any] = {"train_flops_per_token": self.flops_per_token}
+        for key in COUNTED:  # as each round's record counts them
+            out[key] = sum(r.get(key, 0) for r in trained)
+            if out[key] > 0 and train_s > 0:
+                out[f"{key}_per_s"] = out[key] / train_s
+        tokens = out["tokens"]
         if tokens > 0:
             out["bytes_per_token"] = sent / tokens
-        if label_tokens > 0 and train_s > 0:
-            out["label_tokens_per_s"] = label_tokens / train_s
         if tokens > 0 and train_s > 0:
-            out["tokens_per_s"] = tokens / train_s
             mfu = self.mfu(out["tokens_per_s"])
             if mfu is not None:
                 out["mfu"] = mfu
