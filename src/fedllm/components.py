@@ -1,8 +1,10 @@
 """The registries of every component chosen by name in the config.
 
-Implementations register themselves on import; :func:`load_builtin` imports
-them all, so a lookup sees the full set. A user adds a component by
-registering it before the run starts.
+Implementations register themselves on import. Each registry knows its
+built-in names and the module registering each, so the names can be checked
+without importing torch; a lookup imports the module (:func:`load_builtin`
+imports them all). A user adds a component by registering it before the run
+starts.
 """
 
 from __future__ import annotations
@@ -13,41 +15,54 @@ from typing import Any
 
 from fedllm.registry import Registry
 
-DATA_SOURCES: Registry[Any] = Registry("data source")
-PARTITIONERS: Registry[Any] = Registry("partitioner")
-METHODS: Registry[Any] = Registry("method")
-SERVER_OPTIMIZERS: Registry[Any] = Registry("server optimizer")
-AGGREGATORS: Registry[Any] = Registry("aggregator")
-ALGORITHMS: Registry[Any] = Registry("algorithm")
 
-_BUILTIN_MODULES = (
-    "fedllm.data.sources",
-    "fedllm.data.partition",
-    "fedllm.data.skew",
-    "fedllm.data.topic",
-    "fedllm.model.methods",
-    "fedllm.server.optimizer",
-    "fedllm.aggregate.mean",
-    "fedllm.federation.algorithms.personal",
-    "fedllm.federation.algorithms.scaffold",
-    "fedllm.federation.algorithms.fednova",
-    "fedllm.federation.algorithms.hetero_rank",
-    "fedllm.federation.algorithms.fedprox",
-    "fedllm.federation.algorithms.public_mix",
-    "fedllm.federation.algorithms.kept_optimizer",
-    "fedllm.federation.algorithms.public_server",
+def _homes(module: str, names: str) -> dict[str, str]:
+    return dict.fromkeys(names.split(), module)
+
+
+def _each_own_module(package: str, names: str) -> dict[str, str]:
+    return {name: f"{package}.{name}" for name in names.split()}
+
+
+# Each built-in name and the module registering it: checking a config's names (and
+# `fedllm config`) then imports none of them, nor the torch they import.
+DATA_SOURCES: Registry[Any] = Registry(
+    "data source", _homes("fedllm.data.sources", "chitchat chatterbot pydoc")
 )
+PARTITIONERS: Registry[Any] = Registry(
+    "partitioner",
+    _homes("fedllm.data.partition", "natural iid dirichlet")
+    | _homes("fedllm.data.skew", "shards quantity")
+    | _homes("fedllm.data.topic", "topic"),
+)
+METHODS: Registry[Any] = Registry(
+    "method",
+    _each_own_module("fedllm.model.methods", "lora full prompt ptuning prefix ia3 adapter"),
+)
+SERVER_OPTIMIZERS: Registry[Any] = Registry(
+    "server optimizer",
+    _homes("fedllm.server.optimizer", "fedavg fedavgm nesterov fedadagrad fedyogi fedadam"),
+)
+AGGREGATORS: Registry[Any] = Registry("aggregator", _homes("fedllm.aggregate.mean", "mean"))
+ALGORITHMS: Registry[Any] = Registry(
+    "algorithm",
+    _each_own_module(
+        "fedllm.federation.algorithms",
+        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server",
+    ),
+)
+REGISTRIES = (DATA_SOURCES, PARTITIONERS, METHODS, SERVER_OPTIMIZERS, AGGREGATORS, ALGORITHMS)
 
 
 def load_builtin() -> None:
     """Import every built-in component module so that it registers."""
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+    for registry in REGISTRIES:
+        for module in sorted(set(registry.homes.values())):
+            importlib.import_module(module)
 
 
 def named_fields() -> list[tuple[str, Registry[Any]]]:
     """``(section.key, registry)`` for each config field that names a component."""
-    load_builtin()
     return [
         ("data.source", DATA_SOURCES),
         ("data.partition", PARTITIONERS),
@@ -68,7 +83,6 @@ def composition_problems(config: Any) -> list[str]:
     setting that turns it on, the modes it applies to, the algorithms it
     refuses to run with (and why), and a check of its own settings.
     """
-    load_builtin()
     factories = {name: ALGORITHMS.get(name)() for name in ALGORITHMS.names()}
     active = {name: _setting(name, f, config) for name, f in factories.items()}
     active = {name: setting for name, setting in active.items() if setting is not None}

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
-from fedllm.client.plugin import ClientPlugin
-from fedllm.client.store import ClientStateStore
 from fedllm.components import ALGORITHMS, load_builtin
-from fedllm.config import Config
-from fedllm.federation.setup import Workspace
-from fedllm.pipeline.stage import Aggregator, BatchAggregator
-from fedllm.server.plugin import ServerPlugin
-from fedllm.types import ClientId, Params
 
-AnyAggregator = Aggregator | BatchAggregator
+if TYPE_CHECKING:  # an algorithm's declarations are read at config load, without torch
+    from fedllm.client.plugin import ClientPlugin
+    from fedllm.client.store import ClientStateStore
+    from fedllm.config import Config
+    from fedllm.federation.setup import Workspace
+    from fedllm.pipeline.stage import Aggregator, BatchAggregator
+    from fedllm.server.plugin import ServerPlugin
+    from fedllm.types import ClientId, Params
+
+AnyAggregator: TypeAlias = "Aggregator | BatchAggregator"
 
 
 class ModeError(ValueError):

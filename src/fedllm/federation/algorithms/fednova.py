@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from fedllm.client.fednova import NORM_METRIC
-from fedllm.client.plugins.fednova import FedNovaPlugin
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
-from fedllm.server.plugins.fednova import FedNovaServer
 
 
 @ALGORITHMS.register("fednova")
@@ -20,6 +17,10 @@ class FedNova:
         return "server.normalize = 'fednova'" if config.server.normalize == "fednova" else None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.fednova import NORM_METRIC
+        from fedllm.client.plugins.fednova import FedNovaPlugin
+        from fedllm.server.plugins.fednova import FedNovaServer
+
         config = setup.ws.config
         if config.server.normalize != "fednova" or setup.mode != "federated":
             return None

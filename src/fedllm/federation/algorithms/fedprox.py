@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fedllm.client.plugins.prox import ProxPlugin
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
@@ -20,5 +19,7 @@ class FedProx:
         return f"client.prox_mu = {mu}" if mu > 0 else None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.plugins.prox import ProxPlugin
+
         mu = setup.ws.config.client.prox_mu
         return Algorithm("fedprox", client=ProxPlugin(mu)) if mu > 0 else None

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from fedllm.aggregate.coverage import CoverageMean
-from fedllm.client.plugins.rank import RankPlugin
-from fedllm.client.rank import RankPlan, check_rank_clients
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup, AnyAggregator
-from fedllm.server.plugins.rank import RankExpansion
 
 
 def _per_rank(_: AnyAggregator) -> AnyAggregator:
+    from fedllm.aggregate.coverage import CoverageMean
+
     return CoverageMean()
 
 
@@ -46,6 +44,10 @@ class HeteroRank:
         return None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.plugins.rank import RankPlugin
+        from fedllm.client.rank import RankPlan, check_rank_clients
+        from fedllm.server.plugins.rank import RankExpansion
+
         method = setup.ws.config.method
         if not method.heterogeneous_ranks or setup.mode != "federated":
             return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fedllm.client.plugins.kept_optimizer import KeptOptimizerPlugin
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
@@ -18,6 +17,8 @@ class KeptOptimizer:
         return "client.keep_optimizer_state = true" if config.client.keep_optimizer_state else None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.plugins.kept_optimizer import KeptOptimizerPlugin
+
         if not setup.ws.config.client.keep_optimizer_state:
             return None
         return Algorithm("kept_optimizer", client=KeptOptimizerPlugin())

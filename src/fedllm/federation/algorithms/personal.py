@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fedllm.client.personal import PersonalSplit, PersonalState
-from fedllm.client.plugins.personal import PersonalPlugin
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup, ModeError
-from fedllm.types import ClientId, Params
+
+if TYPE_CHECKING:
+    from fedllm.client.personal import PersonalState
+    from fedllm.types import ClientId, Params
 
 
 @dataclass
@@ -42,6 +44,9 @@ class Personal:
         return ", ".join(parts) or None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.personal import PersonalSplit, PersonalState
+        from fedllm.client.plugins.personal import PersonalPlugin
+
         split = PersonalSplit.from_config(setup.ws.config.personal)
         if not split.active:
             return None

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from fedllm.client.plugins.public_mix import PublicMixPlugin
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
-from fedllm.federation.public import public_mix
 
 
 @ALGORITHMS.register("public_mix")
@@ -20,5 +18,8 @@ class PublicMixing:
         return f"public.mix_ratio = {ratio}" if config.public.source and ratio > 0 else None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.plugins.public_mix import PublicMixPlugin
+        from fedllm.federation.public import public_mix
+
         mix = public_mix(setup.ws.config, setup.ws.public)
         return Algorithm("public_mix", client=PublicMixPlugin(mix)) if mix is not None else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
-from fedllm.federation.public import PublicServer, PublicServerPlugin
 
 
 @ALGORITHMS.register("public_server")
@@ -36,6 +35,8 @@ class PublicServerTraining:
         return refused
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.federation.public import PublicServer, PublicServerPlugin
+
         ws = setup.ws
         cfg = ws.config.public
         if ws.public is None or (cfg.warmup_steps == 0 and cfg.server_steps == 0):

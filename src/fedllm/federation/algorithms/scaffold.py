@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from fedllm.client.plugins.scaffold import ScaffoldPlugin
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
-from fedllm.server.plugins.scaffold import ScaffoldServer
 
 
 @ALGORITHMS.register("scaffold")
@@ -20,6 +18,9 @@ class Scaffold:
         return "client.drift_correction = 'scaffold'" if on else None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.plugins.scaffold import ScaffoldPlugin
+        from fedllm.server.plugins.scaffold import ScaffoldServer
+
         if setup.ws.config.client.drift_correction != "scaffold" or setup.mode != "federated":
             return None
         server = ScaffoldServer(setup.shared, len(setup.clients))
