@@ -12,7 +12,8 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from fedllm.components import PARTITIONERS
-from fedllm.data.format import IGNORE_INDEX, Example, encode_chats, pack_texts
+from fedllm.data.compact import Examples
+from fedllm.data.format import Example, encode_chats, pack_texts
 from fedllm.data.settings import DataConfig
 from fedllm.data.sources import (
     FILE_SUFFIXES,
@@ -42,8 +43,8 @@ class ClientData:
     """
 
     client_id: str
-    train: list[Example]
-    eval: list[Example]
+    train: Sequence[Example]
+    eval: Sequence[Example]
 
 
 @dataclass
@@ -57,7 +58,7 @@ class FederatedData:
     """
 
     clients: dict[str, ClientData]
-    test: list[Example]
+    test: Sequence[Example]
     dropped: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -74,7 +75,7 @@ class FederatedData:
             }
             for cid, c in self.clients.items()
         }
-        train = [e for c in self.clients.values() for e in c.train]
+        train = Examples.concat([c.train for c in self.clients.values()])
         return {
             "num_clients": len(self.clients),
             "clients": per_client,
@@ -82,9 +83,7 @@ class FederatedData:
             "eval_examples": sum(len(c.eval) for c in self.clients.values()),
             "test_examples": len(self.test),
             "train_tokens": _tokens(train),
-            "train_loss_tokens": sum(
-                sum(label != IGNORE_INDEX for label in e.labels) for e in train
-            ),
+            "train_loss_tokens": train.label_tokens,
             "test_tokens": _tokens(self.test),
             "dropped": dict(self.dropped),
         }
@@ -155,7 +154,7 @@ def build_federated_data(
     dropped = dict(sorted(dropped.items()))
     if not clients:
         raise _no_client_left(cfg, len(raw.clients) + len(raw.dropped), dropped)
-    test = encode(raw.test, cfg.max_test_examples) if raw.test else []
+    test = Examples.pack(encode(raw.test, cfg.max_test_examples) if raw.test else [])
     return FederatedData(clients=clients, test=test, dropped=dropped)
 
 
@@ -259,7 +258,7 @@ def _encode_client(split: RecordSplit, cfg: DataConfig, encode: Encoder) -> Clie
         return f"{total} example(s) after tokenizing; needs one train and one eval"
     if total < cfg.min_client_examples:
         return f"{total} examples < data.min_client_examples = {cfg.min_client_examples}"
-    return ClientData(client_id=split.client_id, train=train, eval=evals)
+    return ClientData(split.client_id, train=Examples.pack(train), eval=Examples.pack(evals))
 
 
 def _no_client_left(cfg: DataConfig, partitions: int, dropped: dict[str, str]) -> DataError:
@@ -322,4 +321,6 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
 
 
 def _tokens(examples: Sequence[Example]) -> int:
+    if isinstance(examples, Examples):
+        return examples.tokens
     return sum(len(e.input_ids) for e in examples)

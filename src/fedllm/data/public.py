@@ -8,6 +8,7 @@ private data (the config refuses it), so the two are disjoint.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from fedllm.data.build import encode_records
+from fedllm.data.compact import Examples
 from fedllm.data.format import Example
 from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, load_records, record_kind
@@ -35,8 +37,8 @@ class PublicData:
     """
 
     source: str
-    train: list[Example]
-    eval: list[Example]
+    train: Sequence[Example]
+    eval: Sequence[Example]
 
 
 def build_public_data(config: Config, tokenizer: PreTrainedTokenizerBase) -> PublicData | None:
@@ -68,8 +70,10 @@ def build_public_data(config: Config, tokenizer: PreTrainedTokenizerBase) -> Pub
     seq_len = config.data.seq_len
     data = PublicData(
         public.source,
-        train=encode_records(kind, rest, tokenizer, seq_len, public.max_examples),
-        eval=encode_records(kind, held, tokenizer, seq_len, public.max_eval_examples),
+        train=Examples.pack(encode_records(kind, rest, tokenizer, seq_len, public.max_examples)),
+        eval=Examples.pack(
+            encode_records(kind, held, tokenizer, seq_len, public.max_eval_examples)
+        ),
     )
     if not data.train or not data.eval:
         raise DataError(

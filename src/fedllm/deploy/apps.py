@@ -26,6 +26,7 @@ import tomllib
 
 from fedllm.config import Config, ConfigError, parse_config
 from fedllm.data import FederatedData, build_federated_data
+from fedllm.data.apart import built_apart
 from fedllm.data.build import build_own_client
 from fedllm.data.public import build_public_data
 from fedllm.deploy.link import check_node_config
@@ -120,8 +121,14 @@ def node_data(config: Config, tokenizer: Any, node_config: Settings) -> Federate
         client = str(node_config.get("client", Path(path).stem))
         own = build_own_client(config.data, tokenizer, path, client, config.seed)
         return FederatedData({client: own}, [])
+    partition = int(node_config["partition-id"])
+    return built_apart(lambda: _one_partition(config, tokenizer, partition))
+
+
+def _one_partition(config: Config, tokenizer: Any, partition: int) -> FederatedData:
+    """Partition ``partition`` of the config's corpus and the corpus's test split."""
     whole = build_federated_data(config.data, tokenizer, config.seed)
-    client = pick_client(whole.clients, int(node_config["partition-id"]))
+    client = pick_client(whole.clients, partition)
     return FederatedData({client: whole.clients[client]}, whole.test)
 
 

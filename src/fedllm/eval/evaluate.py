@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,12 @@ class HeldOut:
         return math.exp(self.loss) if self.tokens else math.nan
 
 
+LOSS_ROWS = 256
+"""Scored positions whose logits exist at once (256 x a 49k vocabulary: 50 MB in fp32)."""
+
+Project = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -49,6 +56,12 @@ def evaluate(
     The same tokens are scored for every method: position ``i`` of the input
     predicts label ``i + 1``. Models that prepend virtual tokens (prompt tuning,
     P-tuning) return that many extra leading logit positions; they are skipped.
+
+    Logits are made only for the positions that carry a label, ``LOSS_ROWS`` at a
+    time, from the model's last hidden states (its output head is bypassed in the
+    forward pass): never the batch x length x vocabulary tensor of a plain
+    ``model(**batch).loss``. Models whose logits are not the head's output alone
+    (a logit scale or soft cap) are scored from their full logits.
     """
     was_training = model.training
     model.eval()
@@ -57,17 +70,62 @@ def evaluate(
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start : start + batch_size], pad_id)
         labels = batch.pop("labels")
-        with autocast(device, bf16):
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        # Shift the labels, not the logits: slicing logits would copy them
-        # (batch x length x vocab floats, the largest tensor of the step).
-        targets = aligned_targets(labels, logits.shape[1]).to(logits.device)
-        flat = logits.reshape(-1, logits.shape[-1])
-        loss_sum += float(F.cross_entropy(flat.float(), targets.reshape(-1), reduction="sum"))
-        tokens += int((targets != IGNORE_INDEX).sum())
-        del logits, flat
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, bf16), hidden_states_out(model) as project:
+            out = model(**inputs).logits  # the last hidden states when project is set
+        # Shift the labels, not the outputs: slicing them would copy them.
+        targets = aligned_targets(labels, out.shape[1]).to(out.device)
+        scored = targets != IGNORE_INDEX
+        if project is None:
+            flat = out.reshape(-1, out.shape[-1]).float()
+            loss_sum += float(F.cross_entropy(flat, targets.reshape(-1), reduction="sum"))
+        else:
+            loss_sum += _chunked_loss(out[scored], targets[scored], project, device, bf16)
+        tokens += int(scored.sum())
+        del out
     model.train(was_training)
     return HeldOut(loss_sum, tokens)
+
+
+@contextmanager
+def hidden_states_out(model: torch.nn.Module) -> Iterator[Project | None]:
+    """While open, ``model``'s forward returns its last hidden states as ``logits``; yields
+    the output head (hidden states -> logits), or None where that would change the loss
+    (no separate head, or logits scaled or capped after it) and the model is left alone."""
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    config = getattr(model, "config", None)
+    rescaled = any(getattr(config, key, None) for key in ("final_logit_softcapping", "logit_scale"))
+    if not isinstance(head, torch.nn.Module) or rescaled:
+        yield None
+        return
+    own = head.__dict__.get("forward")  # an instance-level forward (e.g. accelerate's hook)
+    project: Project = head.forward
+    head.forward = _identity
+    try:
+        yield project
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+def _identity(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
+
+
+def _chunked_loss(
+    hidden: torch.Tensor, targets: torch.Tensor, project: Project, device: torch.device, bf16: bool
+) -> float:
+    """Summed cross-entropy of ``[n, hidden]`` states against ``[n]`` targets, in chunks."""
+    total = 0.0
+    for lo in range(0, len(targets), LOSS_ROWS):
+        with autocast(device, bf16):
+            logits = project(hidden[lo : lo + LOSS_ROWS])
+        chunk = targets[lo : lo + LOSS_ROWS].to(logits.device)
+        total += float(F.cross_entropy(logits.float(), chunk, reduction="sum"))
+    return total
 
 
 def aligned_targets(labels: torch.Tensor, positions: int) -> torch.Tensor:

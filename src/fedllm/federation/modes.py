@@ -22,6 +22,7 @@ from fedllm.client.side import TRAIN, ClientHalves, ClientSide, no_stages
 from fedllm.client.store import ClientStateStore
 from fedllm.config import Config
 from fedllm.data import ClientData
+from fedllm.data.compact import Examples
 from fedllm.federation.algorithms.base import AlgorithmSetup, Composition, ModeError, compose
 from fedllm.federation.evaluation import client_evaluator, evaluate_federation
 from fedllm.federation.setup import Workspace
@@ -343,8 +344,7 @@ def node_client_side(ws: Workspace, run_root: Path) -> ClientHandler:
 
 def pooled_client(clients: dict[ClientId, ClientData]) -> ClientData:
     """All clients' training data in one client (client order, then example order)."""
-    train = [ex for c in clients.values() for ex in c.train]
-    return ClientData(POOLED, train, [])
+    return ClientData(POOLED, Examples.concat([c.train for c in clients.values()]), [])
 
 
 def centralized_budget(config: Config, clients: dict[ClientId, ClientData]) -> ClientConfig:

@@ -10,6 +10,7 @@ import torch
 from fedllm.components import METHODS, load_builtin
 from fedllm.config import Config, ConfigError
 from fedllm.data import FederatedData, build_federated_data
+from fedllm.data.apart import built_apart
 from fedllm.data.public import PublicData, build_public_data
 from fedllm.model.device import place_model, resolve_device, resolved_dtype
 from fedllm.model.load import load_base_model, load_tokenizer
@@ -68,10 +69,9 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
     device = resolve_device(config)  # a missing GPU fails here, before anything slow
     config = resolved_dtype(config, device)
     tokenizer = load_tokenizer(config.model)
-    data = build_federated_data(config.data, tokenizer, config.seed) if with_data else None
+    data, public = built_apart(lambda: _data(config, tokenizer)) if with_data else (None, None)
     if data is not None:
         check_cohort(config, data)
-    public = build_public_data(config, tokenizer) if with_data else None
     base = load_base_model(config.model, config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, "method-init"))
@@ -81,6 +81,12 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
         enable_gradient_checkpointing(model)
     initial = get_trainable_state(model)
     return Workspace(config, tokenizer, model, method, initial, data, public)
+
+
+def _data(config: Config, tokenizer: Any) -> tuple[FederatedData, PublicData | None]:
+    return build_federated_data(config.data, tokenizer, config.seed), build_public_data(
+        config, tokenizer
+    )
 
 
 def check_cohort(config: Config, data: FederatedData) -> None:
