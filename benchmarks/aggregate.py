@@ -12,8 +12,9 @@ Figures, each the median of several repetitions after a warm-up:
   = 0``: the sums are read and written from memory once per update);
 - the coverage mean (``aggregate/coverage.py``) of the same updates, every tensor with a
   per-row 0/1 mask (how heterogeneous LoRA ranks use it), same two ways.
-Each also without its result (``fold``: start, the adds, the sums read back): the
-result is a new tensor per round, and fresh memory is first touched at a few GB/s here.
+Each also without its result (``fold``: start, the adds, the sums read back). The
+result is the sums scaled in place (no new tensor: fresh memory is first touched at a
+few GB/s here, which made a freshly allocated result half the round).
 Target: each mean at least 50% of the read bandwidth.
 
 Usage: python -m benchmarks.aggregate [--numel 10000000] [--updates 10] [--reps 5]

@@ -22,6 +22,8 @@ BENCHMARKS = [
     ["benchmarks.round_overhead", "--model", "tiny", "--steps", "20", "--reps", "3"],
     ["benchmarks.memory_clients"],
     ["benchmarks.memory_vs_plain"],
+    ["benchmarks.scale_clients"],
+    ["benchmarks.startup"],
     ["benchmarks.mixed_precision"],
     ["benchmarks.aggregate"],
     ["benchmarks.demo_result"],

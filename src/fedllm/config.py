@@ -69,6 +69,13 @@ class FederationConfig(Section):
 class EvalConfig(Section):
     every: int = Field(1, ge=1, description="Evaluate every N rounds (and at round 0).")
     batch_size: int = Field(8, ge=1, description="Evaluation batch size.")
+    clients: int | None = Field(
+        None,
+        ge=1,
+        description="Clients scored at each evaluation: a seeded sample of this many, the "
+        "same every round (each one's loss is recorded, 'eval_clients' counts them); none: "
+        "every client. A cross-device federation of thousands would otherwise score them all.",
+    )
 
 
 class RunConfig(Section):

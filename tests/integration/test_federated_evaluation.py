@@ -7,6 +7,7 @@ own model only it can build, phases routed to the right handler.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -145,3 +146,24 @@ def test_a_server_without_the_clients_data_evaluates_through_its_engine(
     assert isinstance(remote, FederatedMode) and not remote.clients
     assert remote.members.evaluated == list(ws.data.clients)
     assert remote.evaluate() == local.evaluate()
+
+
+def test_eval_clients_scores_the_same_seeded_sample_every_round(tmp_path: Path) -> None:
+    from fedllm.federation.evaluation import SCORED
+    from fedllm.federation.runner import run
+    from fedllm.report.progress import SilentReporter
+    from fedllm.server.sampling import draw_clients
+
+    config = tiny_config(
+        "data.num_clients=6", "server.rounds=2", "client.local_steps=1", "eval.clients=2"
+    )
+    run(config, tmp_path / "run", reporter=SilentReporter())
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    scored = [
+        sorted(k.split("/")[1] for k in r["eval"] if k.startswith("client/")) for r in records
+    ]
+    assert len(records) == 3 and all(s == scored[0] for s in scored)  # rounds 0, 1, 2
+    assert len(scored[0]) == 2 and all(r["eval"][SCORED] == 2.0 for r in records)
+    data = prepare(config).data
+    assert data is not None and len(data.clients) == 6
+    assert scored[0] == draw_clients(sorted(data.clients), 2, config.seed, "eval")

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedllm.aggregate import mean as mean_module
+from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import Accumulator, WeightedMean
 from fedllm.config import ServerConfig
 from fedllm.pipeline.clip import ClipStage, global_norm
@@ -49,6 +50,25 @@ def test_weighted_mean_reuses_buffers_and_resets_between_rounds() -> None:
     agg.add(second, 2.0)
     assert agg._acc["w"] is buffer
     assert torch.allclose(agg.result()["w"], second["w"])
+    assert agg.result()["w"] is buffer  # the mean is made in place, no new tensor
+
+
+@pytest.mark.parametrize("kind", [WeightedMean, CoverageMean])
+def test_the_result_is_stable_until_the_next_start_and_closes_the_round(
+    kind: type[WeightedMean],
+) -> None:
+    agg = kind()
+    (update,) = random_updates(1, seed=4)
+    agg.start(update)
+    agg.add(update, 3.0)
+    first = {k: v.clone() for k, v in agg.result().items()}
+    again = agg.result()  # asked twice: not scaled twice
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert torch.allclose(first["w"], update["w"])
+    with pytest.raises(RuntimeError, match="added after result\\(\\); call start\\(\\) first"):
+        agg.add(update, 1.0)
+    agg.start(update)
+    agg.add(update, 1.0)  # a new round opens again
 
 
 def test_weighted_mean_keeps_dtype_and_refuses_zero_total() -> None:

@@ -49,6 +49,7 @@ class CoverageMean(WeightedMean):
         """
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+        self._check_open()
         with torch.no_grad():
             for name in self._weight:
                 mask = coverage.get(name)
@@ -57,13 +58,12 @@ class CoverageMean(WeightedMean):
         self._sums.add(update, weight, coverage)
         self._total += weight
 
-    def result(self) -> Params:
-        """The per-entry weighted mean; raises if every weight was zero."""
-        if self._total <= 0:
-            raise ValueError("weighted mean of updates whose weights sum to 0")
+    def _finish(self) -> Params:
+        """The sums divided in place by each entry's weight (1 where none covered it)."""
         out: Params = {}
-        for name, buf in self._acc.items():
-            weight = self._weight[name]
-            safe = torch.where(weight > 0, weight, torch.ones_like(weight))
-            out[name] = (buf / safe).to(self._dtypes[name])
+        with torch.no_grad():
+            for name, buf in self._acc.items():
+                weight = self._weight[name]
+                safe = torch.where(weight > 0, weight, torch.ones_like(weight))
+                out[name] = buf.div_(safe).to(self._dtypes[name])
         return out

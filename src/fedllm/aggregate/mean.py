@@ -116,7 +116,10 @@ class WeightedMean:
 
     Accumulates in float32 (float64 for float64 inputs) and returns tensors in
     the updates' own dtype. Buffers are kept between rounds: first touch of
-    fresh memory is several times slower than reuse on these machines.
+    fresh memory is several times slower than reuse on these machines. The
+    result is the sums scaled in place (for fp32/fp64 updates: no new tensor, no
+    second model-sized buffer), valid until the next :meth:`start`; nothing can be
+    added after it.
     """
 
     name = "mean"
@@ -126,6 +129,7 @@ class WeightedMean:
         self._sums = Accumulator()
         self._dtypes: dict[str, torch.dtype] = {}
         self._total = 0.0
+        self._result: Params | None = None
 
     @property
     def _acc(self) -> Params:
@@ -136,20 +140,34 @@ class WeightedMean:
         self._sums.start(template)
         self._dtypes = {k: t.dtype for k, t in template.items()}
         self._total = 0.0
+        self._result = None
 
     def add(self, update: Params, weight: float) -> None:
         """Add ``weight * update`` to the running sum."""
         if weight < 0:
             raise ValueError(f"aggregation weight must be >= 0, got {weight}")
+        self._check_open()
         self._sums.add(update, weight)
         self._total += weight
 
     def result(self) -> Params:
-        """The weighted mean; raises if every weight was zero."""
-        if self._total <= 0:
-            raise ValueError("weighted mean of updates whose weights sum to 0")
+        """The weighted mean (the same tensors when asked again before the next
+        :meth:`start`); raises if every weight was zero."""
+        if self._result is None:
+            if self._total <= 0:
+                raise ValueError("weighted mean of updates whose weights sum to 0")
+            self._result = self._finish()
+        return self._result
+
+    def _finish(self) -> Params:
+        """The sums turned into the mean in place, in the updates' dtypes."""
         scale = 1.0 / self._total
-        return {k: (buf * scale).to(self._dtypes[k]) for k, buf in self._acc.items()}
+        with torch.no_grad():
+            return {k: buf.mul_(scale).to(self._dtypes[k]) for k, buf in self._acc.items()}
+
+    def _check_open(self) -> None:
+        if self._result is not None:
+            raise RuntimeError("an update was added after result(); call start() first")
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:

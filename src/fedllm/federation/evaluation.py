@@ -35,10 +35,14 @@ from fedllm.model.device import input_device, use_bf16
 from fedllm.model.state import set_trainable_state
 from fedllm.protocol.engine import Engine
 from fedllm.runtime.simulation import SimulationEngine
+from fedllm.server.sampling import draw_clients
 from fedllm.types import ClientId, Params
 
 MISSING = "eval_missing"
 """Metric: clients that did not answer the evaluation (present only when some did not)."""
+
+SCORED = "eval_clients"
+"""Metric: clients asked to score, when ``eval.clients`` samples fewer than all."""
 
 
 def evaluate_states(
@@ -114,7 +118,8 @@ def evaluate_federation(
     Args:
         ws: the server's workspace (its model scores the test split when ``common``).
         engine: carries the evaluate messages.
-        clients: who is scored, in order.
+        clients: who may be scored, in order: all of them, or the seeded sample of
+            ``eval.clients`` (the same one every round).
         round_num: the round whose model is scored (0: before training).
         sent: the state sent to each client (built when its message goes out).
         scope: which model a client composes from what it is sent.
@@ -122,6 +127,8 @@ def evaluate_federation(
             server scores the test split with it, once); None: each client scores the
             test split with its own model and the sums are added.
     """
+    everyone = len(clients)
+    clients = scored_clients(clients, ws.config.eval.clients, ws.config.seed)
     messages = _Lazy(clients, lambda c: evaluate_message(round_num, sent(c), scope, common is None))
     per_client: dict[ClientId, HeldOut] = {}
     test, public = HeldOut(0.0, 0), HeldOut(0.0, 0)
@@ -146,7 +153,15 @@ def evaluate_federation(
         metrics[f"client/{client}/loss"] = held.loss
     if missing:
         metrics[MISSING] = float(missing)
+    if len(clients) < everyone:
+        metrics[SCORED] = float(len(clients))
     return metrics
+
+
+def scored_clients(clients: Sequence[ClientId], wanted: int | None, seed: int) -> list[ClientId]:
+    """Every client, or a seeded sample of ``wanted`` (in client order, the same for the
+    same list at every evaluation of a run)."""
+    return list(clients) if wanted is None else draw_clients(clients, wanted, seed, "eval")
 
 
 def _score_on_server(ws: Workspace, state: Params) -> tuple[HeldOut, HeldOut]:

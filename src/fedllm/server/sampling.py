@@ -48,10 +48,18 @@ def sample_clients(
 
     Returns them in the order of ``clients``. If fewer clients exist, all are taken.
     """
-    if per_round >= len(clients):
+    return draw_clients(clients, per_round, seed, "sample", round_num)
+
+
+def draw_clients(
+    clients: Sequence[ClientId], count: int, seed: int, *keys: object
+) -> list[ClientId]:
+    """``count`` distinct clients drawn uniformly with a seed derived from ``seed`` and
+    ``keys``, in the order of ``clients`` (all of them if there are no more)."""
+    if count >= len(clients):
         return list(clients)
-    rng = np.random.default_rng(derive_seed(seed, "sample", round_num))
-    chosen = set(rng.choice(len(clients), size=per_round, replace=False).tolist())
+    rng = np.random.default_rng(derive_seed(seed, *keys))
+    chosen = set(rng.choice(len(clients), size=count, replace=False).tolist())
     return [cid for i, cid in enumerate(clients) if i in chosen]
 
 
