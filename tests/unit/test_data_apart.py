@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from fedllm.data.apart import APART_ENV, DataBuildError, built_apart, can_fork
+from fedllm.data.apart import IN_PROCESS_ENV, DataBuildError, built_apart, can_fork
 from fedllm.data.sources import DataError
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="no fork on this platform")
@@ -35,7 +35,7 @@ def test_a_child_that_dies_is_reported_with_its_exit_code() -> None:
 
 
 def test_the_environment_switch_builds_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(APART_ENV, "1")
+    monkeypatch.setenv(IN_PROCESS_ENV, "1")
     assert built_apart(os.getpid) == os.getpid()
 
 
@@ -47,7 +47,7 @@ def test_federated_data_built_apart_equals_the_in_process_build(
 
     cfg = DataConfig(source="chitchat", num_clients=3, max_examples_per_client=40)
     apart = built_apart(lambda: build_federated_data(cfg, data_tokenizer, 0))
-    monkeypatch.setenv(APART_ENV, "1")
+    monkeypatch.setenv(IN_PROCESS_ENV, "1")
     here = build_federated_data(cfg, data_tokenizer, 0)
     assert apart.clients.keys() == here.clients.keys()
     for cid, client in here.clients.items():

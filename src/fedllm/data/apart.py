@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-APART_ENV = "FEDLLM_DATA_IN_PROCESS"
+IN_PROCESS_ENV = "FEDLLM_DATA_IN_PROCESS"
 """Set to 1 to build the data in the run's own process (for debugging the build)."""
 
 
@@ -31,7 +31,7 @@ class DataBuildError(RuntimeError):
 
 def can_fork() -> bool:
     """Whether the data can be built apart here (``fork`` exists and is not turned off)."""
-    return "fork" in multiprocessing.get_all_start_methods() and not os.environ.get(APART_ENV)
+    return "fork" in multiprocessing.get_all_start_methods() and not os.environ.get(IN_PROCESS_ENV)
 
 
 def built_apart(build: Callable[[], T]) -> T:
@@ -56,7 +56,7 @@ def built_apart(build: Callable[[], T]) -> T:
         child.join()
         raise DataBuildError(
             f"the process building the data exited with code {child.exitcode} before it "
-            f"answered (killed, or out of memory?); set {APART_ENV}=1 to build it in-process"
+            f"answered (killed, or out of memory?); set {IN_PROCESS_ENV}=1 to build it in-process"
         ) from None
     finally:
         receive.close()

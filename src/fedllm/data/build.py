@@ -25,8 +25,8 @@ from fedllm.data.sources import (
     record_text,
 )
 
-Encoder = Callable[[Sequence[Record], int | None], list[Example]]
-"""Records (and an optional cap on examples) -> tokenized examples."""
+Encoder = Callable[[Sequence[Record], int | None], Examples]
+"""Records (and an optional cap on examples) -> tokenized examples, compact."""
 
 _STAGE_TEST = 1
 _STAGE_CLIENT = 2
@@ -154,7 +154,7 @@ def build_federated_data(
     dropped = dict(sorted(dropped.items()))
     if not clients:
         raise _no_client_left(cfg, len(raw.clients) + len(raw.dropped), dropped)
-    test = Examples.pack(encode(raw.test, cfg.max_test_examples) if raw.test else [])
+    test = encode(raw.test, cfg.max_test_examples) if raw.test else Examples.pack([])
     return FederatedData(clients=clients, test=test, dropped=dropped)
 
 
@@ -252,13 +252,13 @@ def _encode_client(split: RecordSplit, cfg: DataConfig, encode: Encoder) -> Clie
     train_cap = None if cap is None else max(1, cap - len(evals))
     train = encode(split.train, train_cap)
     if not evals and len(train) > 1:
-        evals = [train.pop()]
+        train, evals = train[:-1], train[-1:]
     total = len(train) + len(evals)
     if not train or not evals:
         return f"{total} example(s) after tokenizing; needs one train and one eval"
     if total < cfg.min_client_examples:
         return f"{total} examples < data.min_client_examples = {cfg.min_client_examples}"
-    return ClientData(split.client_id, train=Examples.pack(train), eval=Examples.pack(evals))
+    return ClientData(client_id=split.client_id, train=train, eval=evals)
 
 
 def _no_client_left(cfg: DataConfig, partitions: int, dropped: dict[str, str]) -> DataError:
@@ -276,21 +276,24 @@ def encode_records(
     seq_len: int,
     cap: int | None,
     as_text: bool = False,
-) -> list[Example]:
+) -> Examples:
     """Chat records -> SFT examples (unless ``as_text``); text -> packed ``seq_len`` blocks.
 
     ``as_text`` packs chat records as plain text too (messages joined by
-    newlines), with loss on every token.
+    newlines), with loss on every token. Returned compact
+    (:class:`~fedllm.data.compact.Examples`), so no list of them outlives the call.
     """
     if kind == "chat" and not as_text:
-        return encode_chats([r["messages"] for r in records], tokenizer, seq_len, cap)
-    return pack_texts([record_text(r) for r in records], tokenizer, seq_len, cap)
+        return Examples.pack(
+            encode_chats([r["messages"] for r in records], tokenizer, seq_len, cap)
+        )
+    return Examples.pack(pack_texts([record_text(r) for r in records], tokenizer, seq_len, cap))
 
 
 def _encoder(kind: str, tokenizer: PreTrainedTokenizerBase, seq_len: int, as_text: bool) -> Encoder:
     """:func:`encode_records` with everything but the records and the cap fixed."""
 
-    def encode(records: Sequence[Record], cap: int | None) -> list[Example]:
+    def encode(records: Sequence[Record], cap: int | None) -> Examples:
         return encode_records(kind, records, tokenizer, seq_len, cap, as_text)
 
     return encode

@@ -16,7 +16,6 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from fedllm.data.build import encode_records
-from fedllm.data.compact import Examples
 from fedllm.data.format import Example
 from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, load_records, record_kind
@@ -70,10 +69,8 @@ def build_public_data(config: Config, tokenizer: PreTrainedTokenizerBase) -> Pub
     seq_len = config.data.seq_len
     data = PublicData(
         public.source,
-        train=Examples.pack(encode_records(kind, rest, tokenizer, seq_len, public.max_examples)),
-        eval=Examples.pack(
-            encode_records(kind, held, tokenizer, seq_len, public.max_eval_examples)
-        ),
+        train=encode_records(kind, rest, tokenizer, seq_len, public.max_examples),
+        eval=encode_records(kind, held, tokenizer, seq_len, public.max_eval_examples),
     )
     if not data.train or not data.eval:
         raise DataError(

@@ -67,22 +67,23 @@ def evaluate(
     model.eval()
     device = input_device(model)
     loss_sum, tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start : start + batch_size], pad_id)
-        labels = batch.pop("labels")
-        inputs = {k: v.to(device) for k, v in batch.items()}
-        with autocast(device, bf16), hidden_states_out(model) as project:
-            out = model(**inputs).logits  # the last hidden states when project is set
-        # Shift the labels, not the outputs: slicing them would copy them.
-        targets = aligned_targets(labels, out.shape[1]).to(out.device)
-        scored = targets != IGNORE_INDEX
-        if project is None:
-            flat = out.reshape(-1, out.shape[-1]).float()
-            loss_sum += float(F.cross_entropy(flat, targets.reshape(-1), reduction="sum"))
-        else:
-            loss_sum += _chunked_loss(out[scored], targets[scored], project, device, bf16)
-        tokens += int(scored.sum())
-        del out
+    with hidden_states_out(model) as project:
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size], pad_id)
+            labels = batch.pop("labels")
+            with autocast(device, bf16):
+                out = model(**{k: v.to(device) for k, v in batch.items()}).logits
+            # out: the last hidden states when project is set. Shift the labels, not
+            # the outputs: slicing them would copy them.
+            targets = aligned_targets(labels, out.shape[1]).to(out.device)
+            scored = targets != IGNORE_INDEX
+            if project is None:
+                flat = out.reshape(-1, out.shape[-1]).float()
+                loss_sum += float(F.cross_entropy(flat, targets.reshape(-1), reduction="sum"))
+            else:
+                loss_sum += _chunked_loss(out[scored], targets[scored], project, device, bf16)
+            tokens += int(scored.sum())
+            del out
     model.train(was_training)
     return HeldOut(loss_sum, tokens)
 
