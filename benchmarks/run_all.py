@@ -6,7 +6,8 @@ About 115 minutes on 2 cores: round overhead (2 min), memory vs clients
 steps per round at an equal token budget (about 8 min), Flower loopback vs the
 simulator vs Flower's no-op floor, tiny and SmolLM2 LoRA (about 4 and 12 min),
 memory vs a plain script (about 10 min), mixed precision (8 min), aggregation
-against memory bandwidth (1 min).
+against memory bandwidth (1 min), time to the first step vs a plain script (5 min),
+the demo's whole process and evaluation vs a plain loss loop (6 min).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ BENCHMARKS = [
     ["benchmarks.memory_vs_plain"],
     ["benchmarks.scale_clients"],
     ["benchmarks.startup"],
+    ["benchmarks.first_step"],
+    ["benchmarks.demo_process"],
     ["benchmarks.mixed_precision"],
     ["benchmarks.aggregate"],
     ["benchmarks.demo_result"],

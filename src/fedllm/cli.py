@@ -348,9 +348,13 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         from fedllm.deploy.launch import run_on_flower
 
         return _exit_status(run_on_flower(config, out, args.overwrite, reporter), console)
-    from fedllm.federation.runner import run
+    from fedllm.federation.early import start_run_data
 
-    result = run(config, out, overwrite=args.overwrite, reporter=reporter)
+    # the data is built in a child from here on, while this process imports and loads
+    with start_run_data(config) as data:
+        from fedllm.federation.runner import run
+
+        result = run(config, out, overwrite=args.overwrite, reporter=reporter, data=data)
     return _exit_status(result, console)
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
-from fedllm.data.apart import IN_PROCESS_ENV, DataBuildError, built_apart, can_fork
+from fedllm.data.apart import IN_PROCESS_ENV, DataBuildError, built_apart, can_fork, start_apart
 from fedllm.data.sources import DataError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(not can_fork(), reason="no fork on this platform")
 
@@ -54,3 +58,52 @@ def test_federated_data_built_apart_equals_the_in_process_build(
         assert apart.clients[cid].train == client.train
         assert apart.clients[cid].eval == client.eval
     assert apart.test == here.test and apart.summary() == here.summary()
+
+
+def test_a_started_build_runs_while_the_caller_works(tmp_path: Path) -> None:
+    flag = tmp_path / "caller-went-on"
+
+    def build() -> bool:
+        deadline = time.monotonic() + 20
+        while not flag.exists():  # only finishes once the caller has gone on
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    pending = start_apart(build)
+    flag.touch()
+    assert pending.result() is True
+
+
+def test_a_build_left_unused_is_stopped_when_its_context_closes() -> None:
+    with start_apart(lambda: time.sleep(60)) as pending:
+        child = pending._child
+        assert child is not None and child.is_alive()
+    assert not child.is_alive()
+
+
+def test_a_taken_result_survives_the_context() -> None:
+    with start_apart(lambda: [3, 4]) as pending:
+        assert pending.result() == [3, 4]
+    assert pending.result() == [3, 4]
+
+
+def test_run_data_started_early_equals_the_in_process_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The tokenizer comes back from the child and tokenizes as one loaded here does."""
+    from fedllm.config import load_config
+    from fedllm.federation.early import build_run_data, start_run_data
+
+    config = load_config(ROOT / "configs" / "tiny.toml")
+    with start_run_data(config) as pending:
+        early = pending.result()
+    monkeypatch.setenv(IN_PROCESS_ENV, "1")
+    here = build_run_data(config)
+    text = "Hello, how are you today?"
+    assert early.tokenizer(text)["input_ids"] == here.tokenizer(text)["input_ids"]
+    assert early.tokenizer.pad_token_id == here.tokenizer.pad_token_id
+    assert early.data.summary() == here.data.summary()
+    for cid, client in here.data.clients.items():
+        assert early.data.clients[cid].train == client.train

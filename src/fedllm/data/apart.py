@@ -17,7 +17,8 @@ import os
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, TypeVar
+from multiprocessing.process import BaseProcess
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -43,30 +44,83 @@ def built_apart(build: Callable[[], T]) -> T:
     Raises:
         DataBuildError: the child exited without answering.
     """
+    return start_apart(build).result()
+
+
+def start_apart(build: Callable[[], T]) -> Pending[T]:
+    """Start ``build()`` in a forked child and return at once, so the caller can work
+    meanwhile (load the model while the data is tokenized); where forking is not
+    possible, ``build()`` runs here first."""
     if not can_fork():
-        return build()
+        return Pending(done=build())
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_run, args=(build, send), name="fedllm-data", daemon=True)
     child.start()
     send.close()
-    try:
-        status, payload = receive.recv()
-    except EOFError:
+    return Pending(child=child, receive=receive)
+
+
+class Pending(Generic[T]):
+    """A build started by :func:`start_apart`: :meth:`result` waits for it, :meth:`cancel`
+    stops it. As a context manager, a build whose result was never taken is cancelled
+    on exit."""
+
+    def __init__(
+        self,
+        done: T | None = None,
+        child: BaseProcess | None = None,
+        receive: Connection | None = None,
+    ) -> None:
+        self._done, self._child, self._receive = done, child, receive
+
+    def result(self) -> T:
+        """The build's result (waiting for the child), or its exception raised here.
+
+        Raises:
+            DataBuildError: the child exited without answering.
+        """
+        if self._child is None or self._receive is None:
+            return cast(T, self._done)
+        child, receive = self._child, self._receive
+        try:
+            status, payload = receive.recv()
+        except EOFError:
+            child.join()
+            raise DataBuildError(
+                f"the process building the data exited with code {child.exitcode} before "
+                f"it answered (killed, or out of memory?); set {IN_PROCESS_ENV}=1 to build "
+                "it in-process"
+            ) from None
+        finally:
+            receive.close()
+            self._receive = None
         child.join()
-        raise DataBuildError(
-            f"the process building the data exited with code {child.exitcode} before it "
-            f"answered (killed, or out of memory?); set {IN_PROCESS_ENV}=1 to build it in-process"
-        ) from None
-    finally:
-        receive.close()
-    child.join()
-    if status == "error":
-        error, where = payload
-        error.add_note(f"raised while building the data in a child process:\n{where}")
-        raise error
-    result: T = payload
-    return result
+        self._child = None
+        if status == "error":
+            error, where = payload
+            error.add_note(f"raised while building the data in a child process:\n{where}")
+            raise error
+        result: T = payload
+        self._done = result
+        return result
+
+    def __enter__(self) -> Pending[T]:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.cancel()
+
+    def cancel(self) -> None:
+        """Stop the child if it still runs (the caller failed before it needed the data);
+        nothing once :meth:`result` returned."""
+        if self._child is not None:
+            self._child.kill()  # SIGKILL: the run may have turned SIGTERM into a graceful stop
+            self._child.join()
+            self._child = None
+        if self._receive is not None:
+            self._receive.close()
+            self._receive = None
 
 
 def _run(build: Callable[[], Any], send: Connection) -> None:

@@ -17,15 +17,16 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
 from fedllm.components import PARTITIONERS
 from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 Partition = dict[str, list[int]]
 """Client id -> indices into the partitioned record list."""
@@ -46,8 +47,10 @@ def natural(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition:
     counts = Counter(ids)
     kept = set(sorted(counts, key=lambda cid: (-counts[cid], cid))[: cfg.num_clients])
     rows = [i for i, cid in enumerate(ids) if cid in kept]
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
     partitioner = NaturalIdPartitioner(partition_by="client")
-    partitioner.dataset = Dataset.from_dict({"index": rows, "client": [ids[i] for i in rows]})
+    partitioner.dataset = index_dataset({"index": rows, "client": [ids[i] for i in rows]})
     out: Partition = {}
     with contextlib.redirect_stderr(io.StringIO()):  # flwr-datasets draws a tqdm bar
         for pid in range(partitioner.num_partitions):
@@ -61,8 +64,10 @@ def iid(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition:
     """``num_clients`` equal-sized random shards (``client-000``, ``client-001``...)."""
     check_enough(len(records), cfg.num_clients, "iid")
     order = np.random.default_rng(seed).permutation(len(records))
+    from flwr_datasets.partitioner import IidPartitioner
+
     partitioner = IidPartitioner(num_partitions=cfg.num_clients)
-    partitioner.dataset = Dataset.from_dict({"index": order})
+    partitioner.dataset = index_dataset({"index": order})
     return {
         client_name(k, cfg.num_clients): dataset_indices(partitioner.load_partition(k))
         for k in range(cfg.num_clients)
@@ -101,6 +106,8 @@ def dirichlet_by_label(
     check_enough(len(labels), cfg.num_clients, name)
     _, codes = np.unique(np.asarray([str(v) for v in labels], dtype=object), return_inverse=True)
     min_size = min(cfg.min_client_examples, len(labels) // cfg.num_clients)
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     partitioner = DirichletPartitioner(
         num_partitions=cfg.num_clients,
         partition_by="label",
@@ -110,7 +117,7 @@ def dirichlet_by_label(
         shuffle=True,
         seed=seed,
     )
-    partitioner.dataset = Dataset.from_dict(
+    partitioner.dataset = index_dataset(
         {"index": np.arange(len(labels)), "label": codes.astype(np.int64)}
     )
     out: Partition = {}
@@ -171,6 +178,18 @@ def _safe_ids(values: Sequence[Any]) -> list[str]:
 
 def _sanitize(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._")[:MAX_ID_CHARS]
+
+
+def index_dataset(columns: dict[str, Any]) -> Dataset:
+    """A ``datasets.Dataset`` of these columns, for a flwr-datasets partitioner.
+
+    flwr-datasets and datasets are imported here, on first use, not with this
+    module: they bring pyarrow, pandas and matplotlib (over a second), which a
+    run building its data in a child process never needs in its own.
+    """
+    from datasets import Dataset
+
+    return Dataset.from_dict(columns)
 
 
 def dataset_indices(part: Dataset) -> list[int]:

@@ -13,8 +13,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import PathologicalPartitioner, SizePartitioner
 
 from fedllm.components import PARTITIONERS
 from fedllm.data.partition import (
@@ -23,6 +21,7 @@ from fedllm.data.partition import (
     client_name,
     dataset_indices,
     field_values,
+    index_dataset,
 )
 from fedllm.data.settings import DataConfig
 from fedllm.data.sources import DataError, Record
@@ -59,6 +58,8 @@ def shards(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition:
     rng = np.random.default_rng([seed % 2**63, 0x5A])
     labels = sorted(counts)
     code = {labels[j]: i for i, j in enumerate(rng.permutation(len(labels)))}  # seeded order
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
     partitioner = PathologicalPartitioner(
         num_partitions=cfg.num_clients,
         partition_by="label",
@@ -67,7 +68,7 @@ def shards(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition:
         shuffle=True,
         seed=int(rng.integers(2**32)),
     )
-    partitioner.dataset = Dataset.from_dict(
+    partitioner.dataset = index_dataset(
         {"index": np.arange(len(values)), "label": [code[v] for v in values]}
     )
     out: Partition = {}
@@ -102,8 +103,10 @@ def quantity(records: Sequence[Record], cfg: DataConfig, seed: int) -> Partition
     check_enough(len(records), cfg.num_clients, "quantity")
     rng = np.random.default_rng([seed % 2**63, 0x51])
     sizes = quantity_sizes(len(records), cfg, rng)
+    from flwr_datasets.partitioner import SizePartitioner
+
     partitioner = SizePartitioner(partition_sizes=sizes)
-    partitioner.dataset = Dataset.from_dict({"index": rng.permutation(len(records))})
+    partitioner.dataset = index_dataset({"index": rng.permutation(len(records))})
     return {
         client_name(k, cfg.num_clients): dataset_indices(partitioner.load_partition(k))
         for k in range(cfg.num_clients)

@@ -11,6 +11,7 @@ from typing import Any
 
 from fedllm.client.store import ClientStateStore
 from fedllm.config import Config, dump_config
+from fedllm.data.apart import Pending
 from fedllm.federation.checkpoint import (
     CHECKPOINT_DAMAGE,
     Checkpoint,
@@ -19,6 +20,7 @@ from fedllm.federation.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from fedllm.federation.early import RunData
 from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.export import export_states
 from fedllm.federation.modes import Mode, build_mode
@@ -62,6 +64,7 @@ def run(
     reporter: Reporter | None = None,
     engine: EngineFactory = SimulationEngine,
     remote: Mapping[ClientId, int] | None = None,
+    data: Pending[RunData] | None = None,
 ) -> RunResult:
     """Start a fresh run in ``out`` and train it to the end.
 
@@ -70,11 +73,13 @@ def run(
     carries the rounds' messages (the embedded simulator by default); ``remote``
     names the clients that live elsewhere, with their training-set sizes (a
     distributed engine's nodes; see :func:`~fedllm.federation.modes.build_mode`).
+    ``data``: the tokenizer and data already being built
+    (:func:`~fedllm.federation.early.start_run_data`), else they are built here.
     """
     started = time.perf_counter()
     rundir = RunDir(out)
     rundir.check_new(overwrite)
-    ws = prepare(config)
+    ws = prepare(config, started=data)
     rundir.create(config, overwrite=overwrite)
     return _train(ws, rundir, reporter or SilentReporter(), None, started, engine, remote)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,9 +10,10 @@ import torch
 
 from fedllm.components import METHODS, load_builtin
 from fedllm.config import Config, ConfigError
-from fedllm.data import FederatedData, build_federated_data
-from fedllm.data.apart import built_apart
-from fedllm.data.public import PublicData, build_public_data
+from fedllm.data import FederatedData
+from fedllm.data.apart import Pending
+from fedllm.data.public import PublicData
+from fedllm.federation.early import RunData, start_run_data
 from fedllm.model.device import place_model, resolve_device, resolved_dtype
 from fedllm.model.load import load_base_model, load_tokenizer
 from fedllm.model.methods.base import Method, check_gradient_checkpointing
@@ -48,9 +50,15 @@ class Workspace:
         return int(self.tokenizer.pad_token_id)
 
 
-def prepare(config: Config, with_data: bool = True) -> Workspace:
+def prepare(
+    config: Config, with_data: bool = True, started: Pending[RunData] | None = None
+) -> Workspace:
     """Load the tokenizer, the data (optional), the base model and apply the method.
 
+    The tokenizer and the data are built in a forked child (``started`` if the caller
+    started it, as ``fedllm run`` does before its imports; see
+    :mod:`fedllm.federation.early`) while this process imports the training stack; they
+    are waited for, and the cohort checked against the data, before the model loads.
     The method's initialisation (e.g. LoRA's A matrices) is seeded from the run
     seed without touching the global RNG.
 
@@ -60,18 +68,22 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
         DeviceError: ``run.device``, ``model.device_map``, ``client.fp16`` or
             ``client.offload`` asks for a GPU that is not there.
     """
-    load_builtin()
-    if config.run.threads is not None:
-        torch.set_num_threads(config.run.threads)
-    method: Method = METHODS.get(config.method.kind)()
-    if config.client.gradient_checkpointing:
-        check_gradient_checkpointing(method)  # before anything slow is loaded
-    device = resolve_device(config)  # a missing GPU fails here, before anything slow
-    config = resolved_dtype(config, device)
-    tokenizer = load_tokenizer(config.model)
-    data, public = built_apart(lambda: _data(config, tokenizer)) if with_data else (None, None)
-    if data is not None:
-        check_cohort(config, data)
+    pending = (started or start_run_data(config)) if with_data else None
+    with pending or nullcontext():  # a check failing below stops the build
+        load_builtin()
+        if config.run.threads is not None:
+            torch.set_num_threads(config.run.threads)
+        method: Method = METHODS.get(config.method.kind)()
+        if config.client.gradient_checkpointing:
+            check_gradient_checkpointing(method)  # before anything slow is loaded
+        device = resolve_device(config)  # a missing GPU fails here, before anything slow
+        config = resolved_dtype(config, device)
+        built = pending.result() if pending is not None else None
+    if built is None:
+        tokenizer, data, public = load_tokenizer(config.model), None, None
+    else:
+        tokenizer, data, public = built.tokenizer, built.data, built.public
+        check_cohort(config, built.data)  # before the model loads
     base = load_base_model(config.model, config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(config.seed, "method-init"))
@@ -81,12 +93,6 @@ def prepare(config: Config, with_data: bool = True) -> Workspace:
         enable_gradient_checkpointing(model)
     initial = get_trainable_state(model)
     return Workspace(config, tokenizer, model, method, initial, data, public)
-
-
-def _data(config: Config, tokenizer: Any) -> tuple[FederatedData, PublicData | None]:
-    return build_federated_data(config.data, tokenizer, config.seed), build_public_data(
-        config, tokenizer
-    )
 
 
 def check_cohort(config: Config, data: FederatedData) -> None:
