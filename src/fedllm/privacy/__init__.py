@@ -1,0 +1,1 @@
+"""Privacy: differential-privacy accounting (dp-accounting) for user-level DP-FedAvg."""

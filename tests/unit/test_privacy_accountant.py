@@ -1,0 +1,140 @@
+"""The DP-FedAvg accountant against independent computations of the same mechanism."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import gammaln, logsumexp
+
+from fedllm.privacy.accountant import Mechanism, PrivacyAccountant, PrivacyConfigError
+
+DELTA = 1e-5
+INTEGER_ORDERS = tuple(float(a) for a in range(2, 64))
+
+
+def epsilon_from_rdp(rdp: np.ndarray, orders: np.ndarray, delta: float) -> float:
+    """Canonne, Kamath & Steinke (2020) Prop. 12's conversion, minimised over the orders."""
+    eps = rdp + np.log1p(-1 / orders) - (math.log(delta) + np.log(orders)) / (orders - 1)
+    return float(np.min(eps))
+
+
+def gaussian_rdp(z: float, orders: np.ndarray) -> np.ndarray:
+    """RDP of the Gaussian mechanism with sensitivity 1 and std z: alpha / (2 z^2)."""
+    return orders / (2 * z**2)
+
+
+def poisson_gaussian_rdp(q: float, z: float, orders: np.ndarray) -> np.ndarray:
+    """Mironov, Talwar & Zhang (2019), integer orders: log A_alpha / (alpha - 1), with
+    A_alpha = sum_k C(alpha, k) (1-q)^(alpha-k) q^k exp((k^2 - k) / (2 z^2))."""
+    out = []
+    for alpha in orders.astype(int):
+        k = np.arange(alpha + 1)
+        log_binom = gammaln(alpha + 1) - gammaln(k + 1) - gammaln(alpha - k + 1)
+        terms = (
+            log_binom + (alpha - k) * math.log1p(-q) + k * math.log(q) + (k * k - k) / (2 * z**2)
+        )
+        out.append(logsumexp(terms) / (alpha - 1))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(("z", "rounds"), [(0.8, 1), (1.1, 50), (3.0, 1000)])
+def test_every_client_every_round_matches_the_gaussian_rdp_closed_form(
+    z: float, rounds: int
+) -> None:
+    orders = np.array(INTEGER_ORDERS)
+    expected = epsilon_from_rdp(rounds * gaussian_rdp(z, orders), orders, DELTA)
+    accountant = PrivacyAccountant(Mechanism(z, 10, 10), DELTA, orders=INTEGER_ORDERS)
+    assert accountant.epsilon(rounds) == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("q_clients", "z", "rounds"), [(10, 1.0, 100), (50, 0.7, 20), (4, 1.5, 300)]
+)
+def test_poisson_cohorts_match_the_subsampled_gaussian_rdp_formula(
+    q_clients: int, z: float, rounds: int
+) -> None:
+    clients = 1000
+    q = q_clients / clients
+    orders = np.array(INTEGER_ORDERS)
+    expected = epsilon_from_rdp(rounds * poisson_gaussian_rdp(q, z, orders), orders, DELTA)
+    mechanism = Mechanism(z, clients, q_clients, "poisson")
+    accountant = PrivacyAccountant(mechanism, DELTA, orders=INTEGER_ORDERS)
+    assert accountant.epsilon(rounds) == pytest.approx(expected, rel=0.01)
+
+
+def test_pld_is_at_least_as_tight_as_rdp_and_close_to_it() -> None:
+    mechanism = Mechanism(1.0, 1000, 10, "poisson")
+    rdp = PrivacyAccountant(mechanism, DELTA, "rdp").epsilon(200)
+    pld = PrivacyAccountant(mechanism, DELTA, "pld").epsilon(200)
+    assert 0.6 * rdp < pld <= rdp * 1.001
+
+
+def test_fixed_size_cohorts_are_accounted_as_replace_one_and_cost_more() -> None:
+    poisson = PrivacyAccountant(Mechanism(1.0, 100, 10, "poisson"), DELTA).epsilon(50)
+    fixed = PrivacyAccountant(Mechanism(1.0, 100, 10, "fixed"), DELTA).epsilon(50)
+    assert fixed > poisson  # replacing a client moves the sum by up to 2C
+
+
+def test_spending_accumulates_rounds() -> None:
+    accountant = PrivacyAccountant(Mechanism(1.0, 100, 10, "poisson"), DELTA)
+    assert accountant.epsilon() == 0.0
+    accountant.spend()
+    accountant.spend(4)
+    assert accountant.rounds == 5
+    assert accountant.epsilon() == pytest.approx(accountant.epsilon(5))
+
+
+def test_no_noise_is_no_privacy() -> None:
+    assert PrivacyAccountant(Mechanism(0.0, 10, 2), DELTA).epsilon(1) == math.inf
+
+
+def test_rounds_within_a_budget_stop_before_the_one_that_exceeds_it() -> None:
+    accountant = PrivacyAccountant(Mechanism(1.0, 100, 10, "poisson"), DELTA)
+    allowed = accountant.rounds_within(4.0, limit=10_000)
+    assert 0 < allowed < 10_000
+    assert accountant.epsilon(allowed) <= 4.0 < accountant.epsilon(allowed + 1)
+    assert accountant.rounds_within(1e9, limit=7) == 7
+
+
+@pytest.mark.parametrize(("target", "rounds"), [(1.0, 10), (8.0, 200)])
+def test_the_calibrated_noise_spends_the_target_and_no_more(target: float, rounds: int) -> None:
+    accountant = PrivacyAccountant(Mechanism(1.0, 500, 20, "poisson"), DELTA)
+    z = accountant.noise_for(target, rounds)
+    spent = accountant.epsilon(rounds, Mechanism(z, 500, 20, "poisson"))
+    assert spent <= target and spent == pytest.approx(target, rel=0.01)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    z=st.floats(0.5, 4.0),
+    rounds=st.integers(1, 300),
+    cohort=st.integers(1, 100),
+)
+def test_epsilon_grows_with_rounds_and_falls_with_noise(z: float, rounds: int, cohort: int) -> None:
+    accountant = PrivacyAccountant(Mechanism(z, 100, cohort, "poisson"), DELTA)
+    assert accountant.epsilon(rounds) <= accountant.epsilon(rounds + 1)
+    louder = Mechanism(z * 1.5, 100, cohort, "poisson")
+    assert accountant.epsilon(rounds, louder) <= accountant.epsilon(rounds)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: Mechanism(-1.0, 10, 2), "must be >= 0"),
+        (lambda: Mechanism(1.0, 10, 11), "must be 1 to 10"),
+        (lambda: Mechanism(1.0, 10, 2, "uniform"), "'poisson' or 'fixed'"),  # type: ignore[arg-type]
+        (lambda: PrivacyAccountant(Mechanism(1.0, 10, 2), 0.0), "must be in (0, 1)"),
+        (
+            lambda: PrivacyAccountant(Mechanism(1.0, 10, 2, "fixed"), DELTA, "pld"),
+            "use accountant = 'rdp'",
+        ),
+        (lambda: PrivacyAccountant(Mechanism(1.0, 10, 2), DELTA).noise_for(0.0, 5), "must be > 0"),
+    ],
+)
+def test_bad_settings_are_refused_with_what_is_valid(make: object, words: str) -> None:
+    with pytest.raises(PrivacyConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        make()  # type: ignore[operator]
