@@ -7,10 +7,11 @@ rounds and evaluation: the wall time and evaluation's share of it.
 
 Part 2 times fedllm's held-out evaluation (:func:`fedllm.eval.evaluate.evaluate`: logits
 only for scored positions) against the plain loop a user would write, ``model(**batch)
-.loss`` over the same examples in the same batches, on the demo's model (LoRA, bf16
-autocast where the recipe chooses it) and every held-out example the demo scores (each
-client's eval split and the test split). Both in this process, alternated, median of
-``--reps``. Target (the issue's): fedllm's evaluation at most 1.10x the plain loop.
+.loss`` (``benchmarks/plain_job.py``'s ``held_out_loss``) over the same examples in
+the same batches, on the demo's model (LoRA, bf16 autocast where the recipe chooses
+it) and every held-out example the demo scores (each client's eval split and the test
+split). Both in this process, alternated, median of ``--reps``. Target (the issue's):
+fedllm's evaluation at most 1.10x the plain loop.
 
 Usage: python -m benchmarks.demo_process [--reps 5] [--skip-demo]
 """
@@ -28,10 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from benchmarks.common import write_result
-from benchmarks.plain_job import pad
+from benchmarks.plain_job import held_out_loss
 from fedllm.config import load_config
 from fedllm.eval.evaluate import evaluate
 from fedllm.federation.setup import prepare
@@ -64,28 +63,11 @@ def demo_run(extra: list[str], out: Path) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def plain_loss_loop(
-    model: torch.nn.Module, examples: Any, size: int, pad_id: int, bf16: bool
-) -> float:
-    """The plain held-out loop: ``model(**batch).loss`` batch by batch (its token mean)."""
-    model.eval()
-    total = 0.0
-    for start in range(0, len(examples), size):
-        chosen = examples[start : start + size]
-        batch = pad([(e.input_ids, e.labels) for e in chosen], pad_id)
-        with autocast(torch.device("cpu"), bf16):
-            total += float(model(**batch).loss)
-    return total
-
-
-def median_s(work: Callable[[], object], reps: int) -> list[float]:
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return times
+def seconds(work: Callable[[], object]) -> float:
+    """Wall seconds ``work()`` takes."""
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 def eval_cost(reps: int) -> dict[str, Any]:
@@ -94,12 +76,20 @@ def eval_cost(reps: int) -> dict[str, Any]:
     examples = [e for c in ws.data.clients.values() for e in c.eval] + list(ws.data.test)
     size = ws.config.eval.batch_size
     bf16 = use_bf16(ws.config.client.bf16, input_device(ws.model))
+    pairs = [(e.input_ids, e.labels) for e in examples]
+
+    def fedllm() -> object:
+        return evaluate(ws.model, examples, size, ws.pad_id, bf16)
+
+    def plain() -> object:  # the plain script's loop, under the same autocast
+        with autocast(input_device(ws.model), bf16):
+            return held_out_loss(ws.model, pairs, size, ws.pad_id)
+
+    fedllm(), plain()  # warm-up
     fedllm_s, plain_s = [], []
-    evaluate(ws.model, examples, size, ws.pad_id, bf16)  # warm-up
-    plain_loss_loop(ws.model, examples, size, ws.pad_id, bf16)
-    for _ in range(reps):
-        fedllm_s += median_s(lambda: evaluate(ws.model, examples, size, ws.pad_id, bf16), 1)
-        plain_s += median_s(lambda: plain_loss_loop(ws.model, examples, size, ws.pad_id, bf16), 1)
+    for _ in range(reps):  # alternated
+        fedllm_s.append(seconds(fedllm))
+        plain_s.append(seconds(plain))
     ratio = statistics.median(fedllm_s) / statistics.median(plain_s)
     return {
         "examples": len(examples),

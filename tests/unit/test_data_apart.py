@@ -107,3 +107,20 @@ def test_run_data_started_early_equals_the_in_process_build(
     assert early.data.summary() == here.data.summary()
     for cid, client in here.data.clients.items():
         assert early.data.clients[cid].train == client.train
+
+
+def test_a_cancelled_build_has_no_result() -> None:
+    with start_apart(lambda: [5]) as pending:
+        pass
+    with pytest.raises(RuntimeError, match="cancelled"):
+        pending.result()
+
+
+def test_in_process_the_build_waits_until_its_result_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(IN_PROCESS_ENV, "1")
+    calls: list[int] = []
+    pending = start_apart(lambda: calls.append(1) or len(calls))
+    assert calls == []  # the caller's quick checks come first, as without a child
+    assert pending.result() == 1 and pending.result() == 1 and calls == [1]

@@ -18,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -50,15 +50,15 @@ def built_apart(build: Callable[[], T]) -> T:
 def start_apart(build: Callable[[], T]) -> Pending[T]:
     """Start ``build()`` in a forked child and return at once, so the caller can work
     meanwhile (load the model while the data is tokenized); where forking is not
-    possible, ``build()`` runs here first."""
+    possible, ``build()`` runs here when its result is first asked for."""
     if not can_fork():
-        return Pending(done=build())
+        return Pending(build)
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
     child = context.Process(target=_run, args=(build, send), name="fedllm-data", daemon=True)
     child.start()
     send.close()
-    return Pending(child=child, receive=receive)
+    return Pending(build, child, receive)
 
 
 class Pending(Generic[T]):
@@ -68,20 +68,34 @@ class Pending(Generic[T]):
 
     def __init__(
         self,
-        done: T | None = None,
+        build: Callable[[], T],
         child: BaseProcess | None = None,
         receive: Connection | None = None,
     ) -> None:
-        self._done, self._child, self._receive = done, child, receive
+        self._build: Callable[[], T] | None = build  # None once done or cancelled
+        self._child, self._receive = child, receive
+        self._done: list[T] = []  # the result, once there is one
 
     def result(self) -> T:
-        """The build's result (waiting for the child), or its exception raised here.
+        """The build's result (waiting for the child, or building here), or its
+        exception raised here.
 
         Raises:
             DataBuildError: the child exited without answering.
+            RuntimeError: the build was cancelled.
         """
-        if self._child is None or self._receive is None:
-            return cast(T, self._done)
+        if self._done:
+            return self._done[0]
+        if self._build is None:
+            raise RuntimeError("this data build was cancelled; it has no result")
+        result = self._build() if self._child is None else self._received()
+        self._build = None
+        self._done.append(result)
+        return result
+
+    def _received(self) -> T:
+        """The child's answer (it is joined and the pipe closed)."""
+        assert self._child is not None and self._receive is not None
         child, receive = self._child, self._receive
         try:
             status, payload = receive.recv()
@@ -102,7 +116,6 @@ class Pending(Generic[T]):
             error.add_note(f"raised while building the data in a child process:\n{where}")
             raise error
         result: T = payload
-        self._done = result
         return result
 
     def __enter__(self) -> Pending[T]:
@@ -112,8 +125,10 @@ class Pending(Generic[T]):
         self.cancel()
 
     def cancel(self) -> None:
-        """Stop the child if it still runs (the caller failed before it needed the data);
-        nothing once :meth:`result` returned."""
+        """Stop the build if it has not answered (the caller failed before it needed
+        the data); nothing once :meth:`result` returned."""
+        if not self._done:
+            self._build = None
         if self._child is not None:
             self._child.kill()  # SIGKILL: the run may have turned SIGTERM into a graceful stop
             self._child.join()

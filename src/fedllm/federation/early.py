@@ -48,6 +48,6 @@ def build_run_data(config: Config) -> RunData:
 
 
 def start_run_data(config: Config) -> Pending[RunData]:
-    """:func:`build_run_data` started in a forked child (in this process where forking
-    is not possible, before returning)."""
+    """:func:`build_run_data` started in a forked child (where forking is not possible,
+    run in this process when its result is asked for)."""
     return start_apart(partial(build_run_data, config))
