@@ -314,6 +314,7 @@ USER_ERRORS = (
     ("fedllm.model.methods.base", "MethodError"),
     ("fedllm.model.state", "StateMismatchError"),
     ("fedllm.pipeline.stage", "PipelineError"),
+    ("fedllm.privacy.accountant", "PrivacyConfigError"),
     ("fedllm.client.personal", "PersonalizationError"),
     ("fedllm.prompts.select", "SelectionError"),
     ("fedllm.prompts.inspect", "InspectError"),

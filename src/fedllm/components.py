@@ -48,7 +48,8 @@ ALGORITHMS: Registry[Any] = Registry(
     "algorithm",
     _each_own_module(
         "fedllm.federation.algorithms",
-        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server",
+        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server "
+        "central_dp",
     ),
 )
 REGISTRIES = (DATA_SOURCES, PARTITIONERS, METHODS, SERVER_OPTIMIZERS, AGGREGATORS, ALGORITHMS)

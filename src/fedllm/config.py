@@ -23,6 +23,7 @@ from fedllm.client.settings import ClientConfig, PersonalConfig
 from fedllm.data.settings import DataConfig, PublicConfig
 from fedllm.model.settings import MethodConfig, ModelConfig
 from fedllm.pipeline.settings import PipelineConfig
+from fedllm.privacy.settings import PrivacyConfig
 from fedllm.server.settings import ServerConfig
 from fedllm.settings import NONE, ConfigError, Section, check_client_names
 
@@ -39,6 +40,7 @@ __all__ = [  # the sections live with their components; importable from here too
     "ModelConfig",
     "PersonalConfig",
     "PipelineConfig",
+    "PrivacyConfig",
     "PublicConfig",
     "RunConfig",
     "RuntimeConfig",
@@ -168,6 +170,7 @@ class Config(Section):
     client: ClientConfig = Field(default_factory=ClientConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     personal: PersonalConfig = Field(default_factory=PersonalConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -239,6 +242,30 @@ class Config(Section):
             raise ValueError(
                 "runtime.root_certificates is for a remote runtime.superlink; a loopback "
                 "deployment makes its own: set runtime.superlink = 'host:port', or remove it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_privacy(self) -> Config:
+        if self.privacy.dp != "central":
+            return self
+        server = self.server
+        if server.weighting != "uniform":
+            raise ValueError(
+                "privacy.dp = 'central' bounds each client's influence on a mean of equally "
+                "weighted updates; server.weighting = 'examples' would let one client weigh "
+                "more than the clip allows: set server.weighting = 'uniform'"
+            )
+        if server.sampling not in ("uniform", "poisson"):
+            raise ValueError(
+                f"privacy.dp = 'central' accounts fixed-size uniform cohorts or Poisson "
+                f"sampling, not server.sampling = {server.sampling!r}: set server.sampling "
+                "= 'uniform' or 'poisson'"
+            )
+        if self.pipeline.clip_norm is not None:
+            raise ValueError(
+                "pipeline.clip_norm and privacy.clip_norm both clip the updates; with "
+                "privacy.dp = 'central' the privacy clip is the one: remove pipeline.clip_norm"
             )
         return self
 

@@ -105,7 +105,7 @@ def test_the_noise_follows_the_clip_estimator() -> None:
 
     stage = GaussianNoiseStage(1.0, Halving())
     state = stage.next_state(stage.initial_state(), RoundReport(1, 1))
-    assert state == {"clip": 2.0}
+    assert state == {"clip": 2.0, "multiplier": 1.0}
 
 
 def test_noise_with_a_robust_batch_aggregator_is_refused() -> None:

@@ -76,6 +76,10 @@ class Mode(Protocol):
         """Seconds a distributed engine spent per phase since last asked ({} in process)."""
         ...
 
+    def summary(self) -> dict[str, Any]:
+        """The plug-ins' parts of ``summary.json``, by plug-in name."""
+        ...
+
 
 @dataclass
 class Members:
@@ -222,6 +226,10 @@ class FederatedMode:
                 return f"{plugin.name}: {reason}"
         return None
 
+    def summary(self) -> dict[str, Any]:
+        parts = {plugin.name: plugin.summary() for plugin in self.plugins}
+        return {name: part for name, part in parts.items() if part}
+
 
 class LocalMode:
     """Each client trains alone from the same start; nothing is shared.
@@ -287,6 +295,9 @@ class LocalMode:
 
     def stop_reason(self) -> str | None:
         return None
+
+    def summary(self) -> dict[str, Any]:
+        return {}
 
 
 def client_side(
@@ -421,7 +432,7 @@ def build_mode(
     composition = compose(AlgorithmSetup(ws, mode, members.sizes, store, ws.initial))
     if mode == "local":
         return LocalMode(ws, store, composition, engine)
-    pipeline = build_pipeline(config)
+    pipeline = build_pipeline(config, len(members.sizes))
     return FederatedMode(
         ws, members, config.client, config.server, pipeline, composition, store, engine=engine
     )

@@ -286,6 +286,7 @@ def build_summary(
         "rounds_applied": len(applied),
         "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0),
         **Efficiency.of(ws).summary(records),
+        **mode.summary(),
         "wall_s": wall_s,
         "final_dir": str(rundir.final),
         "data": ws.data.summary() if ws.data else {},

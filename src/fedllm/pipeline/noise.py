@@ -5,6 +5,11 @@ of the n accepted updates by at most C; Gaussian noise of std ``z x C`` on that 
 makes the round a Gaussian mechanism of noise multiplier z, which
 :mod:`fedllm.privacy.accountant` accounts. The aggregate here is the mean, so the
 noise added to it has std ``z x C / n``.
+
+Under Poisson sampling the cohort's size is itself random and would reveal who
+took part; the noisy sum is then divided by the expected cohort instead (the
+fixed-denominator estimator of McMahan et al. 2018), so the output is
+``(sum + N(0, (z C)^2)) / expected``.
 """
 
 from __future__ import annotations
@@ -28,49 +33,60 @@ class GaussianNoiseStage:
     """Add N(0, (z C / n)^2) to every entry of the mean of n clipped updates.
 
     Args:
-        noise_multiplier: z >= 0 (0: nothing is added).
+        noise_multiplier: z >= 0 (0: nothing is added); kept in the stage's state
+            (``multiplier``), so a resumed run keeps the one it started with.
         clip: the clip norm C the clipping stage before this one applies (the same
             constant or estimator, so the noise follows an adaptive clip).
+        expected: the expected cohort under Poisson sampling (the noisy sum is divided
+            by it); None: fixed-size cohorts, the mean of the accepted updates.
     """
 
     name = "noise"
 
-    def __init__(self, noise_multiplier: float, clip: Parameter) -> None:
+    def __init__(
+        self, noise_multiplier: float, clip: Parameter, expected: float | None = None
+    ) -> None:
         if not noise_multiplier >= 0:
             raise ValueError(f"noise multiplier must be >= 0, got {noise_multiplier}")
-        self.noise_multiplier, self.clip = noise_multiplier, clip
+        if expected is not None and not expected > 0:
+            raise ValueError(f"expected cohort must be > 0, got {expected}")
+        self.noise_multiplier, self.clip, self.expected = noise_multiplier, clip, expected
 
     def requires(self) -> Requirements:
         return Requirements(needs_clip_before=True, linear_aggregator_only=True)
 
     def initial_state(self) -> StageState:
-        return {"clip": self.clip.initial()}
+        return {"clip": self.clip.initial(), "multiplier": self.noise_multiplier}
 
     def client(self, update: Params, state: StageState) -> tuple[Params, dict[str, float]]:
         return update, {}
 
     def server(self, combined: Params, state: StageState, report: RoundReport) -> Params:
-        if self.noise_multiplier == 0 or report.num_accepted == 0:
+        accepted, multiplier = report.num_accepted, state["multiplier"]
+        if accepted == 0 or (multiplier == 0 and self.expected is None):
             return combined
-        if abs(report.total_weight - report.num_accepted) > UNIFORM_TOLERANCE:
+        if abs(report.total_weight - accepted) > UNIFORM_TOLERANCE:
             raise PipelineError(
                 f"DP noise is calibrated for uniform weights (total weight "
-                f"{report.total_weight} over {report.num_accepted} updates): set "
+                f"{report.total_weight} over {accepted} updates): set "
                 "server.weighting = 'uniform'"
             )
-        std = noise_std(self.noise_multiplier, state["clip"], report.num_accepted)
+        divisor = accepted if self.expected is None else self.expected
+        scale = accepted / divisor  # the mean -> the sum / divisor
+        std = noise_std(multiplier, state["clip"], divisor)
         generator = torch.Generator().manual_seed(report.seed)
         noised: Params = {}
         for key in sorted(combined):  # a fixed order: the same seed, the same noise
             value = combined[key]
             noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
-            noised[key] = (value.double() + std * noise).to(value.dtype)
+            noised[key] = (value.double() * scale + std * noise).to(value.dtype)
         return noised
 
     def next_state(self, state: StageState, report: RoundReport) -> StageState:
-        return {"clip": self.clip.next(state["clip"], report)}
+        return {"clip": self.clip.next(state["clip"], report), "multiplier": state["multiplier"]}
 
 
-def noise_std(noise_multiplier: float, clip: float, accepted: int) -> float:
-    """The std of the noise :class:`GaussianNoiseStage` adds to a mean of ``accepted``."""
-    return noise_multiplier * clip / accepted
+def noise_std(noise_multiplier: float, clip: float, divisor: float) -> float:
+    """The std of the noise :class:`GaussianNoiseStage` adds to a sum divided by
+    ``divisor`` (the accepted updates, or the expected cohort)."""
+    return noise_multiplier * clip / divisor

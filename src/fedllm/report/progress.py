@@ -90,6 +90,8 @@ class RichReporter(Reporter):
             parts.append(f"{record.extra['tokens_per_s']:,.0f} tok/s")
         if "mfu" in record.extra:
             parts.append(f"MFU {100 * record.extra['mfu']:.1f}%")
+        if "epsilon" in record.extra:
+            parts.append(f"epsilon {record.extra['epsilon']:.3g}")
         if record.skipped:
             parts.append(f"skipped: {record.skipped}")
         if record.rejected:
@@ -115,8 +117,17 @@ class RichReporter(Reporter):
             f"{fmt(summary.get('final', {}).get('clients_ppl_mean'))} (client mean), "
             f"{fmt(summary.get('final', {}).get('test_ppl'))} on the test split; "
             f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down; "
-            f"{summary['wall_s']:.0f} s. Results in {escape(str(summary['run_dir']))}"
+            f"{_privacy(summary)}{summary['wall_s']:.0f} s. "
+            f"Results in {escape(str(summary['run_dir']))}"
         )
+
+
+def _privacy(summary: dict[str, Any]) -> str:
+    """``epsilon E at delta D; `` for a run with a privacy ledger, else nothing."""
+    ledger = summary.get("privacy")
+    if not ledger:
+        return ""
+    return f"epsilon {ledger['epsilon']:.3g} at delta {ledger['delta']:g}; "
 
 
 def result_table(records: list[dict[str, Any]], title: str = "fedllm run") -> Group:

@@ -19,7 +19,8 @@ same points, in the order they were composed:
 
 State between rounds is tensors plus JSON (:meth:`state` / :meth:`restore`),
 checkpointed with everything else. :meth:`stop_reason` ends the run (a
-spent privacy budget) with the reason recorded.
+spent privacy budget) with the reason recorded; :meth:`summary` adds to
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -106,3 +107,7 @@ class ServerPlugin:
     def stop_reason(self) -> str | None:
         """Why the run must stop after this round, or None to go on."""
         return None
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` should say of it, under its name (empty: nothing)."""
+        return {}

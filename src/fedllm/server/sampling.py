@@ -14,6 +14,10 @@ draws the same cohorts as the uninterrupted one.
 - ``trace``: uniformly among the clients online in the round (see
   :mod:`fedllm.server.availability`); all of them if fewer are online, an
   empty cohort if none is.
+- ``poisson``: every client independently with probability
+  ``clients_per_round / clients`` (the cohort's size varies, ``clients_per_round``
+  on average; a round may be empty): the sampling DP accounting models as
+  Poisson subsampling.
 """
 
 from __future__ import annotations
@@ -131,6 +135,29 @@ class TraceSampler:
         return {"online": self.availability.online(round_num)}
 
 
+class PoissonSampler:
+    """Each client independently with probability ``expected / len(clients)``.
+
+    Args:
+        clients: every client, in client order.
+        expected: the expected cohort size (clamped to the number of clients).
+        seed: the run seed.
+    """
+
+    def __init__(self, clients: Sequence[ClientId], expected: int, seed: int) -> None:
+        self.clients = list(clients)
+        self.rate = min(1.0, expected / len(self.clients)) if self.clients else 0.0
+        self.seed = seed
+
+    def cohort(self, round_num: int) -> list[ClientId]:
+        rng = np.random.default_rng(derive_seed(self.seed, "sample-poisson", round_num))
+        joins = rng.random(len(self.clients)) < self.rate
+        return [cid for cid, joined in zip(self.clients, joins.tolist(), strict=True) if joined]
+
+    def record_extra(self, round_num: int) -> dict[str, Any]:
+        return {}
+
+
 def build_sampler(cfg: ServerConfig, sizes: Mapping[ClientId, int], seed: int) -> Sampler:
     """The sampler named by ``server.sampling``.
 
@@ -164,8 +191,13 @@ def _trace(cfg: ServerConfig, sizes: Mapping[ClientId, int], seed: int) -> Sampl
     return TraceSampler(availability, cfg.clients_per_round, seed)
 
 
+def _poisson(cfg: ServerConfig, sizes: Mapping[ClientId, int], seed: int) -> Sampler:
+    return PoissonSampler(list(sizes), cfg.clients_per_round, seed)
+
+
 _BUILDERS: dict[str, Callable[[ServerConfig, Mapping[ClientId, int], int], Sampler]] = {
     "uniform": _uniform,
     "size": _size,
     "trace": _trace,
+    "poisson": _poisson,
 }

@@ -54,11 +54,13 @@ class ServerConfig(Section):
     weighting: Literal["examples", "uniform"] = Field(
         "examples", description="Aggregation weight of each client."
     )
-    sampling: Literal["uniform", "size", "trace"] = Field(
+    sampling: Literal["uniform", "size", "trace", "poisson"] = Field(
         "uniform",
         description="How each round's clients are drawn (seeded): 'uniform'; 'size': "
         "successively, proportional to training examples; 'trace': uniformly among the "
-        "clients online that round (availability_file, else availability).",
+        "clients online that round (availability_file, else availability); 'poisson': each "
+        "client independently with probability clients_per_round / clients (what DP "
+        "accounts as Poisson subsampling; the cohort size varies).",
     )
     availability: float = Field(
         1.0,

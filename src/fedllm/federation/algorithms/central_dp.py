@@ -1,0 +1,54 @@
+"""User-level DP-FedAvg (``privacy.dp = 'central'``): the accountant's server half.
+
+The mechanism itself is the pipeline's clip and noise stages
+(:func:`fedllm.pipeline.build.central_dp_stages`); this algorithm charges every
+round to the accountant, reports epsilon, and stops the run before its budget is
+exceeded (:class:`fedllm.server.plugins.privacy.PrivacyLedger`).
+"""
+
+from __future__ import annotations
+
+from fedllm.components import ALGORITHMS
+from fedllm.config import Config
+from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
+
+
+@ALGORITHMS.register("central_dp")
+class CentralDP:
+    """McMahan et al. (2018), with Andrew et al.'s (2021) adaptive clipping."""
+
+    order = 90  # after every algorithm that changes the aggregate or the round
+    modes = ("federated",)
+    modes_why = "its guarantee is on the aggregate of a federation's clipped updates"
+
+    def setting(self, config: Config) -> str | None:
+        return "privacy.dp = 'central'" if config.privacy.dp == "central" else None
+
+    def refuses(self, config: Config) -> list[tuple[str, str]]:
+        refused = [
+            ("scaffold", "its control variates reach the server unclipped and without noise"),
+            ("fednova", "it rescales the mean of clipped updates past the clip's bound"),
+            (
+                "hetero_rank",
+                "it averages each entry over its own holders, which the noise does not follow",
+            ),
+        ]
+        if config.public.server_steps > 0:  # a warm-up before round 1 touches no client
+            refused.append(
+                (
+                    "public_server",
+                    "the server's own weighted update breaks the uniform weights the noise "
+                    "is calibrated for",
+                )
+            )
+        return refused
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.pipeline.build import central_plan
+        from fedllm.server.plugins.privacy import PrivacyLedger
+
+        config = setup.ws.config
+        if config.privacy.dp != "central" or setup.mode != "federated" or setup.partial:
+            return None  # a node only clips, with the clip the broadcast carries
+        plan = central_plan(config, len(setup.clients))
+        return Algorithm("central_dp", server=PrivacyLedger(plan))

@@ -1,0 +1,169 @@
+"""The central-DP plan of a run: the mechanism the accountant charges, the noise each
+query gets, and the budget, fixed before the first round.
+
+With adaptive clipping two noisy queries run per round: the clipped updates' sum
+(noise multiplier ``z_update``) and the count of unclipped updates (noise std
+``count_noise``). Andrew et al. (2021, Theorem 1) show they compose to one
+Gaussian mechanism of multiplier ``(z_update^-2 + (2 count_noise)^-2)^-1/2``; the
+accounted multiplier is the configured one, so the update's noise is raised to
+``(z^-2 - (2 count_noise)^-2)^-1/2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+from fedllm.privacy.accountant import (
+    AccountantKind,
+    Mechanism,
+    PrivacyAccountant,
+    PrivacyConfigError,
+    Sampling,
+)
+from fedllm.privacy.settings import PrivacyConfig
+
+COUNT_NOISE_SHARE = 20.0
+"""Andrew et al.'s default count noise: the expected cohort divided by this."""
+
+
+@dataclass(frozen=True)
+class CentralPlan:
+    """What a run of user-level DP-FedAvg spends, decided before it trains.
+
+    Attributes:
+        mechanism: the round's mechanism as the accountant charges it.
+        update_noise: the noise multiplier on the clipped updates' sum.
+        count_noise: the std of the noise on the unclipped-update count (adaptive
+            clipping; 0 without it).
+        delta: the delta epsilon is reported at.
+        kind: the accountant (``"rdp"`` or ``"pld"``).
+        target_epsilon: the budget the run must stay within, or None.
+        derived: the noise multiplier was derived from the budget (not configured).
+    """
+
+    mechanism: Mechanism
+    update_noise: float
+    count_noise: float
+    delta: float
+    kind: AccountantKind
+    target_epsilon: float | None
+    derived: bool
+
+    def accountant(self) -> PrivacyAccountant:
+        """A fresh accountant of this plan (no rounds spent)."""
+        return PrivacyAccountant(self.mechanism, self.delta, self.kind)
+
+
+def plan_central(
+    privacy: PrivacyConfig, clients: int, cohort: int, sampling: Sampling, rounds: int
+) -> CentralPlan:
+    """The plan of a ``privacy.dp = 'central'`` run.
+
+    Args:
+        privacy: the ``[privacy]`` section.
+        clients: clients in the federation (N).
+        cohort: clients sampled per round (expected, under Poisson sampling).
+        sampling: how cohorts are drawn.
+        rounds: the rounds planned (``server.rounds``): a derived noise multiplier
+            spends ``target_epsilon`` in exactly these.
+
+    Raises:
+        PrivacyConfigError: a budget that even one round exceeds, count noise too small
+            to share the multiplier, or a mechanism the accountant cannot account.
+    """
+    cohort = min(cohort, clients)
+    count_noise = 0.0
+    if privacy.adaptive_clip:
+        count_noise = (
+            privacy.clip_count_noise
+            if privacy.clip_count_noise is not None
+            else cohort / COUNT_NOISE_SHARE
+        )
+    z, derived = privacy.noise_multiplier, False
+    if z is None:
+        assert privacy.target_epsilon is not None  # the section's validator ensures it
+        z = _derived_noise(
+            privacy.target_epsilon,
+            privacy.delta,
+            privacy.accountant,
+            clients,
+            cohort,
+            sampling,
+            rounds,
+        )
+        derived = True
+    mechanism = Mechanism(z, clients, cohort, sampling)
+    plan = CentralPlan(
+        mechanism,
+        update_noise_multiplier(z, count_noise),
+        count_noise,
+        privacy.delta,
+        privacy.accountant,
+        privacy.target_epsilon,
+        derived,
+    )
+    target = privacy.target_epsilon
+    if target is not None:
+        first = plan.accountant().epsilon(1)
+        if first > target:
+            raise PrivacyConfigError(
+                f"privacy.target_epsilon = {target} is below what one round spends "
+                f"(epsilon {first:.4g} at delta {privacy.delta} with noise multiplier {z:.4g}); "
+                "raise privacy.noise_multiplier or the budget"
+            )
+    return plan
+
+
+def accounted_sampling(server_sampling: str) -> Sampling:
+    """How the accountant models ``server.sampling``: fixed-size uniform cohorts, or
+    Poisson.
+
+    Raises:
+        PrivacyConfigError: a sampling no accountant here models.
+    """
+    if server_sampling == "uniform":
+        return "fixed"
+    if server_sampling == "poisson":
+        return "poisson"
+    raise PrivacyConfigError(
+        f"server.sampling = {server_sampling!r} is not modelled by the DP accountant: use "
+        "'uniform' (fixed-size cohorts) or 'poisson'"
+    )
+
+
+def update_noise_multiplier(accounted: float, count_noise: float) -> float:
+    """The multiplier on the updates' sum that, beside a count with noise std
+    ``count_noise``, spends ``accounted`` (Andrew et al. 2021); ``accounted`` itself
+    without count noise.
+
+    Raises:
+        PrivacyConfigError: the count noise alone spends more than ``accounted`` allows.
+    """
+    if count_noise == 0 or accounted == 0:
+        return accounted
+    remaining = accounted**-2 - (2 * count_noise) ** -2
+    if remaining <= 0:
+        raise PrivacyConfigError(
+            f"privacy.clip_count_noise = {count_noise:.4g} is too small to share noise "
+            f"multiplier {accounted:.4g} with the count of unclipped updates; it must exceed "
+            f"{accounted / 2:.4g} (half the noise multiplier): raise privacy.clip_count_noise"
+        )
+    return math.sqrt(1 / remaining)
+
+
+@lru_cache(maxsize=16)
+def _derived_noise(
+    target: float,
+    delta: float,
+    kind: AccountantKind,
+    clients: int,
+    cohort: int,
+    sampling: Sampling,
+    rounds: int,
+) -> float:
+    """The smallest noise multiplier spending ``target`` in ``rounds`` rounds (cached: the
+    server's pipeline and its accountant ask for the same one)."""
+    probe = PrivacyAccountant(Mechanism(1.0, clients, cohort, sampling), delta, kind)
+    return probe.noise_for(target, rounds)

@@ -1,0 +1,101 @@
+"""A whole DP-FedAvg run: epsilon in every record, a budget never exceeded (also across
+resume), and FedAvg exactly without noise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedllm.federation.runner import resume, run
+from fedllm.privacy.accountant import Mechanism, PrivacyAccountant
+from tests.support.runs import InterruptAfter, stable, tiny_config
+
+DP = (
+    "privacy.dp='central'",
+    "privacy.clip_norm=0.05",
+    "server.weighting='uniform'",
+    "run.checkpoint_every=1",
+)
+
+
+def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "adapter_model.safetensors")
+
+
+def test_a_budget_stops_the_run_before_it_is_exceeded_and_resume_keeps_to_it(
+    tmp_path: Path,
+) -> None:
+    accountant = PrivacyAccountant(Mechanism(1.0, 4, 2, "fixed"), 1e-5)
+    target = (accountant.epsilon(3) + accountant.epsilon(4)) / 2  # allows exactly 3 rounds
+    overrides = (*DP, "privacy.noise_multiplier=1.0", f"privacy.target_epsilon={target}")
+
+    whole = run(tiny_config(*overrides, "server.rounds=6"), tmp_path / "whole")
+    trained = [r for r in whole.records if r["round"] > 0]
+    assert [r["round"] for r in trained] == [1, 2, 3]
+    for r in trained:
+        assert r["epsilon"] == pytest.approx(accountant.epsilon(r["round"]), rel=1e-9)
+    assert "budget spent" in trained[-1]["stopped"]
+    ledger = whole.summary["privacy"]
+    assert ledger["epsilon"] <= target and ledger["rounds_charged"] == 3
+    assert not ledger["noise_multiplier_derived"]
+
+    with pytest.raises(KeyboardInterrupt):  # dies after round 2 (its checkpoint saved)
+        run(
+            tiny_config(*overrides, "server.rounds=6"), tmp_path / "cut", reporter=InterruptAfter(2)
+        )
+    resumed = resume(tmp_path / "cut")
+    assert stable(resumed.records) == stable(whole.records)
+    assert resumed.summary["privacy"] == ledger
+
+    again = resume(tmp_path / "whole", ["server.rounds=9"])
+    assert again.already_finished
+    assert max(r["round"] for r in again.records) == 3
+
+
+def test_a_derived_noise_is_kept_when_a_resumed_run_grows(tmp_path: Path) -> None:
+    overrides = (*DP, "privacy.target_epsilon=20")
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            tiny_config(*overrides, "server.rounds=2"), tmp_path / "run", reporter=InterruptAfter(1)
+        )
+    grown = resume(tmp_path / "run", ["server.rounds=5"])
+    ledger = grown.summary["privacy"]
+    assert ledger["noise_multiplier_derived"]
+    assert ledger["epsilon"] <= 20
+    # the noise was derived for 2 rounds at 20: a third would overspend, so it stops at 2
+    assert ledger["rounds_charged"] == 2
+    assert "budget spent" in grown.records[-1]["stopped"]
+
+
+def test_without_noise_and_a_clip_above_every_update_it_is_fedavg(tmp_path: Path) -> None:
+    plain = run(tiny_config("server.weighting='uniform'"), tmp_path / "plain")
+    dp = run(
+        tiny_config(*DP[:-1], "privacy.clip_norm=1e6", "privacy.noise_multiplier=0"),
+        tmp_path / "dp",
+    )
+    assert all(r["epsilon"] == float("inf") for r in dp.records if r["round"] > 0)
+    a, b = final_adapter(plain.run_dir), final_adapter(dp.run_dir)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert stable(plain.records[1]["eval"]) == stable(dp.records[1]["eval"])
+
+
+def test_noise_moves_the_model_away_from_fedavg(tmp_path: Path) -> None:
+    plain = run(tiny_config("server.weighting='uniform'", "server.rounds=1"), tmp_path / "a")
+    noisy = run(
+        tiny_config(
+            *DP,
+            "privacy.noise_multiplier=1.0",
+            "server.rounds=1",
+            "privacy.adaptive_clip=true",
+            "privacy.clip_count_noise=1",
+        ),
+        tmp_path / "b",
+    )
+    a, b = final_adapter(plain.run_dir), final_adapter(noisy.run_dir)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert noisy.summary["privacy"]["update_noise_multiplier"] > 1.0
