@@ -247,6 +247,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _check_privacy(self) -> Config:
+        if self.privacy.dp == "local" and self.client.fp16:
+            raise ValueError(
+                "privacy.dp = 'local' clips each example's true gradient, which fp16 loss "
+                "scaling would hide: set client.fp16 = false (client.bf16 works)"
+            )
         if self.privacy.dp != "central":
             return self
         server = self.server

@@ -27,6 +27,7 @@ from fedllm.server.sampling import PoissonSampler
 from fedllm.types import ClientUpdate, RoundRecord
 
 CENTRAL = {"dp": "central", "clip_norm": 0.1}
+LOCAL = {"dp": "local", "clip_norm": 1.0, "noise_multiplier": 1.0}
 
 
 def direct_epsilon(z: float, clients: int, cohort: int, rounds: int, delta: float) -> float:
@@ -239,6 +240,19 @@ def central(**server: object) -> dict[str, object]:
             "adaptive_clip applies to privacy.dp = 'central'",
         ),
         ({**central(), "federation": {"mode": "local"}}, "federation.mode = 'local'"),
+        (
+            {"privacy": {**LOCAL, "accountant": "pld"}},
+            "only the RDP accountant",
+        ),
+        (
+            {"privacy": LOCAL, "client": {"fp16": True}, "run": {"device": "cuda"}},
+            "set client.fp16 = false",
+        ),
+        ({"privacy": LOCAL, "federation": {"mode": "local"}}, "federation.mode = 'local'"),
+        (
+            {"privacy": LOCAL, "public": {"source": "pydoc", "mix_ratio": 0.25}},
+            "cannot be combined with public",
+        ),
         (
             {**central(), "client": {"drift_correction": "scaffold"}},
             "cannot be combined with client.drift_correction = 'scaffold'",

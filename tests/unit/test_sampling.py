@@ -252,7 +252,10 @@ def test_missing_trace_file_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"sampling": "random"}, "server.sampling = 'random'.*'uniform', 'size', 'trace' or 'poisson'"),
+        (
+            {"sampling": "random"},
+            "server.sampling = 'random'.*'uniform', 'size', 'trace' or 'poisson'",
+        ),
         ({"sampling": "trace", "availability": 0}, "server.availability = 0"),
         ({"sampling": "trace", "availability": 1.5}, "server.availability = 1.5"),
         (

@@ -8,7 +8,7 @@ Every method has a do-nothing default, so a hook overrides only what it uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -32,6 +32,16 @@ class TrainHook:
 
     def start_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer was built (before the first step)."""
+
+    def compute_gradients(
+        self,
+        batch: dict[str, torch.Tensor],
+        loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    ) -> float | None:
+        """Compute the micro-batch's gradients itself (per-example clipping) with
+        ``loss_of`` (the trainer's forward pass), returning the batch's loss; None
+        leaves the backward pass to the trainer."""
+        return None
 
     def on_loss(self, loss: torch.Tensor) -> torch.Tensor:
         """The micro-batch loss before backward; return the loss to differentiate."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -120,6 +120,15 @@ def train_locally(
     losses: list[float] = []
     tokens = label_tokens = 0
     lr_sum = 0.0
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(device, bf16, cfg.fp16):
+            loss: torch.Tensor = model(**batch).loss
+        for hook in hooks:
+            loss = hook.on_loss(loss)
+        return loss
+
     begun = time.perf_counter()
     model.train()
     with torch.random.fork_rng(devices=[]):
@@ -134,13 +143,12 @@ def train_locally(
                 batch["labels"][:, 0] = IGNORE_INDEX
                 tokens += int(batch["attention_mask"].sum())
                 label_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast(device, bf16, cfg.fp16):
-                    loss = model(**batch).loss
-                for hook in hooks:
-                    loss = hook.on_loss(loss)
-                scaler.scale(loss / cfg.grad_accum).backward()
-                step_loss += float(loss.detach()) / cfg.grad_accum
+                hooked = hooked_gradients(hooks, batch, loss_of)
+                if hooked is None:
+                    loss = loss_of(batch)
+                    torch.autograd.backward(scaler.scale(loss / cfg.grad_accum))
+                    hooked = float(loss.detach())
+                step_loss += hooked / cfg.grad_accum
             scaler.unscale_(optimizer)  # true gradients for the hooks and the clip
             for hook in hooks:
                 hook.on_gradients(trainable)
@@ -165,6 +173,19 @@ def train_locally(
         "lr_sum": lr_sum,
         "train_s": time.perf_counter() - begun,
     }
+
+
+def hooked_gradients(
+    hooks: Sequence[TrainHook],
+    batch: dict[str, torch.Tensor],
+    loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+) -> float | None:
+    """The loss of the first hook that computes the batch's gradients itself, or None."""
+    for hook in hooks:
+        loss = hook.compute_gradients(batch, loss_of)
+        if loss is not None:
+            return loss
+    return None
 
 
 def compute_update(

@@ -167,3 +167,90 @@ def _derived_noise(
     server's pipeline and its accountant ask for the same one)."""
     probe = PrivacyAccountant(Mechanism(1.0, clients, cohort, sampling), delta, kind)
     return probe.noise_for(target, rounds)
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """What one client's record-level DP-SGD spends: each optimizer step is a Gaussian
+    mechanism on a lot of ``lot`` of its ``examples``, drawn uniformly without
+    replacement (replace-one neighbours, RDP).
+
+    Attributes:
+        mechanism: one step's mechanism (``clients`` = the client's examples, ``cohort``
+            = the lot; the names are the accountant's).
+        delta: the delta epsilon is reported at.
+        target_epsilon: the client's budget, or None.
+        derived: the noise multiplier was derived from the budget.
+    """
+
+    mechanism: Mechanism
+    delta: float
+    target_epsilon: float | None
+    derived: bool
+
+    def accountant(self) -> PrivacyAccountant:
+        """A fresh accountant of this plan (no steps spent)."""
+        return PrivacyAccountant(self.mechanism, self.delta, "rdp")
+
+    def for_client(self, examples: int, lot: int) -> LocalPlan:
+        """The same noise on a client with ``examples`` examples and lots of ``lot``."""
+        mechanism = Mechanism(self.mechanism.noise_multiplier, examples, min(lot, examples))
+        return LocalPlan(mechanism, self.delta, self.target_epsilon, self.derived)
+
+    def epsilon(self, steps: int) -> float:
+        """Epsilon after ``steps`` optimizer steps (cached: a client and the server's
+        ledger ask for the same numbers)."""
+        m = self.mechanism
+        return _local_epsilon(m.noise_multiplier, m.clients, m.cohort, steps, self.delta)
+
+
+def plan_local(
+    privacy: PrivacyConfig, examples: int, lot: int, steps_per_round: int, rounds: int
+) -> LocalPlan:
+    """The DP-SGD plan of the federation's most exposed client (the highest sampling
+    rate ``lot / examples``, with the most steps per round of any client: a bound on
+    every client); a derived noise multiplier spends ``target_epsilon`` if that client
+    trains in every one of the ``rounds`` planned rounds. Every client uses its noise
+    multiplier (:meth:`LocalPlan.for_client`) and spends at most what this plan does.
+
+    Args:
+        privacy: the ``[privacy]`` section.
+        examples: the client's training examples (> 0).
+        lot: examples per optimizer step (``batch_size x grad_accum``, at most ``examples``).
+        steps_per_round: its optimizer steps per round.
+        rounds: ``server.rounds``.
+
+    Raises:
+        PrivacyConfigError: a budget that one round's steps already exceed.
+    """
+    lot = min(lot, examples)
+    z, derived = privacy.noise_multiplier, False
+    if z is None:
+        assert privacy.target_epsilon is not None  # the section's validator ensures it
+        z = _derived_noise(
+            privacy.target_epsilon,
+            privacy.delta,
+            "rdp",
+            examples,
+            lot,
+            "fixed",
+            rounds * steps_per_round,
+        )
+        derived = True
+    plan = LocalPlan(
+        Mechanism(z, examples, lot, "fixed"), privacy.delta, privacy.target_epsilon, derived
+    )
+    target = privacy.target_epsilon
+    if target is not None and plan.epsilon(steps_per_round) > target:
+        raise PrivacyConfigError(
+            f"privacy.target_epsilon = {target} is below what one round of DP-SGD spends on a "
+            f"client with {examples} examples ({steps_per_round} steps of {lot}: epsilon "
+            f"{plan.epsilon(steps_per_round):.4g} with noise multiplier {z:.4g}); raise "
+            "privacy.noise_multiplier or the budget, or train fewer local steps"
+        )
+    return plan
+
+
+@lru_cache(maxsize=4096)
+def _local_epsilon(z: float, examples: int, lot: int, steps: int, delta: float) -> float:
+    return PrivacyAccountant(Mechanism(z, examples, lot, "fixed"), delta).epsilon(steps)

@@ -93,6 +93,11 @@ class PrivacyConfig(Section):
                 f"privacy.dp = {self.dp!r} needs privacy.noise_multiplier, or "
                 "privacy.target_epsilon to derive it from"
             )
+        if self.dp == "local" and self.accountant == "pld":
+            raise ValueError(
+                "privacy.dp = 'local' draws fixed-size lots, which only the RDP accountant "
+                "models: set privacy.accountant = 'rdp'"
+            )
         if self.adaptive_clip and self.dp != "central":
             raise ValueError(
                 "privacy.adaptive_clip applies to privacy.dp = 'central' (the clip of whole "

@@ -13,9 +13,9 @@ from dataclasses import replace
 from typing import Any
 
 from fedllm.privacy.accountant import PrivacyAccountant
-from fedllm.privacy.plan import CentralPlan
+from fedllm.privacy.plan import CentralPlan, LocalPlan
 from fedllm.server.plugin import RoundContext, ServerPlugin
-from fedllm.types import Params
+from fedllm.types import ClientId, ClientUpdate, Params
 
 EPSILON = "epsilon"
 """Record key of the epsilon spent after the round (at the plan's delta)."""
@@ -79,4 +79,77 @@ class PrivacyLedger(ServerPlugin):
             "clients": mechanism.clients,
             "cohort": mechanism.cohort,
             "rounds_charged": self.accountant.rounds,
+        }
+
+
+LOCAL_EPSILON = "local_epsilon"
+"""A DP-SGD client's reply metric: its own epsilon so far."""
+
+
+class LocalLedger(ServerPlugin):
+    """The server's bound on record-level DP-SGD: no client has spent more than the
+    most exposed client's plan would after the most steps any client has taken.
+
+    Args:
+        bound: the plan of the highest sampling rate (see
+            :func:`fedllm.privacy.plan.plan_local`).
+        steps: each client's optimizer steps per round.
+    """
+
+    name = "privacy"
+
+    def __init__(self, bound: LocalPlan, steps: dict[ClientId, int]) -> None:
+        self.bound, self.steps_per_round = bound, steps
+        self.steps = dict.fromkeys(steps, 0)
+        self.reported: dict[ClientId, float] = {}
+
+    def accept(self, ctx: RoundContext, update: ClientUpdate, weight: float) -> None:
+        if LOCAL_EPSILON in update.metrics:
+            self.reported[update.client_id] = update.metrics[LOCAL_EPSILON]
+
+    def end_round(self, ctx: RoundContext) -> None:
+        trained = [*ctx.record.accepted, *(r["client"] for r in ctx.record.rejected)]
+        for client in trained:
+            if client in self.steps:  # a client that replied trained, accepted or not
+                self.steps[client] += self.steps_per_round[client]
+        ctx.record.extra[EPSILON] = self.spent()
+
+    def spent(self) -> float:
+        """The bound on any client's epsilon so far."""
+        return self.bound.epsilon(max(self.steps.values(), default=0))
+
+    def stop_reason(self) -> str | None:
+        target = self.bound.target_epsilon
+        if target is None:
+            return None
+        most = max(self.steps.values(), default=0)
+        following = self.bound.epsilon(most + max(self.steps_per_round.values(), default=0))
+        if following <= target:
+            return None
+        return (
+            f"budget spent: a client may have spent epsilon {self.spent():.4g} of "
+            f"privacy.target_epsilon = {target} (record-level, delta {self.bound.delta}); "
+            f"one more round could reach {following:.4g}"
+        )
+
+    def state(self) -> tuple[Params, dict[str, Any]]:
+        return {}, {"steps": self.steps, "reported": self.reported}
+
+    def restore(self, tensors: Params, meta: dict[str, Any]) -> None:
+        if meta:
+            self.steps.update(meta["steps"])
+            self.reported.update(meta["reported"])
+
+    def summary(self) -> dict[str, Any]:
+        mechanism = self.bound.mechanism
+        return {
+            EPSILON: self.spent(),
+            "level": "record",
+            "delta": self.bound.delta,
+            "target_epsilon": self.bound.target_epsilon,
+            "noise_multiplier": mechanism.noise_multiplier,
+            "noise_multiplier_derived": self.bound.derived,
+            "accountant": "rdp",
+            "sampling": "lots drawn uniformly without replacement",
+            "client_epsilon": dict(sorted(self.reported.items())),
         }

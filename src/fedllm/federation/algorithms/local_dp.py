@@ -1,0 +1,49 @@
+"""Record-level DP-SGD in every client (``privacy.dp = 'local'``)."""
+
+from __future__ import annotations
+
+from fedllm.components import ALGORITHMS
+from fedllm.config import Config
+from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
+
+
+@ALGORITHMS.register("local_dp")
+class LocalDP:
+    """Abadi et al. (2016) inside each client, each client with its own accountant; the
+    server keeps a bound on every client's epsilon and stops the run before it passes
+    the budget."""
+
+    order = 5  # its gradients first: later hooks (FedProx) add to the noisy mean
+    modes = ("federated", "centralized")
+    modes_why = "the budget's stop is the server's, and clients training alone have none"
+
+    def setting(self, config: Config) -> str | None:
+        return "privacy.dp = 'local'" if config.privacy.dp == "local" else None
+
+    def refuses(self, config: Config) -> list[tuple[str, str]]:
+        return [("public_mix", "DP-SGD draws each step's lot from the client's own data")]
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.budget import client_steps
+        from fedllm.client.plugins.dp_sgd import DPSGDPlugin
+        from fedllm.privacy.plan import plan_local
+        from fedllm.server.plugins.privacy import LocalLedger
+
+        config = setup.ws.config
+        privacy, client = config.privacy, config.client
+        if privacy.dp != "local" or setup.mode == "local" or not setup.clients:
+            return None
+        assert privacy.clip_norm is not None  # the section's validator ensures it
+        lot = client.batch_size * client.grad_accum
+        sizes = setup.clients
+        steps = {cid: client_steps(client, cid, n, config.seed) for cid, n in sizes.items()}
+
+        def exposure(cid: str) -> tuple[float, int]:  # the sampling rate, then the fewest
+            return min(lot, sizes[cid]) / max(1, sizes[cid]), -sizes[cid]
+
+        exposed = max(sizes, key=exposure)
+        bound = plan_local(privacy, sizes[exposed], lot, max(steps.values()), config.server.rounds)
+        plans = {cid: bound.for_client(n, lot) for cid, n in sizes.items()}
+        plugin = DPSGDPlugin(plans, privacy.clip_norm, client.grad_accum, steps)
+        ledger = None if setup.partial else LocalLedger(bound, steps)
+        return Algorithm("local_dp", client=plugin, server=ledger)
