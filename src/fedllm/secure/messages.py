@@ -1,0 +1,113 @@
+"""The byte layouts of the per-phase payloads (all fit a message's config as bytes).
+
+* advertise reply: ``{"pk_c": 32 bytes, "pk_s": 32 bytes}``;
+* share-keys request: neighbour id -> ``pk_c || pk_s`` (64 bytes);
+* share-keys reply: neighbour id -> sealed share message;
+* masked-input request: sender id -> sealed share message addressed to the receiver;
+* masked-input reply: the masked vector (int64 array);
+* unmask request: ``{"survivors": ids, "dropped": ids}``, ids as a JSON list;
+* unmask reply: neighbour id -> one revealed share (index || share).
+
+A share message's plaintext is ``index (4 bytes) || self-mask-seed share || mask-key
+share``; ``index`` is the recipient's Shamir x-coordinate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from fedllm.secure.errors import SecAggViolation
+from fedllm.secure.keys import KEY_BYTES
+from fedllm.secure.shamir import SHARE_BYTES
+
+PUBLIC_C = "pk_c"
+"""The advertise reply's encryption public key."""
+PUBLIC_S = "pk_s"
+"""The advertise reply's mask-agreement public key."""
+SURVIVORS = "survivors"
+"""The unmask request's neighbours whose masked input arrived: reveal self-mask shares."""
+DROPPED = "dropped"
+"""The unmask request's neighbours that shared keys but sent no masked input: reveal
+mask-key shares."""
+
+_INDEX_BYTES = 4
+PLAINTEXT_BYTES = _INDEX_BYTES + 2 * SHARE_BYTES
+REVEALED_BYTES = _INDEX_BYTES + SHARE_BYTES
+
+
+def encode_ids(ids: Iterable[str]) -> bytes:
+    """Client ids as a JSON list, in the given order."""
+    return json.dumps(list(ids)).encode()
+
+
+def decode_ids(data: bytes) -> list[str]:
+    """The ids of :func:`encode_ids` (duplicates kept, for the receiver to refuse).
+
+    Raises:
+        SecAggViolation: not a JSON list of strings.
+    """
+    try:
+        ids = json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SecAggViolation(f"an id list is not JSON: {error}") from error
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise SecAggViolation("an id list must be a JSON list of strings")
+    return ids
+
+
+def pack_keys(public_c: bytes, public_s: bytes) -> bytes:
+    """A neighbour's two public keys as one 64-byte value."""
+    return public_c + public_s
+
+
+def unpack_keys(data: bytes) -> tuple[bytes, bytes]:
+    """The (encryption, mask) public keys of :func:`pack_keys`.
+
+    Raises:
+        SecAggViolation: not 64 bytes.
+    """
+    if len(data) != 2 * KEY_BYTES:
+        raise SecAggViolation(f"a neighbour's keys are {2 * KEY_BYTES} bytes, not {len(data)}")
+    return data[:KEY_BYTES], data[KEY_BYTES:]
+
+
+def pack_plaintext(index: int, b_share: bytes, s_share: bytes) -> bytes:
+    """A share message's plaintext."""
+    return index.to_bytes(_INDEX_BYTES, "big") + b_share + s_share
+
+
+def unpack_plaintext(data: bytes) -> tuple[int, bytes, bytes]:
+    """(index, self-mask-seed share, mask-key share) of :func:`pack_plaintext`.
+
+    Raises:
+        SecAggViolation: the wrong length or a zero index.
+    """
+    if len(data) != PLAINTEXT_BYTES:
+        raise SecAggViolation(f"a share message is {PLAINTEXT_BYTES} bytes, not {len(data)}")
+    index = _index(data)
+    rest = data[_INDEX_BYTES:]
+    return index, rest[:SHARE_BYTES], rest[SHARE_BYTES:]
+
+
+def pack_revealed(index: int, share: bytes) -> bytes:
+    """One revealed share."""
+    return index.to_bytes(_INDEX_BYTES, "big") + share
+
+
+def unpack_revealed(data: bytes) -> tuple[int, bytes]:
+    """(index, share) of :func:`pack_revealed`.
+
+    Raises:
+        SecAggViolation: the wrong length or a zero index.
+    """
+    if len(data) != REVEALED_BYTES:
+        raise SecAggViolation(f"a revealed share is {REVEALED_BYTES} bytes, not {len(data)}")
+    return _index(data), data[_INDEX_BYTES:]
+
+
+def _index(data: bytes) -> int:
+    index = int.from_bytes(data[:_INDEX_BYTES], "big")
+    if index < 1:
+        raise SecAggViolation("a share index must be >= 1")
+    return index
