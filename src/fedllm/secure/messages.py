@@ -15,7 +15,7 @@ share``; ``index`` is the recipient's Shamir x-coordinate.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from fedllm.secure.errors import SecAggViolation
 from fedllm.secure.keys import KEY_BYTES
@@ -111,3 +111,50 @@ def _index(data: bytes) -> int:
     if index < 1:
         raise SecAggViolation("a share index must be >= 1")
     return index
+
+
+_ID_LEN_BYTES = 2
+_VALUE_LEN_BYTES = 4
+
+
+def pack_map(entries: Mapping[str, bytes]) -> bytes:
+    """Id -> bytes entries as one value, sorted by id: each entry ``len(id) (2 bytes) ||
+    id (UTF-8) || len(value) (4 bytes) || value``."""
+    out = bytearray()
+    for cid in sorted(entries):
+        key = cid.encode()
+        value = entries[cid]
+        out += len(key).to_bytes(_ID_LEN_BYTES, "big") + key
+        out += len(value).to_bytes(_VALUE_LEN_BYTES, "big") + value
+    return bytes(out)
+
+
+def unpack_map(data: bytes) -> dict[str, bytes]:
+    """The entries of :func:`pack_map`.
+
+    Raises:
+        SecAggViolation: truncated, an id repeated, or an id that is not UTF-8.
+    """
+    entries: dict[str, bytes] = {}
+    at = 0
+    while at < len(data):
+        key, at = _field(data, at, _ID_LEN_BYTES)
+        value, at = _field(data, at, _VALUE_LEN_BYTES)
+        try:
+            cid = key.decode()
+        except UnicodeDecodeError as error:
+            raise SecAggViolation(f"an id is not UTF-8: {error}") from error
+        if cid in entries:
+            raise SecAggViolation(f"id {cid!r} appears twice in one message")
+        entries[cid] = value
+    return entries
+
+
+def _field(data: bytes, at: int, width: int) -> tuple[bytes, int]:
+    if at + width > len(data):
+        raise SecAggViolation("a secure-aggregation message is truncated")
+    size = int.from_bytes(data[at : at + width], "big")
+    start = at + width
+    if start + size > len(data):
+        raise SecAggViolation("a secure-aggregation message is truncated")
+    return data[start : start + size], start + size
