@@ -152,6 +152,7 @@ class FederatedMode:
             server_cfg.weighting,
             ws.config.seed,
             counts_bytes,
+            composition.exchange,
         )
         side = client_side(ws, members.data, client_cfg, composition, store, self.pipeline.client)
         self.side = side
@@ -326,7 +327,8 @@ def client_side(
 def client_handler(ws: Workspace, side: ClientSide, composition: Composition) -> ClientHandler:
     """The client side every engine calls: training, and scoring on held-out data."""
     evaluator = client_evaluator(ws, composition.view)
-    return by_phase({TRAIN: side.handle, EVALUATE: evaluator.handle})
+    phases = {TRAIN: side.handle, EVALUATE: evaluator.handle}
+    return by_phase({**phases, **composition.client_phases(side)})
 
 
 def node_client_side(ws: Workspace, run_root: Path) -> ClientHandler:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from fedllm.components import AGGREGATORS, load_builtin
 from fedllm.pipeline.clip import ClipStage
-from fedllm.pipeline.noise import GaussianNoiseStage
+from fedllm.pipeline.noise import DistributedNoiseStage, GaussianNoiseStage
 from fedllm.pipeline.quantile import QuantileClip
 from fedllm.pipeline.stage import Aggregator, BatchAggregator, Constant, Parameter, Pipeline, Stage
 
@@ -55,6 +55,9 @@ def central_dp_stages(config: Config, population: int | None) -> list[Stage]:
             expected if poisson else None,
         )
     update_noise = plan.update_noise if plan is not None else privacy.noise_multiplier or 0.0
+    if config.secagg.enabled:  # the clients add the noise before masking (distributed DP)
+        shares = max(2, config.server.min_clients)  # the fewest sums a round reveals
+        return [ClipStage(clip), DistributedNoiseStage(update_noise, clip, shares)]
     return [
         ClipStage(clip),
         GaussianNoiseStage(update_noise, clip, expected if poisson else None),

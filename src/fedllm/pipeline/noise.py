@@ -90,3 +90,35 @@ def noise_std(noise_multiplier: float, clip: float, divisor: float) -> float:
     """The std of the noise :class:`GaussianNoiseStage` adds to a sum divided by
     ``divisor`` (the accepted updates, or the expected cohort)."""
     return noise_multiplier * clip / divisor
+
+
+class DistributedNoiseStage(GaussianNoiseStage):
+    """Distributed DP under secure aggregation: each client adds its share of the noise
+    before masking, so the server never sees an update or a sum without noise.
+
+    Each of n surviving clients adds N(0, (z C)^2 / m) per entry, m = ``shares`` (the
+    fewest clients a round may aggregate, ``server.min_clients``). Their sum carries
+    noise of std ``z C sqrt(n / m) >= z C`` whenever n >= m: at least the central
+    mechanism's, so the accountant's epsilon for multiplier z holds (rounds with fewer
+    than m survivors are never applied). The price is a std ``sqrt(n / m)`` times the
+    central one. The protocol draws the noise (:meth:`client_std` gives its scale), from
+    a CSPRNG on a distributed engine; this stage's halves pass updates through.
+
+    Args:
+        noise_multiplier: z >= 0.
+        clip: the clip norm C of the clipping stage before it.
+        shares: m >= 1.
+    """
+
+    def __init__(self, noise_multiplier: float, clip: Parameter, shares: int) -> None:
+        super().__init__(noise_multiplier, clip)
+        if shares < 1:
+            raise ValueError(f"noise shares must be >= 1, got {shares}")
+        self.shares = shares
+
+    def server(self, combined: Params, state: StageState, report: RoundReport) -> Params:
+        return combined  # the clients' noise is already in the sum
+
+    def client_std(self, state: StageState) -> float:
+        """The std of the noise one client adds to each entry: ``z C / sqrt(m)``."""
+        return float(state["multiplier"] * state["clip"] / self.shares**0.5)

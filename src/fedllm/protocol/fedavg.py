@@ -4,13 +4,13 @@ reply as it arrives, aggregate, step the server. Every algorithm is a plug-in.""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fedllm.client.side import TRAIN
 from fedllm.message import ROUND, Dropped, Message, Reply
 from fedllm.pipeline.stage import Pipeline, RoundReport
-from fedllm.protocol.driver import run_phases
+from fedllm.protocol.driver import Phase, run_phases
 from fedllm.protocol.engine import Engine, ReplyDone
 from fedllm.protocol.screen import read_update, screen
 from fedllm.protocol.tally import Tally
@@ -34,6 +34,8 @@ class TrainingSetup:
         weighting: ``"examples"`` (by training-set size) or ``"uniform"``.
         seed: the run seed (each round's seed derives from it).
         counts_bytes: False where nothing crosses a network (pooled data).
+        exchange: the round's phases (one ``train`` phase unless an algorithm brings
+            its own protocol, e.g. secure aggregation).
     """
 
     pipeline: Pipeline
@@ -43,6 +45,16 @@ class TrainingSetup:
     weighting: str = "examples"
     seed: int = 0
     counts_bytes: bool = True
+    exchange: Exchange | None = None
+
+
+Exchange = Callable[[RoundContext, "TrainingSetup", Tally], Sequence[Phase]]
+"""The phases of one training round, given its context, setup and tally."""
+
+
+def plain_exchange(ctx: RoundContext, setup: TrainingSetup, tally: Tally) -> list[Phase]:
+    """FedAvg's one ``train`` phase."""
+    return [TrainPhase(ctx, setup, tally)]
 
 
 class TrainPhase:
@@ -87,16 +99,21 @@ class TrainPhase:
         self.tally.accept(screened)
 
     def finish(self) -> None:
-        ctx, setup = self.ctx, self.setup
-        if ctx.accepted_weight > 0 and len(ctx.record.accepted) >= setup.min_clients:
-            for plugin in setup.plugins:
-                for update, weight in plugin.contribute(ctx):
-                    problem = find_problem(update, ctx.params)
-                    if problem is not None:
-                        self.tally.reject(update, problem)
-                    else:
-                        setup.pipeline.add(update, weight)
+        add_contributions(self.ctx, self.setup, self.tally)
         self.tally.close()
+
+
+def add_contributions(ctx: RoundContext, setup: TrainingSetup, tally: Tally) -> None:
+    """Fold in the plug-ins' own updates, once the cohort's are in and enough were
+    accepted."""
+    if ctx.accepted_weight > 0 and len(ctx.record.accepted) >= setup.min_clients:
+        for plugin in setup.plugins:
+            for update, weight in plugin.contribute(ctx):
+                problem = find_problem(update, ctx.params)
+                if problem is not None:
+                    tally.reject(update, problem)
+                else:
+                    setup.pipeline.add(update, weight)
 
 
 def run_round(
@@ -119,7 +136,8 @@ def run_round(
     for plugin in setup.plugins:
         plugin.begin_round(ctx)
     tally = Tally(record, setup.counts_bytes)
-    run_phases([TrainPhase(ctx, setup, tally)], engine, tally, on_reply)
+    exchange = setup.exchange or plain_exchange
+    run_phases(exchange(ctx, setup, tally), engine, tally, on_reply)
 
     start = time.perf_counter()
     record.skipped = apply_aggregate(state, ctx, setup)
@@ -137,6 +155,8 @@ def apply_aggregate(state: ServerState, ctx: RoundContext, setup: TrainingSetup)
     """Finish the aggregate, let the plug-ins process it, and step the server; return
     why not, if it can't."""
     record = ctx.record
+    if ctx.abort is not None:
+        return f"{ctx.abort}; global model unchanged"
     if not record.sampled:
         return "empty cohort (no client available this round); global model unchanged"
     if len(record.accepted) < setup.min_clients:

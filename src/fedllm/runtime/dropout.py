@@ -64,5 +64,5 @@ class DropoutPlan:
 def dropout_plan(cfg: ServerConfig, seed: int) -> DropoutPlan | None:
     """The simulated dropouts ``[server]`` asks for, or None."""
     trace = {int(r): list(c) for r, c in cfg.dropout_trace.items()}
-    plan = DropoutPlan(cfg.dropout, trace, seed)
+    plan = DropoutPlan(cfg.dropout, trace, seed, tuple(cfg.dropout_phases))
     return plan if plan.active else None

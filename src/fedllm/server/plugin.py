@@ -45,6 +45,8 @@ class RoundContext:
         seed: a seed derived from the run seed and the round.
         record: the round's record (plug-ins may add entries to ``record.extra``).
         accepted_weight: the total weight of the updates folded in so far.
+        abort: why the round's protocol could not finish (the model is then left as it
+            was), or None.
     """
 
     round: int
@@ -53,6 +55,7 @@ class RoundContext:
     seed: int
     record: RoundRecord
     accepted_weight: float = 0.0
+    abort: str | None = None
 
 
 class ServerPlugin:

@@ -10,6 +10,17 @@ from pydantic import Field, model_validator
 from fedllm.settings import Section
 
 
+DROPPABLE_PHASES = (
+    "train",
+    "secagg/advertise",
+    "secagg/share",
+    "secagg/masked",
+    "secagg/unmask",
+)
+"""The round phases a simulated client can drop in (evaluation never drops); the
+names of :data:`fedllm.client.side.TRAIN` and :data:`fedllm.client.secagg.PHASES`."""
+
+
 class ServerConfig(Section):
     rounds: int = Field(3, ge=1, description="Federated rounds.")
     clients_per_round: int = Field(2, ge=1, description="Clients sampled each round (seeded).")
@@ -86,9 +97,20 @@ class ServerConfig(Section):
         description='Simulated dropouts by round instead of the draw, e.g. {"2" = ["a"]}: '
         "client a drops in round 2.",
     )
+    dropout_phases: list[str] = Field(
+        default_factory=list,
+        description="The phases simulated dropouts happen in (e.g. ['secagg/masked']: the "
+        "client answers the earlier phases, then drops); empty: every phase.",
+    )
 
     @model_validator(mode="after")
     def _check_dropout(self) -> ServerConfig:
+        unknown = [p for p in self.dropout_phases if p not in DROPPABLE_PHASES]
+        if unknown:
+            raise ValueError(
+                f"server.dropout_phases: unknown phase(s) {unknown}; use some of "
+                f"{list(DROPPABLE_PHASES)}"
+            )
         bad = [key for key in self.dropout_trace if not key.isdigit() or int(key) < 1]
         if bad:
             raise ValueError(f"server.dropout_trace keys must be round numbers >= 1, got {bad}")

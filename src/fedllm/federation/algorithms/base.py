@@ -10,10 +10,13 @@ from fedllm.components import ALGORITHMS, load_builtin
 
 if TYPE_CHECKING:  # an algorithm's declarations are read at config load, without torch
     from fedllm.client.plugin import ClientPlugin
+    from fedllm.client.side import ClientSide
     from fedllm.client.store import ClientStateStore
     from fedllm.config import Config
     from fedllm.federation.setup import Workspace
     from fedllm.pipeline.stage import Aggregator, BatchAggregator
+    from fedllm.protocol.engine import ClientHandler
+    from fedllm.protocol.fedavg import Exchange
     from fedllm.server.plugin import ServerPlugin
     from fedllm.types import ClientId, Params
 
@@ -75,6 +78,10 @@ class Algorithm:
         server: its server half, or None.
         aggregator: replaces the configured aggregator (given it), or None.
         view: a split of the state into shared and per-client parts, or None.
+        exchange: the round protocol's phases on the server, replacing the one
+            ``train`` phase, or None.
+        client_phases: the client's handlers of that protocol's phases, given the
+            client side that trains, or None.
     """
 
     name: str
@@ -82,6 +89,8 @@ class Algorithm:
     server: ServerPlugin | None = None
     aggregator: Callable[[AnyAggregator], AnyAggregator] | None = None
     view: ModelView | None = None
+    exchange: Exchange | None = None
+    client_phases: Callable[[ClientSide], Mapping[str, ClientHandler]] | None = None
 
 
 class AlgorithmFactory(Protocol):
@@ -131,6 +140,22 @@ class Composition:
         if len(views) > 1:
             raise ValueError("only one algorithm may split the model into shared and own parts")
         return views[0] if views else None
+
+    @property
+    def exchange(self) -> Exchange | None:
+        """The round protocol of the one algorithm that brings its own, or None."""
+        exchanges = [a.exchange for a in self.algorithms if a.exchange is not None]
+        if len(exchanges) > 1:
+            raise ValueError("only one algorithm may bring its own round protocol")
+        return exchanges[0] if exchanges else None
+
+    def client_phases(self, side: ClientSide) -> dict[str, ClientHandler]:
+        """Every algorithm's client phase handlers, by phase name."""
+        handlers: dict[str, ClientHandler] = {}
+        for algorithm in self.algorithms:
+            if algorithm.client_phases is not None:
+                handlers.update(algorithm.client_phases(side))
+        return handlers
 
     def aggregator(self, configured: AnyAggregator) -> AnyAggregator:
         """The aggregator after every algorithm that replaces it."""

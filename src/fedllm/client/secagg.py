@@ -1,0 +1,192 @@
+"""A client's four SecAgg+ phases around its training (the client half of
+:mod:`fedllm.protocol.secagg`).
+
+The masked-input phase trains exactly as a plain round does (the client side's
+plug-ins and the pipeline's client halves: the clip among them), then flattens the
+update in key order, adds its share of distributed DP noise if the pipeline asks for
+it, quantises it into the ring and masks it. Key material, noise and rounding come
+from a seeded stream in the simulator (reproducible) and from the operating system's
+CSPRNG on a distributed engine (``deterministic=False``).
+
+A client that cannot follow the protocol (too few live neighbours, a message that
+fails to open, a non-finite update) answers with a refusal naming why; the server
+counts it as dropped at that phase.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from fedllm.client.side import NUM_EXAMPLES, ClientSide
+from fedllm.message import ConfigValue, Message
+from fedllm.secure.client_round import SecAggClient
+from fedllm.secure.errors import SecAggError, SecAggViolation
+from fedllm.secure.messages import decode_ids, pack_keys, pack_map, unpack_map
+from fedllm.secure.params import RoundParams
+from fedllm.secure.randomness import Randomness, SeededRandomness, SystemRandomness
+from fedllm.secure.ring import quantise
+from fedllm.types import ClientId, Params
+
+ADVERTISE = "secagg/advertise"
+SHARE = "secagg/share"
+MASKED = "secagg/masked"
+UNMASK = "secagg/unmask"
+PHASES = (ADVERTISE, SHARE, MASKED, UNMASK)
+"""The protocol's phases, in order (engine phase names)."""
+
+COHORT = "secagg.cohort"
+PUBLIC = "secagg.public"
+KEYS = "secagg.keys"
+SHARES = "secagg.shares"
+SURVIVORS = "secagg.survivors"
+DROPPED = "secagg.dropped"
+REVEALED = "secagg.revealed"
+REFUSED = "secagg.refused"
+"""Config keys of the phases' payloads (bytes) and of a refusal (its reason)."""
+MASKED_INPUT = "secagg/masked"
+"""The array of a masked-input reply (int64, the flattened update's length)."""
+CLIPPED_SHARE = "secagg/clipped_share"
+"""Metric: the share of update entries outside [-clip_range, clip_range]."""
+
+NoiseStd = Callable[[Mapping[str, ConfigValue]], float]
+"""The std of the distributed DP noise a client adds, from the broadcast's config."""
+
+
+def flatten(params: Params) -> NDArray[np.float64]:
+    """Every tensor of ``params``, in sorted key order, as one float64 vector."""
+    if not params:
+        return np.zeros(0)
+    return np.concatenate(
+        [params[k].detach().double().reshape(-1).cpu().numpy() for k in sorted(params)]
+    )
+
+
+def unflatten(vector: NDArray[np.floating], template: Params) -> Params:
+    """The inverse of :func:`flatten`, shaped and typed like ``template``.
+
+    Raises:
+        ValueError: the vector's length is not the template's entry count.
+    """
+    total = sum(t.numel() for t in template.values())
+    if vector.shape != (total,):
+        raise ValueError(f"a vector of {vector.shape} does not fill {total} entries")
+    out: Params = {}
+    at = 0
+    for key in sorted(template):
+        ref = template[key]
+        piece = torch.from_numpy(np.ascontiguousarray(vector[at : at + ref.numel()]))
+        out[key] = piece.reshape(ref.shape).to(ref.dtype)
+        at += ref.numel()
+    return out
+
+
+class SecAggClientPhases:
+    """The handlers of the four phases for the clients a client side trains.
+
+    Args:
+        side: trains a client in the masked-input phase.
+        seed: the run seed (the simulator's key material derives from it).
+        deterministic: seeded key material (simulation) or the OS CSPRNG (deployment).
+        noise_std: the distributed DP noise each client adds (None: none).
+    """
+
+    def __init__(
+        self,
+        side: ClientSide,
+        seed: int,
+        deterministic: bool,
+        noise_std: NoiseStd | None = None,
+    ) -> None:
+        self.side = side
+        self.seed = seed
+        self.deterministic = deterministic
+        self.noise_std = noise_std
+        self.rounds: dict[ClientId, SecAggClient] = {}
+
+    def handlers(self) -> dict[str, Callable[[ClientId, str, Message], Message]]:
+        """Phase name -> handler, for :func:`fedllm.protocol.engine.by_phase`."""
+        steps = {
+            ADVERTISE: self._advertise,
+            SHARE: self._share,
+            MASKED: self._masked,
+            UNMASK: self._unmask,
+        }
+        return {phase: self._refusing(step) for phase, step in steps.items()}
+
+    def _refusing(
+        self, step: Callable[[ClientId, Message], Message]
+    ) -> Callable[[ClientId, str, Message], Message]:
+        def handle(client_id: ClientId, phase: str, message: Message) -> Message:
+            try:
+                return step(client_id, message)
+            except SecAggError as error:
+                self.rounds.pop(client_id, None)
+                return Message(config={REFUSED: str(error)})
+
+        return handle
+
+    def _advertise(self, client_id: ClientId, message: Message) -> Message:
+        try:
+            params = RoundParams.from_config(message.config)
+        except ValueError as error:
+            raise SecAggViolation(str(error)) from error
+        cohort = decode_ids(_bytes(message, COHORT))
+        rng = self._randomness("keys", params.round_id, client_id)
+        client = SecAggClient(client_id, params, cohort, rng)
+        self.rounds[client_id] = client
+        return Message(config={PUBLIC: pack_keys(*client.advertise())})
+
+    def _share(self, client_id: ClientId, message: Message) -> Message:
+        sealed = self._client(client_id).share_keys(unpack_map(_bytes(message, KEYS)))
+        return Message(config={SHARES: pack_map(sealed)})
+
+    def _masked(self, client_id: ClientId, message: Message) -> Message:
+        client = self._client(client_id)
+        client.receive_shares(unpack_map(_bytes(message, SHARES)))
+        update = self.side.run(client_id, message)
+        vector = flatten(update.delta)
+        if not np.all(np.isfinite(vector)):
+            raise SecAggViolation("the update is not finite (NaN or infinity); not sent")
+        spec = client.params.spec
+        rng = self._randomness("noise", client.params.round_id, client_id)
+        draws = np.random.default_rng(int.from_bytes(rng.random_bytes(16), "big"))
+        std = self.noise_std(message.config) if self.noise_std is not None else 0.0
+        if std > 0:
+            vector = vector + draws.normal(0.0, std, vector.shape)
+        clipped = float(np.mean(np.abs(vector) > spec.clip_range)) if vector.size else 0.0
+        masked = client.mask(quantise(vector, spec, draws))
+        metrics = {**update.metrics, CLIPPED_SHARE: clipped}
+        return Message(
+            arrays={MASKED_INPUT: torch.from_numpy(masked)},
+            config={NUM_EXAMPLES: update.num_examples},
+            metrics=metrics,
+        )
+
+    def _unmask(self, client_id: ClientId, message: Message) -> Message:
+        client = self._client(client_id)
+        survivors = decode_ids(_bytes(message, SURVIVORS))
+        dropped = decode_ids(_bytes(message, DROPPED))
+        revealed = client.unmask(survivors, dropped)
+        del self.rounds[client_id]
+        return Message(config={REVEALED: pack_map(revealed)})
+
+    def _client(self, client_id: ClientId) -> SecAggClient:
+        if client_id not in self.rounds:
+            raise SecAggViolation(f"client {client_id!r} has no secure-aggregation round open")
+        return self.rounds[client_id]
+
+    def _randomness(self, purpose: str, round_id: int, client_id: ClientId) -> Randomness:
+        if self.deterministic:
+            return SeededRandomness(self.seed, "secagg", purpose, round_id, client_id)
+        return SystemRandomness()
+
+
+def _bytes(message: Message, key: str) -> bytes:
+    value = message.config.get(key)
+    if not isinstance(value, bytes):
+        raise SecAggViolation(f"the message lacks {key!r} (bytes)")
+    return value

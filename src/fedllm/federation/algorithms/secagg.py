@@ -1,0 +1,132 @@
+"""Secure aggregation (``secagg.enabled = true``): SecAgg+ as the round protocol.
+
+The server's half is the four-phase exchange (:mod:`fedllm.protocol.secagg`); the
+client's, the handlers of those phases around its training
+(:mod:`fedllm.client.secagg`). With ``privacy.dp = 'central'`` the noise moves to the
+clients (distributed DP, :class:`fedllm.pipeline.noise.DistributedNoiseStage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from fedllm.components import AGGREGATORS, ALGORITHMS
+from fedllm.config import Config
+from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
+
+if TYPE_CHECKING:
+    from fedllm.client.secagg import NoiseStd
+
+MIN_COHORT = 3
+"""The fewest clients a SecAgg+ round can have (a neighbour graph of even degree >= 2)."""
+
+
+@ALGORITHMS.register("secagg")
+class SecAgg:
+    """Bell et al. (CCS 2020), semi-honest server, on the engine exchange."""
+
+    order = 95  # the round protocol; every other algorithm's hooks run inside it
+    modes = ("federated",)
+    modes_why = "it hides each client's update inside a federation's sum"
+
+    def setting(self, config: Config) -> str | None:
+        return "secagg.enabled = true" if config.secagg.enabled else None
+
+    def refuses(self, config: Config) -> list[tuple[str, str]]:
+        return [
+            ("scaffold", "its control variates travel beside the masked update, in the clear"),
+            ("fednova", "it needs each client's step count to reweight the updates"),
+            ("hetero_rank", "it averages each entry over its holders, which a sum hides"),
+        ]
+
+    def problem(self, config: Config) -> str | None:
+        return secagg_problem(config)
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.secagg import SecAggClientPhases
+        from fedllm.client.side import ClientSide
+        from fedllm.protocol.engine import ClientHandler
+        from fedllm.protocol.secagg import SecAggExchange, SecAggSettings
+
+        config = setup.ws.config
+        if not config.secagg.enabled or setup.mode != "federated":
+            return None
+        secagg, server = config.secagg, config.server
+        noise_std = distributed_noise(config)
+
+        def client_phases(side: ClientSide) -> Mapping[str, ClientHandler]:
+            phases = SecAggClientPhases(side, config.seed, not setup.partial, noise_std)
+            return phases.handlers()
+
+        if setup.partial:  # a Flower node: the client half only, keys from the OS CSPRNG
+            return Algorithm("secagg", client_phases=client_phases)
+        settings = SecAggSettings(
+            secagg.bits,
+            secagg.clip_range,
+            min(server.clients_per_round, len(setup.clients)),
+            secagg.degree,
+            secagg.threshold,
+            max(2, server.min_clients),
+        )
+        return Algorithm("secagg", exchange=SecAggExchange(settings), client_phases=client_phases)
+
+
+def distributed_noise(config: Config) -> NoiseStd | None:
+    """The client's noise std from the broadcast, when central DP runs distributed."""
+    from fedllm.pipeline.build import build_pipeline
+    from fedllm.pipeline.noise import DistributedNoiseStage
+    from fedllm.pipeline.stage import stage_state
+
+    stages = [s for s in build_pipeline(config).stages if isinstance(s, DistributedNoiseStage)]
+    if not stages:
+        return None
+    stage = stages[0]
+    return lambda broadcast: stage.client_std(stage_state(stage, broadcast))
+
+
+def secagg_problem(config: Config) -> str | None:
+    """Why ``config``'s secure aggregation cannot run, or None."""
+    from fedllm.pipeline.stage import BatchAggregator
+    from fedllm.secure.graph import check_degree, default_degree
+    from fedllm.secure.params import check_threshold, default_threshold
+    from fedllm.secure.ring import RingSpec
+
+    secagg, server = config.secagg, config.server
+    if not secagg.enabled:
+        return None
+    cohort = server.clients_per_round
+    if server.weighting != "uniform":
+        return (
+            "secagg.enabled = true sums equally weighted updates (a weight per client would "
+            "reveal its size and let it scale its update): set server.weighting = 'uniform'"
+        )
+    if server.sampling == "poisson":
+        return (
+            f"secagg.enabled = true sizes its ring for a fixed cohort of "
+            f"server.clients_per_round = {cohort}; server.sampling = {server.sampling!r} can "
+            "sample more: use server.sampling = 'uniform' (or 'size', 'trace')"
+        )
+    if cohort < MIN_COHORT:
+        return f"secagg.enabled = true needs server.clients_per_round >= {MIN_COHORT}, got {cohort}"
+    aggregator = AGGREGATORS.get(server.aggregator)()
+    if isinstance(aggregator, BatchAggregator) or not aggregator.linear:
+        return (
+            f"secagg.enabled = true reveals only the sum, but server.aggregator = "
+            f"{server.aggregator!r} needs every individual update: use server.aggregator = "
+            "'mean'"
+        )
+    if config.privacy.dp == "central" and config.privacy.adaptive_clip:
+        return (
+            "secagg.enabled = true with privacy.adaptive_clip = true would send each client's "
+            "clipped/not-clipped bit in the clear: set privacy.adaptive_clip = false"
+        )
+    try:
+        RingSpec(secagg.bits, secagg.clip_range, cohort)
+        degree = secagg.degree if secagg.degree is not None else default_degree(cohort)
+        check_degree(cohort, degree)
+        threshold = secagg.threshold if secagg.threshold is not None else default_threshold(degree)
+        check_threshold(degree, threshold)
+    except ValueError as error:
+        return f"{error} (server.clients_per_round = {cohort})"
+    return None

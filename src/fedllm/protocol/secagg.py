@@ -1,0 +1,344 @@
+"""SecAgg+ as a round protocol: advertise keys, share keys, masked input, unmask.
+
+Four phases on the engine exchange, so the simulator and Flower run it alike. The
+masked-input phase carries the training broadcast (the plug-ins' parts and the
+pipeline's config among it): clients train as in a plain round, then send their
+update quantised and masked. After the unmask phase the server holds only the sum of
+the surviving clients' updates; its mean enters the pipeline as one update of weight
+|survivors| (uniform weights), so the server halves, the plug-ins' processing and the
+server optimizer run as after a plain round. A round that cannot finish leaves the
+global model unchanged and records why (``ctx.abort``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from fedllm.client.secagg import (
+    ADVERTISE,
+    COHORT,
+    DROPPED,
+    KEYS,
+    MASKED,
+    MASKED_INPUT,
+    PUBLIC,
+    REFUSED,
+    REVEALED,
+    SHARE,
+    SHARES,
+    SURVIVORS,
+    UNMASK,
+    unflatten,
+)
+from fedllm.message import ROUND, ConfigValue, Dropped, Message, Reply
+from fedllm.protocol.driver import Phase
+from fedllm.protocol.fedavg import TrainingSetup, TrainPhase, add_contributions
+from fedllm.protocol.screen import read_update
+from fedllm.protocol.tally import Tally
+from fedllm.secure.errors import SecAggAbort, SecAggViolation
+from fedllm.secure.graph import default_degree
+from fedllm.secure.messages import encode_ids, pack_map, unpack_keys, unpack_map
+from fedllm.secure.params import RoundParams, default_threshold
+from fedllm.secure.ring import RingSpec, dequantise_sum
+from fedllm.secure.server_round import SecAggServer
+from fedllm.seeding import derive_seed
+from fedllm.server.plugin import RoundContext
+from fedllm.types import ClientId, ClientUpdate
+
+T = TypeVar("T")
+
+SECAGG = "secagg"
+"""The round record's entry of the protocol's counts, and the aggregate's client id."""
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """The protocol's settings for every round.
+
+    Attributes:
+        bits: the ring's width.
+        clip_range: each entry's clipping range before quantisation.
+        clients: the largest cohort (the ring is sized for it).
+        degree: neighbours per client, or None for the default of the cohort's size.
+        threshold: shares that recover a secret, or None for the default.
+        min_survivors: the fewest masked inputs whose sum may be revealed (>= 2).
+    """
+
+    bits: int
+    clip_range: float
+    clients: int
+    degree: int | None
+    threshold: int | None
+    min_survivors: int
+
+
+class SecAggExchange:
+    """The :data:`~fedllm.protocol.fedavg.Exchange` of secure aggregation."""
+
+    def __init__(self, settings: SecAggSettings) -> None:
+        self.settings = settings
+        self.spec = RingSpec(settings.bits, settings.clip_range, settings.clients)
+
+    def __call__(self, ctx: RoundContext, setup: TrainingSetup, tally: Tally) -> list[Phase]:
+        state = _RoundState(ctx, setup, tally, self._server(ctx))
+        return [_Advertise(state), _Share(state), _Masked(state), _Unmask(state)]
+
+    def _server(self, ctx: RoundContext) -> SecAggServer | str:
+        n, s = len(ctx.cohort), self.settings
+        if n < 3:
+            return f"secure aggregation needs at least 3 sampled clients, got {n}"
+        degree = s.degree if s.degree is not None and s.degree < n else default_degree(n)
+        threshold = s.threshold if s.threshold is not None else default_threshold(degree)
+        threshold = min(threshold, degree)
+        size = sum(t.numel() for t in ctx.params.values())
+        params = RoundParams(self.spec, threshold, ctx.round)
+        graph_seed = derive_seed(ctx.seed, "secagg-graph")
+        return SecAggServer(params, ctx.cohort, degree, graph_seed, size, s.min_survivors)
+
+
+class _RoundState:
+    """What the four phases of one round share."""
+
+    def __init__(
+        self, ctx: RoundContext, setup: TrainingSetup, tally: Tally, server: SecAggServer | str
+    ) -> None:
+        self.ctx, self.setup, self.tally = ctx, setup, tally
+        self.server: SecAggServer | None = None
+        if isinstance(server, str):
+            ctx.abort = server
+        else:
+            self.server = server
+        self.counts: dict[str, Any] = {}
+        ctx.record.extra[SECAGG] = self.counts
+
+    def live(self) -> SecAggServer | None:
+        """The server state while the round can still finish."""
+        return self.server if self.ctx.abort is None else None
+
+    def config(self, **entries: ConfigValue) -> dict[str, ConfigValue]:
+        return {ROUND: self.ctx.round, **entries}
+
+    def refused(self, client_id: ClientId, reply: Reply, phase: str) -> bool:
+        """Drop a client that did not answer or refused; True if it did."""
+        assert self.server is not None
+        if isinstance(reply, Dropped):
+            self.server.drop(client_id, f"{phase}: {reply.reason}")
+            return True
+        reason = _refusal(reply)
+        if reason is not None:
+            self.server.drop(client_id, f"{phase}: refused: {reason}")
+            return True
+        return False
+
+    def guarded(self, step: Callable[[], T]) -> T | None:
+        """Run ``step`` unless the round is over; an abort ends it with its reason."""
+        if self.live() is None:
+            return None
+        try:
+            return step()
+        except SecAggAbort as abort:
+            self.ctx.abort = f"secure aggregation aborted: {abort.reason}"
+            return None
+
+    def take(self, client_id: ClientId, phase: str, step: Callable[[], None]) -> None:
+        """Apply one reply's ``step``; a malformed reply drops its client."""
+        assert self.server is not None
+        try:
+            step()
+        except (SecAggViolation, KeyError, TypeError, ValueError) as error:
+            self.server.drop(client_id, f"{phase}: {error}")
+
+    def close(self, name: str, members: set[str]) -> None:
+        self.counts[name] = len(members)
+        if self.server is not None:
+            self.counts["dropped"] = dict(sorted(self.server.dropped.items()))
+
+
+class _Advertise:
+    name = ADVERTISE
+
+    def __init__(self, state: _RoundState) -> None:
+        self.state = state
+
+    def messages(self) -> Mapping[ClientId, Message]:
+        server = self.state.live()
+        if server is None:
+            return {}
+        config = self.state.config(
+            **server.params.to_config(), **{COHORT: encode_ids(server.cohort)}
+        )
+        self.state.counts.update(
+            degree=len(next(iter(server.graph.values()))),
+            threshold=server.params.threshold,
+            step=server.params.spec.step,
+        )
+        return {c: Message(config=config) for c in server.cohort}
+
+    def receive(self, client_id: ClientId, reply: Reply) -> None:
+        server = self.state.server
+        if server is None or self.state.refused(client_id, reply, "advertise"):
+            return
+        assert isinstance(reply, Message)
+        self.state.take(
+            client_id,
+            "advertise",
+            lambda: server.receive_keys(client_id, *unpack_keys(_payload(reply, PUBLIC))),
+        )
+
+    def finish(self) -> None:
+        if self.state.server is not None:
+            self.state.close("advertised", set(self.state.server.keys))
+
+
+class _Share:
+    name = SHARE
+
+    def __init__(self, state: _RoundState) -> None:
+        self.state = state
+
+    def messages(self) -> Mapping[ClientId, Message]:
+        server = self.state.live()
+        requests = self.state.guarded(server.share_requests) if server else None
+        if requests is None:
+            return {}
+        return {
+            u: Message(config=self.state.config(**{KEYS: pack_map(keys)}))
+            for u, keys in requests.items()
+        }
+
+    def receive(self, client_id: ClientId, reply: Reply) -> None:
+        server = self.state.server
+        if server is None or self.state.refused(client_id, reply, "share keys"):
+            return
+        assert isinstance(reply, Message)
+        self.state.take(
+            client_id,
+            "share keys",
+            lambda: server.receive_shares(client_id, unpack_map(_payload(reply, SHARES))),
+        )
+
+    def finish(self) -> None:
+        if self.state.server is not None:
+            self.state.close("shared", self.state.server.shared)
+
+
+class _Masked:
+    """Train and send the masked update (the training broadcast plus the routed shares)."""
+
+    name = MASKED
+
+    def __init__(self, state: _RoundState) -> None:
+        self.state = state
+        self.train = TrainPhase(state.ctx, state.setup, state.tally)
+
+    def messages(self) -> Mapping[ClientId, Message]:
+        server = self.state.live()
+        routed = self.state.guarded(server.masked_requests) if server else None
+        if routed is None:
+            return {}
+        broadcast = next(iter(self.train.messages().values()))
+        return {
+            v: Message(
+                arrays=broadcast.arrays,
+                config={**broadcast.config, SHARES: pack_map(shares)},
+            )
+            for v, shares in routed.items()
+        }
+
+    def receive(self, client_id: ClientId, reply: Reply) -> None:
+        state, server = self.state, self.state.server
+        if server is None:
+            return
+        refusal = None if isinstance(reply, Dropped) else _refusal(reply)
+        if isinstance(reply, Message) and refusal is not None:
+            report = read_update(client_id, reply)
+            state.tally.trained(report)
+            state.tally.reject(report, f"refused: {refusal}")
+        if state.refused(client_id, reply, "masked input"):
+            return
+        assert isinstance(reply, Message)
+        vector = reply.arrays.get(MASKED_INPUT) if isinstance(reply.arrays, dict) else None
+        if not isinstance(vector, torch.Tensor):
+            server.drop(client_id, f"masked input: the reply lacks {MASKED_INPUT!r}")
+            return
+        server.receive_masked(client_id, vector.numpy())
+        if client_id not in server.masked:
+            return
+        report = read_update(client_id, Message(config=reply.config, metrics=reply.metrics))
+        state.tally.trained(report)
+        for plugin in state.setup.plugins:
+            plugin.accept(state.ctx, report, 1.0)
+        state.ctx.accepted_weight += 1.0
+        state.tally.accept(report)
+
+    def finish(self) -> None:
+        self.state.tally.close()
+        if self.state.server is not None:
+            self.state.close("masked", self.state.server.masked)
+
+
+class _Unmask:
+    """Reveal the shares, strip the masks, fold the survivors' mean into the pipeline."""
+
+    name = UNMASK
+
+    def __init__(self, state: _RoundState) -> None:
+        self.state = state
+
+    def messages(self) -> Mapping[ClientId, Message]:
+        server = self.state.live()
+        asked = self.state.guarded(server.unmask_requests) if server else None
+        if asked is None:
+            return {}
+        return {
+            v: Message(
+                config=self.state.config(
+                    **{SURVIVORS: encode_ids(alive), DROPPED: encode_ids(gone)}
+                )
+            )
+            for v, (alive, gone) in asked.items()
+        }
+
+    def receive(self, client_id: ClientId, reply: Reply) -> None:
+        server = self.state.server
+        if server is None or self.state.refused(client_id, reply, "unmask"):
+            return
+        assert isinstance(reply, Message)
+        self.state.take(
+            client_id,
+            "unmask",
+            lambda: server.receive_revealed(client_id, unpack_map(_payload(reply, REVEALED))),
+        )
+
+    def finish(self) -> None:
+        state, server = self.state, self.state.server
+        if server is None:
+            return
+        state.close("unmasked", server.answered)
+        outcome = state.guarded(server.result)
+        if outcome is None:
+            return
+        total, survivors = outcome
+        n = len(survivors)
+        mean = dequantise_sum(total, n, server.params.spec) / n
+        delta = unflatten(mean.astype(np.float64), state.ctx.params)
+        aggregate = ClientUpdate(SECAGG, delta, n)
+        state.setup.pipeline.add(aggregate, float(n))
+        add_contributions(state.ctx, state.setup, state.tally)
+
+
+def _refusal(reply: Message) -> str | None:
+    value = reply.config.get(REFUSED) if isinstance(reply.config, dict) else None
+    return None if value is None else str(value)
+
+
+def _payload(reply: Message, key: str) -> bytes:
+    value = reply.config.get(key)
+    if not isinstance(value, bytes):
+        raise SecAggViolation(f"the reply lacks {key!r} (bytes)")
+    return value

@@ -1,0 +1,42 @@
+"""Config section of secure aggregation: ``[secagg]``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from fedllm.settings import Section
+
+
+class SecAggConfig(Section):
+    enabled: bool = Field(
+        False,
+        description="Aggregate with SecAgg+ (Bell et al. 2020): the server learns only the sum "
+        "of the updates (quantised into a ring, masked pairwise); needs server.weighting = "
+        "'uniform' and a linear aggregator.",
+    )
+    bits: int = Field(
+        32,
+        ge=8,
+        le=62,
+        description="The ring Z_{2^bits} the updates are summed in; with clip_range it sets "
+        "the fixed-point step 2 clip_range / (floor((2^bits - 1) / cohort) - 1).",
+    )
+    clip_range: float = Field(
+        0.05,
+        gt=0,
+        description="Each update entry is clipped to [-clip_range, clip_range] before "
+        "quantisation (the entries' unit, e.g. a LoRA delta); the share clipped is reported "
+        "per client as secagg/clipped_share.",
+    )
+    degree: int | None = Field(
+        None,
+        ge=2,
+        description="Neighbours per client (even, below the cohort); none: 2 ceil(log2 n), "
+        "capped at the largest even number below n.",
+    )
+    threshold: int | None = Field(
+        None,
+        ge=2,
+        description="Shares that recover a client's secrets, k/2 < t <= k; none: "
+        "floor(2k/3) + 1. A surviving client tolerates k - t dropped neighbours.",
+    )
