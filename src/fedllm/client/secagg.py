@@ -25,6 +25,7 @@ from fedllm.client.side import NUM_EXAMPLES, ClientSide
 from fedllm.message import ConfigValue, Message
 from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.errors import SecAggError, SecAggViolation
+from fedllm.secure.masking import wire_dtype
 from fedllm.secure.messages import decode_ids, pack_keys, pack_map, unpack_map
 from fedllm.secure.params import RoundParams
 from fedllm.secure.randomness import Randomness, SeededRandomness, SystemRandomness
@@ -48,7 +49,7 @@ REVEALED = "secagg.revealed"
 REFUSED = "secagg.refused"
 """Config keys of the phases' payloads (bytes) and of a refusal (its reason)."""
 MASKED_INPUT = "secagg/masked"
-"""The array of a masked-input reply (int64, the flattened update's length)."""
+"""The array of a masked-input reply (int32 or int64, the flattened update's length)."""
 CLIPPED_SHARE = "secagg/clipped_share"
 """Metric: the share of update entries outside [-clip_range, clip_range]."""
 
@@ -158,7 +159,7 @@ class SecAggClientPhases:
         if std > 0:
             vector = vector + draws.normal(0.0, std, vector.shape)
         clipped = float(np.mean(np.abs(vector) > spec.clip_range)) if vector.size else 0.0
-        masked = client.mask(quantise(vector, spec, draws))
+        masked = wire_dtype(client.mask(quantise(vector, spec, draws)), spec.bits)
         metrics = {**update.metrics, CLIPPED_SHARE: clipped}
         return Message(
             arrays={MASKED_INPUT: torch.from_numpy(masked)},

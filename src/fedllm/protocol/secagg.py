@@ -266,7 +266,10 @@ class _Masked:
         if not isinstance(vector, torch.Tensor):
             server.drop(client_id, f"masked input: the reply lacks {MASKED_INPUT!r}")
             return
-        server.receive_masked(client_id, vector.numpy())
+        if vector.dtype not in (torch.int32, torch.int64):
+            server.drop(client_id, f"masked input: {vector.dtype}, not int32 or int64")
+            return
+        server.receive_masked(client_id, vector.numpy().astype(np.int64))
         if client_id not in server.masked:
             return
         report = read_update(client_id, Message(config=reply.config, metrics=reply.metrics))

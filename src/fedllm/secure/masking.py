@@ -48,3 +48,9 @@ def add_mask(vector: NDArray[np.int64], seed: bytes, bits: int, sign: int) -> No
     else:
         np.subtract(vector, mask, out=vector)
     np.bitwise_and(vector, np.int64((1 << bits) - 1), out=vector)
+
+
+def wire_dtype(masked: NDArray[np.int64], bits: int) -> NDArray[np.signedinteger]:
+    """The masked vector in the narrowest signed type that holds the ring: int32 up to
+    31 bits (4 bytes an entry, as a float32 update), int64 above."""
+    return masked.astype(np.int32) if bits <= 31 else masked

@@ -15,11 +15,12 @@ class SecAggConfig(Section):
         "'uniform' and a linear aggregator.",
     )
     bits: int = Field(
-        32,
+        31,
         ge=8,
         le=62,
         description="The ring Z_{2^bits} the updates are summed in; with clip_range it sets "
-        "the fixed-point step 2 clip_range / (floor((2^bits - 1) / cohort) - 1).",
+        "the fixed-point step 2 clip_range / (floor((2^bits - 1) / cohort) - 1). Up to 31 "
+        "bits a masked entry travels in 4 bytes (as a float32 update), above in 8.",
     )
     clip_range: float = Field(
         0.05,

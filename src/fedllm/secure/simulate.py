@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.errors import SecAggAbort
+from fedllm.secure.masking import wire_dtype
 from fedllm.secure.messages import encode_ids, pack_map
 from fedllm.secure.params import RoundParams
 from fedllm.secure.randomness import SeededRandomness
@@ -120,7 +121,7 @@ def simulate_round(
             clients[c].receive_shares(routed[c])
             masked = clients[c].mask(inputs[c])
             cost.client_s[c] += time.perf_counter() - start
-            cost.bytes_up[c] += masked.nbytes
+            cost.bytes_up[c] += wire_dtype(masked, params.spec.bits).nbytes
             timed_server(partial(server.receive_masked, c, masked))
         asked = timed_server(server.unmask_requests)
         for c in answering("unmask", set(asked)):

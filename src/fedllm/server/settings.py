@@ -9,7 +9,6 @@ from pydantic import Field, model_validator
 
 from fedllm.settings import Section
 
-
 DROPPABLE_PHASES = (
     "train",
     "secagg/advertise",
