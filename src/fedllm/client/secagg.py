@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
+from fedllm.client.flat import flatten
 from fedllm.client.side import NUM_EXAMPLES, ClientSide
 from fedllm.message import ConfigValue, Message
 from fedllm.secure.client_round import SecAggClient
@@ -30,7 +30,7 @@ from fedllm.secure.messages import decode_ids, pack_keys, pack_map, unpack_map
 from fedllm.secure.params import RoundParams
 from fedllm.secure.randomness import Randomness, SeededRandomness, SystemRandomness
 from fedllm.secure.ring import quantise
-from fedllm.types import ClientId, Params
+from fedllm.types import ClientId
 
 ADVERTISE = "secagg/advertise"
 SHARE = "secagg/share"
@@ -55,34 +55,6 @@ CLIPPED_SHARE = "secagg/clipped_share"
 
 NoiseStd = Callable[[Mapping[str, ConfigValue]], float]
 """The std of the distributed DP noise a client adds, from the broadcast's config."""
-
-
-def flatten(params: Params) -> NDArray[np.float64]:
-    """Every tensor of ``params``, in sorted key order, as one float64 vector."""
-    if not params:
-        return np.zeros(0)
-    return np.concatenate(
-        [params[k].detach().double().reshape(-1).cpu().numpy() for k in sorted(params)]
-    )
-
-
-def unflatten(vector: NDArray[np.floating], template: Params) -> Params:
-    """The inverse of :func:`flatten`, shaped and typed like ``template``.
-
-    Raises:
-        ValueError: the vector's length is not the template's entry count.
-    """
-    total = sum(t.numel() for t in template.values())
-    if vector.shape != (total,):
-        raise ValueError(f"a vector of {vector.shape} does not fill {total} entries")
-    out: Params = {}
-    at = 0
-    for key in sorted(template):
-        ref = template[key]
-        piece = torch.from_numpy(np.ascontiguousarray(vector[at : at + ref.numel()]))
-        out[key] = piece.reshape(ref.shape).to(ref.dtype)
-        at += ref.numel()
-    return out
 
 
 class SecAggClientPhases:

@@ -33,12 +33,11 @@ from fedllm.client.secagg import (
     SHARES,
     SURVIVORS,
     UNMASK,
-    unflatten,
 )
 from fedllm.message import ROUND, ConfigValue, Dropped, Message, Reply
 from fedllm.protocol.driver import Phase
-from fedllm.protocol.fedavg import TrainingSetup, TrainPhase, add_contributions
-from fedllm.protocol.screen import read_update
+from fedllm.protocol.fedavg import TrainingSetup, TrainPhase
+from fedllm.protocol.hidden import count_hidden, fold_revealed, refuse_hidden
 from fedllm.protocol.tally import Tally
 from fedllm.secure.errors import SecAggAbort, SecAggViolation
 from fedllm.secure.graph import default_degree
@@ -48,7 +47,7 @@ from fedllm.secure.ring import RingSpec, dequantise_sum
 from fedllm.secure.server_round import SecAggServer
 from fedllm.seeding import derive_seed
 from fedllm.server.plugin import RoundContext
-from fedllm.types import ClientId, ClientUpdate
+from fedllm.types import ClientId
 
 T = TypeVar("T")
 
@@ -256,9 +255,7 @@ class _Masked:
             return
         refusal = None if isinstance(reply, Dropped) else _refusal(reply)
         if isinstance(reply, Message) and refusal is not None:
-            report = read_update(client_id, reply)
-            state.tally.trained(report)
-            state.tally.reject(report, f"refused: {refusal}")
+            refuse_hidden(state.tally, client_id, reply, f"refused: {refusal}")
         if state.refused(client_id, reply, "masked input"):
             return
         assert isinstance(reply, Message)
@@ -270,14 +267,8 @@ class _Masked:
             server.drop(client_id, f"masked input: {vector.dtype}, not int32 or int64")
             return
         server.receive_masked(client_id, vector.numpy().astype(np.int64))
-        if client_id not in server.masked:
-            return
-        report = read_update(client_id, Message(config=reply.config, metrics=reply.metrics))
-        state.tally.trained(report)
-        for plugin in state.setup.plugins:
-            plugin.accept(state.ctx, report, 1.0)
-        state.ctx.accepted_weight += 1.0
-        state.tally.accept(report)
+        if client_id in server.masked:
+            count_hidden(state.ctx, state.setup, state.tally, client_id, reply, 1.0)
 
     def finish(self) -> None:
         self.state.tally.close()
@@ -327,12 +318,8 @@ class _Unmask:
         if outcome is None:
             return
         total, survivors = outcome
-        n = len(survivors)
-        mean = dequantise_sum(total, n, server.params.spec) / n
-        delta = unflatten(mean.astype(np.float64), state.ctx.params)
-        aggregate = ClientUpdate(SECAGG, delta, n)
-        state.setup.pipeline.add(aggregate, float(n))
-        add_contributions(state.ctx, state.setup, state.tally)
+        plain = dequantise_sum(total, len(survivors), server.params.spec)
+        fold_revealed(state.ctx, state.setup, state.tally, SECAGG, plain, len(survivors))
 
 
 def _refusal(reply: Message) -> str | None:
