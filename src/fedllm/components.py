@@ -49,7 +49,7 @@ ALGORITHMS: Registry[Any] = Registry(
     _each_own_module(
         "fedllm.federation.algorithms",
         "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server "
-        "central_dp local_dp secagg",
+        "central_dp local_dp secagg he",
     ),
 )
 REGISTRIES = (DATA_SOURCES, PARTITIONERS, METHODS, SERVER_OPTIMIZERS, AGGREGATORS, ALGORITHMS)

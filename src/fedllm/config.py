@@ -24,6 +24,7 @@ from fedllm.data.settings import DataConfig, PublicConfig
 from fedllm.model.settings import MethodConfig, ModelConfig
 from fedllm.pipeline.settings import PipelineConfig
 from fedllm.privacy.settings import PrivacyConfig
+from fedllm.secure.he_settings import HEConfig
 from fedllm.secure.settings import SecAggConfig
 from fedllm.server.settings import ServerConfig
 from fedllm.settings import NONE, ConfigError, Section, check_client_names
@@ -173,6 +174,7 @@ class Config(Section):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     secagg: SecAggConfig = Field(default_factory=SecAggConfig)
+    he: HEConfig = Field(default_factory=HEConfig)
     personal: PersonalConfig = Field(default_factory=PersonalConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -15,9 +15,12 @@ DROPPABLE_PHASES = (
     "secagg/share",
     "secagg/masked",
     "secagg/unmask",
+    "he/train",
+    "he/decrypt",
 )
 """The round phases a simulated client can drop in (evaluation never drops); the
-names of :data:`fedllm.client.side.TRAIN` and :data:`fedllm.client.secagg.PHASES`."""
+names of :data:`fedllm.client.side.TRAIN`, :data:`fedllm.client.secagg.PHASES` and
+:data:`fedllm.client.he.PHASES`."""
 
 
 class ServerConfig(Section):

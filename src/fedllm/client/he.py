@@ -1,0 +1,104 @@
+"""A client's two CKKS phases around its training (the client half of
+:mod:`fedllm.protocol.he`): train and send the update encrypted; decrypt the sum when
+the server asks this client to.
+
+Every client holds the same secret context (the federation's shared key); the server
+holds only the public one. With ``examples`` weighting a client encrypts its update
+times its example count, and the server divides the decrypted sum by the total.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from fedllm.client.flat import flatten
+from fedllm.client.side import NUM_EXAMPLES, ClientSide
+from fedllm.message import Message
+from fedllm.secure import he
+from fedllm.secure.messages import pack_map, unpack_map
+from fedllm.types import ClientId
+
+TRAIN_PHASE = "he/train"
+DECRYPT_PHASE = "he/decrypt"
+PHASES = (TRAIN_PHASE, DECRYPT_PHASE)
+"""The protocol's phases, in order (engine phase names)."""
+
+CHUNKS = "he.chunks"
+"""Config key of an encrypted vector: its ciphertexts, packed (bytes)."""
+LENGTH = "he.length"
+"""Config key of the decrypt request's vector length."""
+WEIGHTED = "he.weighted"
+"""Config key of the broadcast: True when updates are weighted by example count."""
+REFUSED = "he.refused"
+"""Config key of a client's refusal (its reason)."""
+PLAIN_SUM = "he/sum"
+"""The array of the decrypt reply: the decrypted sum (float64)."""
+ENCRYPT_S = "he/encrypt_s"
+CIPHERTEXT_BYTES = "he/ciphertext_bytes"
+"""Client metrics: seconds to encrypt its update, and the ciphertext's bytes."""
+
+
+def pack_chunks(chunks: list[bytes]) -> bytes:
+    """Ciphertexts as one config value (their order kept)."""
+    return pack_map({f"{i:08d}": chunk for i, chunk in enumerate(chunks)})
+
+
+def unpack_chunks(data: bytes) -> list[bytes]:
+    """The ciphertexts of :func:`pack_chunks`."""
+    entries = unpack_map(data)
+    return [entries[key] for key in sorted(entries)]
+
+
+class HEClientPhases:
+    """The handlers of the two phases for the clients a client side trains.
+
+    Args:
+        side: trains a client in the train phase.
+        secret_context: the clients' shared secret context, or a function reading it
+            (a Flower node reads its file on first use).
+    """
+
+    def __init__(self, side: ClientSide, secret_context: bytes | Callable[[], bytes]) -> None:
+        self.side = side
+        self._secret = secret_context
+
+    def handlers(self) -> dict[str, Callable[[ClientId, str, Message], Message]]:
+        """Phase name -> handler, for :func:`fedllm.protocol.engine.by_phase`."""
+        return {TRAIN_PHASE: self._train, DECRYPT_PHASE: self._decrypt}
+
+    @property
+    def secret(self) -> bytes:
+        if callable(self._secret):
+            self._secret = self._secret()
+        return self._secret
+
+    def _train(self, client_id: ClientId, phase: str, message: Message) -> Message:
+        update = self.side.run(client_id, message)
+        vector = flatten(update.delta)
+        if not np.all(np.isfinite(vector)):
+            return Message(config={REFUSED: "the update is not finite (NaN or infinity)"})
+        if message.config.get(WEIGHTED) is True:
+            vector = vector * update.num_examples
+        start = time.perf_counter()
+        chunks = he.encrypt_vector(vector, self.secret)
+        seconds = time.perf_counter() - start
+        metrics = {
+            **update.metrics,
+            ENCRYPT_S: seconds,
+            CIPHERTEXT_BYTES: float(he.ciphertext_bytes(chunks)),
+        }
+        return Message(
+            config={CHUNKS: pack_chunks(chunks), NUM_EXAMPLES: update.num_examples},
+            metrics=metrics,
+        )
+
+    def _decrypt(self, client_id: ClientId, phase: str, message: Message) -> Message:
+        data, length = message.config.get(CHUNKS), message.config.get(LENGTH)
+        if not isinstance(data, bytes) or not isinstance(length, int):
+            return Message(config={REFUSED: f"the request lacks {CHUNKS!r} or {LENGTH!r}"})
+        total = he.decrypt_vector(unpack_chunks(data), length, self.secret)
+        return Message(arrays={PLAIN_SUM: torch.from_numpy(total)})

@@ -1,0 +1,118 @@
+"""Homomorphic aggregation (``he.enabled = true``): CKKS as the round protocol.
+
+The server's half is the encrypted exchange (:mod:`fedllm.protocol.he`), the client's
+the handlers of its two phases (:mod:`fedllm.client.he`). In the simulator the
+federation's keys are made for the run; on Flower the server reads
+``he.public_context`` and every node ``he.secret_context`` (``fedllm deploy he-keys``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedllm.components import AGGREGATORS, ALGORITHMS
+from fedllm.config import Config
+from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
+
+if TYPE_CHECKING:
+    from fedllm.client.side import ClientSide
+    from fedllm.protocol.engine import ClientHandler
+
+MISSING_EXTRA = "he.enabled = true needs the 'he' extra: pip install 'fedllm[he]' (tenseal)"
+
+
+@ALGORITHMS.register("he")
+class HomomorphicAggregation:
+    """Additive aggregation under CKKS (TenSEAL); the server never holds a plaintext
+    update or sum before a client decrypts it."""
+
+    order = 96  # the round protocol; every other algorithm's hooks run inside it
+    modes = ("federated",)
+    modes_why = "it hides each client's update inside a federation's sum"
+
+    def setting(self, config: Config) -> str | None:
+        return "he.enabled = true" if config.he.enabled else None
+
+    def refuses(self, config: Config) -> list[tuple[str, str]]:
+        return [
+            ("secagg", "a round has one protocol: choose secure aggregation or CKKS"),
+            ("scaffold", "its control variates travel beside the encrypted update, in the clear"),
+            ("fednova", "it needs each client's step count to reweight the updates"),
+            ("hetero_rank", "it averages each entry over its holders, which a sum hides"),
+        ]
+
+    def problem(self, config: Config) -> str | None:
+        from fedllm.pipeline.stage import BatchAggregator
+
+        if not config.he.enabled:
+            return None
+        if importlib.util.find_spec("tenseal") is None:
+            return MISSING_EXTRA
+        aggregator = AGGREGATORS.get(config.server.aggregator)()
+        if isinstance(aggregator, BatchAggregator) or not aggregator.linear:
+            return (
+                f"he.enabled = true reveals only the sum, but server.aggregator = "
+                f"{config.server.aggregator!r} needs every individual update: use "
+                "server.aggregator = 'mean'"
+            )
+        if config.runtime.engine == "flower":
+            missing = [
+                f"he.{key}"
+                for key in ("public_context", "secret_context")
+                if getattr(config.he, key) is None
+            ]
+            if missing:
+                return (
+                    f"he.enabled = true on Flower needs {' and '.join(missing)}: the server "
+                    "reads the public context, every node the secret one (make both with "
+                    "`fedllm deploy he-keys --out DIR`)"
+                )
+        return None
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.client.he import HEClientPhases
+        from fedllm.protocol.he import HEExchange
+        from fedllm.secure import he
+
+        config = setup.ws.config
+        if not config.he.enabled or setup.mode != "federated":
+            return None
+        settings = config.he
+        if settings.secret_context is None or settings.public_context is None:
+            keys = he.make_keys()  # the simulator: one federation, keys for this run
+            secret: bytes | None = keys.secret_context
+            public = keys.public_context
+        else:
+            secret, public = None, b""
+        secret_file = settings.secret_context
+
+        def read_secret() -> bytes:
+            if secret is not None:
+                return secret
+            assert secret_file is not None
+            return read_context(secret_file, "he.secret_context")
+
+        def client_phases(side: ClientSide) -> Mapping[str, ClientHandler]:
+            return HEClientPhases(side, read_secret).handlers()
+
+        if setup.partial:  # a Flower node: the client half only
+            return Algorithm("he", client_phases=client_phases)
+        if not public:
+            assert settings.public_context is not None
+            public = read_context(settings.public_context, "he.public_context")
+        return Algorithm("he", exchange=HEExchange(public), client_phases=client_phases)
+
+
+def read_context(path: str, setting: str) -> bytes:
+    """A serialized TenSEAL context from ``path``.
+
+    Raises:
+        ValueError: the file cannot be read, naming the setting.
+    """
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as error:
+        raise ValueError(f"{setting} = {path!r} cannot be read: {error.strerror}") from error

@@ -1,0 +1,82 @@
+"""Whole runs with CKKS aggregation on the simulator: FedAvg's model within CKKS's error
+(both weightings), a dropout, a decrypting client that drops, ciphertext costs in the
+record, and the refusals at config load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedllm.config import ConfigError
+from fedllm.federation.runner import run
+from tests.support.runs import tiny_config
+
+FOUR = ("server.clients_per_round=4", "server.rounds=1")
+
+
+def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize("weighting", ["examples", "uniform"])
+def test_encrypted_and_plain_aggregation_give_the_same_model(
+    tmp_path: Path, weighting: str
+) -> None:
+    setting = f"server.weighting='{weighting}'"
+    plain = run(tiny_config(*FOUR, setting), tmp_path / "plain")
+    encrypted = run(tiny_config(*FOUR, setting, "he.enabled=true"), tmp_path / "he")
+    record = encrypted.records[-1]
+    costs = record["he"]
+    assert costs["clients"] == 4 and costs["decrypted_by"] in record["accepted"]
+    assert costs["ciphertext_bytes_per_client"] > 10 * costs["plaintext_bytes_per_client"]
+    metrics = record["client_metrics"]
+    sizes = [m["he/ciphertext_bytes"] for m in metrics.values()]
+    # SEAL compresses its serialization: sizes differ a little with the values
+    assert max(sizes) == costs["ciphertext_bytes_per_client"] and min(sizes) > 0.95 * max(sizes)
+    a, b = final_adapter(plain.run_dir), final_adapter(encrypted.run_dir)
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert 0 < worst < 1e-5  # CKKS is approximate (~1e-8 per value, x example counts)
+    assert record["train_loss"] == pytest.approx(plain.records[-1]["train_loss"], rel=1e-9)
+
+
+def test_a_client_that_drops_is_left_out_of_the_encrypted_sum(tmp_path: Path) -> None:
+    config = tiny_config(*FOUR, "he.enabled=true", "server.dropout_trace={'1' = ['trivia']}")
+    record = run(config, tmp_path / "run").records[-1]
+    assert record["skipped"] is None and "trivia" not in record["accepted"]
+    assert record["he"]["clients"] == 3
+
+
+def test_a_decrypting_client_that_drops_leaves_the_model_unchanged(tmp_path: Path) -> None:
+    # the decrypting client is the first accepted in id order: 'coding'
+    config = tiny_config(
+        *FOUR,
+        "he.enabled=true",
+        "server.dropout_trace={'1' = ['coding']}",
+        "server.dropout_phases=['he/decrypt']",
+    )
+    result = run(config, tmp_path / "run")
+    record = result.records[-1]
+    assert "the decrypting client coding sent no sum" in record["skipped"]
+    assert "global model unchanged" in record["skipped"]
+    assert not result.changed_model
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (
+            ("secagg.enabled=true", "server.weighting='uniform'", "server.clients_per_round=4"),
+            "choose secure aggregation or CKKS",
+        ),
+        (("runtime.engine='flower'",), "needs he.public_context and he.secret_context"),
+        (("client.drift_correction='scaffold'",), "control variates"),
+    ],
+)
+def test_bad_homomorphic_settings_are_refused_at_load(
+    overrides: tuple[str, ...], words: str
+) -> None:
+    with pytest.raises(ConfigError, match=words):
+        tiny_config("he.enabled=true", *overrides)
