@@ -222,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
 
     p = sub.add_parser(
+        "he-keys",
+        help="make the CKKS contexts of homomorphic aggregation on a deployment",
+        description="Write into OUT the clients' TenSEAL context with the secret key "
+        "(he-secret.ctx, mode 0600: every node's he.secret_context, never the server's) and "
+        "the server's public context (he-public.ctx: he.public_context). Needs the 'he' "
+        "extra. See docs/privacy.md.",
+    )
+    p.add_argument("out", type=Path, help="folder to write the files into")
+    p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
+
+    p = sub.add_parser(
         "data",
         help="inspect how a configuration splits its data among clients",
         description="Inspect the federation a configuration builds, without loading a model.",
@@ -601,6 +612,21 @@ def _certs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _he_keys(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.deploy.he_keys import make_he_keys
+    from fedllm.secure.he import HEUnavailable
+
+    try:
+        files = make_he_keys(args.out, overwrite=args.overwrite)
+    except HEUnavailable as err:
+        raise ConfigError(str(err)) from None
+    except FileExistsError as err:
+        raise ConfigError(f"{err}; pass --overwrite to replace the files in {args.out}") from None
+    say(console, f"wrote {files.secret} (every node's he.secret_context; keep it from the server)")
+    say(console, f"wrote {files.public} (the server's he.public_context)")
+    return 0
+
+
 _HANDLERS = {
     "run": _run,
     "resume": _resume,
@@ -614,6 +640,7 @@ _HANDLERS = {
     "data": _data,
     "deploy": _deploy,
     "certs": _certs,
+    "he-keys": _he_keys,
 }
 
 if __name__ == "__main__":

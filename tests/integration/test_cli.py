@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -147,3 +148,22 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_its_checkpoint(tmp_path: Path
     with terminate_as_interrupt():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_he_keys_writes_a_private_secret_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedllm.secure import he
+
+    out = tmp_path / "keys"
+    assert main(["he-keys", str(out)]) == 0
+    secret, public = out / "he-secret.ctx", out / "he-public.ctx"
+    assert secret.stat().st_mode & 0o777 == 0o600 and public.stat().st_mode & 0o777 == 0o644
+    chunks = he.encrypt_vector(np.array([0.25, -1.5]), public.read_bytes())
+    assert np.allclose(he.decrypt_vector(chunks, 2, secret.read_bytes()), [0.25, -1.5], atol=1e-6)
+    with pytest.raises(he.HEKeyError):  # the public context cannot decrypt
+        he.decrypt_vector(chunks, 2, public.read_bytes())
+    before = secret.read_bytes()
+    assert main(["he-keys", str(out)]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert secret.read_bytes() == before

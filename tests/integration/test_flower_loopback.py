@@ -121,3 +121,34 @@ def test_secure_aggregation_on_flower_gives_the_simulators_model(tmp_path: Path)
     b = load_file(out / "final" / "adapter_model.safetensors")
     for key in a:
         assert (a[key] - b[key]).abs().max().item() <= step + 1e-6 * a[key].abs().max().item()
+
+
+def test_homomorphic_aggregation_on_flower_with_key_files(tmp_path: Path) -> None:
+    """`fedllm he-keys`, then CKKS's two phases over a SuperLink and two SuperNodes: the
+    nodes read the secret context, the server only the public one; the simulator's
+    losses, and its model within CKKS's error."""
+    from safetensors.torch import load_file
+
+    keys = tmp_path / "keys"
+    assert main(["he-keys", str(keys)]) == 0
+    overrides = (
+        *TWO_CLIENTS,
+        "server.rounds=1",
+        "he.enabled=true",
+        f"he.secret_context='{keys / 'he-secret.ctx'}'",
+        f"he.public_context='{keys / 'he-public.ctx'}'",
+    )
+    simulated = run(
+        tiny_config(*TWO_CLIENTS, "server.rounds=1", "he.enabled=true"), tmp_path / "sim"
+    )
+    config = tmp_path / "he.toml"
+    config.write_text(dump_config(tiny_config(*overrides)))
+    out = tmp_path / "flower"
+    flower = ["--set", 'runtime.engine="flower"', "--out", str(out), "--quiet"]
+    assert main(["run", str(config), *flower]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["he"]["clients"] == 2 and records[-1]["skipped"] is None
+    assert records[-1]["train_loss"] == simulated.records[-1]["train_loss"]
+    a = load_file(tmp_path / "sim" / "final" / "adapter_model.safetensors")
+    b = load_file(out / "final" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5

@@ -128,16 +128,16 @@ def make_certs(
     ca_cert = _ca_certificate(ca_key, now, days)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _server_certificate(server_key, ca_key, ca_cert, hosts[0], sans, now, days)
-    _write(files.ca_cert, _pem(ca_cert), private=False, overwrite=overwrite)
-    _write(files.ca_key, _pkcs8(ca_key), private=True, overwrite=overwrite)
-    _write(files.server_cert, _pem(server_cert), private=False, overwrite=overwrite)
-    _write(files.server_key, _pkcs8(server_key), private=True, overwrite=overwrite)
+    write_key_file(files.ca_cert, _pem(ca_cert), private=False, overwrite=overwrite)
+    write_key_file(files.ca_key, _pkcs8(ca_key), private=True, overwrite=overwrite)
+    write_key_file(files.server_cert, _pem(server_cert), private=False, overwrite=overwrite)
+    write_key_file(files.server_key, _pkcs8(server_key), private=True, overwrite=overwrite)
     for i, (key_path, pub_path) in enumerate(
         zip(files.node_keys, files.node_public_keys, strict=True)
     ):
         private, public = node_key_pair(f"fedllm-node-{i}")
-        _write(key_path, private, private=True, overwrite=overwrite)
-        _write(pub_path, public, private=False, overwrite=overwrite)
+        write_key_file(key_path, private, private=True, overwrite=overwrite)
+        write_key_file(pub_path, public, private=False, overwrite=overwrite)
     _remove_stale_node_keys(out, nodes)
     return files
 
@@ -299,7 +299,7 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes, private: bool, overwrite: bool) -> None:
+def write_key_file(path: Path, data: bytes, private: bool, overwrite: bool) -> None:
     """Write ``data`` to ``path``: mode 0o600 if ``private`` else 0o644, whatever the umask.
 
     Without ``overwrite`` the file is created exclusively (a file that appeared since the
