@@ -150,3 +150,21 @@ def test_a_plugin_and_a_batch_aggregator_from_outside_the_core(tmp_path: Path) -
         mean = sum(sent[c][name].double() * weights[c] for c in kept) / sum(weights.values())
         moved = tensor.double() - start[name].double()
         torch.testing.assert_close(moved, mean, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("protocol", [("secagg.enabled=true",), ("he.enabled=true",)])
+def test_a_batch_aggregator_is_refused_by_the_sum_only_protocols(
+    protocol: tuple[str, ...],
+) -> None:
+    """Secure aggregation and CKKS reveal only the sum: a robust (batch) aggregator from
+    outside the core is refused at config load, naming it and what would work."""
+    from fedllm.config import ConfigError
+    from tests.support.runs import tiny_config
+
+    with pytest.raises(ConfigError, match="'test_drop_largest' needs every individual update"):
+        tiny_config(
+            *protocol,
+            "server.aggregator='test_drop_largest'",
+            "server.weighting='uniform'",
+            "server.clients_per_round=4",
+        )
