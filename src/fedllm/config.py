@@ -279,6 +279,12 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _link_canaries(self) -> Config:
+        # the data build sees only [data]: it gets the canaries of [privacy] this way
+        self.data.link_canaries(self.privacy.canary_spec())
+        return self
+
+    @model_validator(mode="after")
     def _check_public(self) -> Config:
         public = self.public
         if public.source is not None and _same_source(public.source, self.data.source):

@@ -12,8 +12,17 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from fedllm.components import PARTITIONERS
+from fedllm.data.canary import (
+    CHAT_PROMPT,
+    Canary,
+    canary_clients,
+    canary_record,
+    count_canary_records,
+    draw_canaries,
+    with_canaries,
+)
 from fedllm.data.compact import Examples
-from fedllm.data.format import Example, encode_chats, pack_texts
+from fedllm.data.format import Example, encode_chats, encode_each_chat, pack_texts
 from fedllm.data.settings import DataConfig
 from fedllm.data.sources import (
     FILE_SUFFIXES,
@@ -55,11 +64,13 @@ class FederatedData:
         clients: client id -> data, in sorted id order.
         test: the global test split, disjoint from every client's records.
         dropped: client id -> why it was left out (too few examples...).
+        canaries: the canaries inserted (and the controls), when ``[privacy]`` asks.
     """
 
     clients: dict[str, ClientData]
     test: Sequence[Example]
     dropped: dict[str, str] = field(default_factory=dict)
+    canaries: list[Canary] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready sizes: clients, examples per client, test size, tokens.
@@ -76,6 +87,7 @@ class FederatedData:
             for cid, c in self.clients.items()
         }
         train = Examples.concat([c.train for c in self.clients.values()])
+        canaries = {"canaries": [c.to_json() for c in self.canaries]} if self.canaries else {}
         return {
             "num_clients": len(self.clients),
             "clients": per_client,
@@ -86,6 +98,7 @@ class FederatedData:
             "train_loss_tokens": train.label_tokens,
             "test_tokens": _tokens(self.test),
             "dropped": dict(self.dropped),
+            **canaries,
         }
 
 
@@ -113,12 +126,15 @@ class ClientRecords:
         clients: client id -> its split, in sorted id order.
         test: the global test split's records.
         dropped: client id -> why it was left out (fewer than 2 records).
+        canaries: the canaries inserted into training splits (records carrying a
+            ``canary`` field) and the controls, when ``[privacy]`` asks for them.
     """
 
     kind: str
     clients: dict[str, RecordSplit]
     test: list[Record]
     dropped: dict[str, str] = field(default_factory=dict)
+    canaries: list[Canary] = field(default_factory=list)
 
 
 def build_federated_data(
@@ -143,6 +159,8 @@ def build_federated_data(
     """
     raw = build_client_records(cfg, seed)
     encode = _encoder(raw.kind, tokenizer, cfg.seq_len, cfg.format == "text")
+    if raw.canaries and raw.kind == "chat" and cfg.format != "text":
+        _check_canary_fits(raw.canaries[0], tokenizer, cfg.seq_len)
     clients: dict[str, ClientData] = {}
     dropped = dict(raw.dropped)
     for cid, split in raw.clients.items():
@@ -154,8 +172,14 @@ def build_federated_data(
     dropped = dict(sorted(dropped.items()))
     if not clients:
         raise _no_client_left(cfg, len(raw.clients) + len(raw.dropped), dropped)
+    lost = sorted({c.client for c in raw.canaries if c.client in dropped})
+    if lost:
+        raise DataError(
+            f"privacy.canary_clients: {', '.join(f'{cid} ({dropped[cid]})' for cid in lost)} "
+            "was dropped after tokenizing, with its canaries; choose another client"
+        )
     test = encode(raw.test, cfg.max_test_examples) if raw.test else Examples.pack([])
-    return FederatedData(clients=clients, test=test, dropped=dropped)
+    return FederatedData(clients=clients, test=test, dropped=dropped, canaries=raw.canaries)
 
 
 def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
@@ -192,7 +216,29 @@ def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
     if not clients:
         raise _no_client_left(cfg, len(partition), dropped)
     test = [records[i] for i in test_rows]
-    return ClientRecords(kind=kind, clients=clients, test=test, dropped=dropped)
+    canaries = _insert_canaries(cfg, kind, clients, seed)
+    return ClientRecords(kind=kind, clients=clients, test=test, dropped=dropped, canaries=canaries)
+
+
+def _insert_canaries(
+    cfg: DataConfig, kind: str, clients: dict[str, RecordSplit], seed: int
+) -> list[Canary]:
+    """Draw ``cfg.canary_spec``'s canaries and put them into their clients' training
+    records, in place (held-out records are never touched); the canaries drawn.
+
+    Raises:
+        ConfigError: ``privacy.canary_clients`` names a client the federation lacks.
+    """
+    spec = cfg.canary_spec
+    if spec is None or spec.count == 0:
+        return []
+    chosen = canary_clients(spec, list(clients))
+    canaries = draw_canaries(spec, chosen, seed)
+    for cid in chosen:
+        split = clients[cid]
+        train = with_canaries(split.train, canaries, cid, kind, seed)
+        clients[cid] = RecordSplit(client_id=cid, train=train, eval=split.eval)
+    return canaries
 
 
 def build_own_client(
@@ -245,11 +291,30 @@ def _split_client(
     )
 
 
+def _check_canary_fits(canary: Canary, tokenizer: PreTrainedTokenizerBase, seq_len: int) -> None:
+    """Refuse chat canaries that ``seq_len`` would cut (the secret comes last).
+
+    Raises:
+        DataError: naming the canary's length in tokens and ``data.seq_len``.
+    """
+    example = encode_each_chat([canary_record(canary.text, "chat")["messages"]], tokenizer, None)
+    length = len(example[0].input_ids) if example[0] is not None else 0
+    if length > seq_len:
+        raise DataError(
+            f"a canary chat ({canary.text!r} as the reply to {CHAT_PROMPT!r}, with the chat "
+            f"template) takes {length} tokens, more than data.seq_len = {seq_len}, which "
+            "would cut its secret: raise data.seq_len or shorten privacy.canary_template"
+        )
+
+
 def _encode_client(split: RecordSplit, cfg: DataConfig, encode: Encoder) -> ClientData | str:
     """The client's tokenized splits, or why the client is dropped."""
     cap = cfg.max_examples_per_client
     evals = encode(split.eval, cfg.max_eval_examples)
-    train_cap = None if cap is None else max(1, cap - len(evals))
+    # inserted canaries come on top of the cap: none is cut
+    train_cap = (
+        None if cap is None else max(1, cap - len(evals)) + count_canary_records(split.train)
+    )
     train = encode(split.train, train_cap)
     if not evals and len(train) > 1:
         train, evals = train[:-1], train[-1:]

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from fedllm.settings import Section
+
+if TYPE_CHECKING:
+    from fedllm.data.canary import CanarySpec
 
 
 class DataConfig(Section):
@@ -78,6 +81,17 @@ class DataConfig(Section):
     max_eval_examples: int | None = Field(
         32, ge=1, description="Cap on each client's eval split (evaluation cost)."
     )
+    _canaries: CanarySpec | None = PrivateAttr(None)
+
+    @property
+    def canary_spec(self) -> CanarySpec | None:
+        """The canaries the build inserts (set from ``[privacy]`` by the top-level config,
+        not a key of ``[data]``); None: none."""
+        return self._canaries
+
+    def link_canaries(self, spec: CanarySpec | None) -> None:
+        """Set :attr:`canary_spec` (the top-level config's link from ``[privacy]``)."""
+        self._canaries = spec
 
 
 class PublicConfig(Section):

@@ -6,7 +6,18 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from fedllm.data.canary import SECRET, CanarySpec
 from fedllm.settings import Section
+
+CANARY_KEYS = (
+    "canary_repeats",
+    "canary_clients",
+    "canary_template",
+    "canary_digits",
+    "canary_candidates",
+    "canary_controls",
+)
+"""The canary settings; any value but their default needs ``privacy.canaries`` > 0."""
 
 
 class PrivacyConfig(Section):
@@ -66,6 +77,112 @@ class PrivacyConfig(Section):
         "none: expected cohort / 20 (Andrew et al.). Part of the privacy cost: the update's "
         "noise is raised so the two together spend noise_multiplier.",
     )
+
+    canaries: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Leakage audit (`fedllm audit`): distinct random canaries inserted into the "
+        "training split of privacy.canary_clients (round-robin: canary i goes to client i mod "
+        "their number), never into held-out data; 0: none (the data is untouched).",
+    )
+    canary_repeats: int = Field(
+        1,
+        ge=1,
+        le=10000,
+        description="Copies of each canary in its client's training split.",
+    )
+    canary_clients: list[str] = Field(
+        default_factory=list,
+        description="Client ids that get canaries (checked against the federation when the "
+        "data is built); empty: the first client in sorted id order.",
+    )
+    canary_template: str = Field(
+        "my secret code is {secret}",
+        description="A canary's text: '{secret}' (once, after some text: the prefix an "
+        "extraction prompts with) becomes canary_digits random digits drawn from the run "
+        "seed. Chat data: the assistant's reply to a fixed user turn; text data: a record.",
+    )
+    canary_digits: int = Field(
+        6,
+        ge=1,
+        le=18,
+        description="Digits of each secret: the secret space has 10^canary_digits members.",
+    )
+    canary_candidates: int = Field(
+        1000,
+        ge=10,
+        le=1_000_000,
+        description="Secrets each canary is ranked among for its exposure: the whole space "
+        "when 10^canary_digits is at most this (an exact rank), else this many sampled ones "
+        "(an estimated rank, plus a skew-normal extrapolation).",
+    )
+    canary_controls: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Control canaries: drawn like the others but inserted nowhere; their "
+        "exposure is what an unseen secret scores (the audit's baseline).",
+    )
+
+    def canary_spec(self) -> CanarySpec | None:
+        """The canaries to insert, for the data build; None when ``canaries`` is 0."""
+        if self.canaries == 0:
+            return None
+        return CanarySpec(
+            count=self.canaries,
+            repeats=self.canary_repeats,
+            clients=tuple(self.canary_clients),
+            template=self.canary_template,
+            digits=self.canary_digits,
+            controls=self.canary_controls,
+            candidates=self.canary_candidates,
+        )
+
+    @model_validator(mode="after")
+    def _check_canaries(self) -> PrivacyConfig:
+        if self.canaries == 0:
+            fields = type(self).model_fields
+            set_keys = [
+                key
+                for key in CANARY_KEYS
+                if getattr(self, key) != fields[key].get_default(call_default_factory=True)
+            ]
+            if set_keys:
+                raise ValueError(
+                    f"privacy.{', privacy.'.join(set_keys)} set with privacy.canaries = 0; "
+                    "set privacy.canaries to the number of canaries to insert, or remove them"
+                )
+            return self
+        template = self.canary_template
+        if template.count(SECRET) != 1:
+            raise ValueError(
+                f"privacy.canary_template = {template!r} must hold {SECRET!r} exactly once "
+                "(where the random secret goes), e.g. 'my secret code is {secret}'"
+            )
+        if not template.split(SECRET)[0].strip():
+            raise ValueError(
+                f"privacy.canary_template = {template!r} needs text before {SECRET!r}: the "
+                "prefix an extraction prompts with, e.g. 'my secret code is {secret}'"
+            )
+        if any("{" in part or "}" in part for part in template.split(SECRET)):
+            raise ValueError(
+                f"privacy.canary_template = {template!r}: braces other than {SECRET!r} are "
+                "not allowed"
+            )
+        space = 10**self.canary_digits
+        if self.canaries + self.canary_controls > space:
+            raise ValueError(
+                f"privacy.canaries + privacy.canary_controls = "
+                f"{self.canaries + self.canary_controls} distinct secrets do not fit in "
+                f"10^{self.canary_digits}; raise privacy.canary_digits"
+            )
+        if len(set(self.canary_clients)) != len(self.canary_clients):
+            raise ValueError(
+                f"privacy.canary_clients = {self.canary_clients} names a client twice; "
+                "name each once"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_settings(self) -> PrivacyConfig:
