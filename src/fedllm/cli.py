@@ -1,4 +1,4 @@
-"""The `fedllm` command line: run | resume | eval | generate | export | report | config |
+"""The `fedllm` command line: run | resume | eval | audit | generate | export | report | config |
 select-prompt | inspect | data."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ EPILOG = """examples:
   fedllm run configs/demo.toml --set server.rounds=3 --out runs/my-run
   fedllm resume runs/my-run
   fedllm eval runs/my-run
+  fedllm audit runs/my-run --max-records 128
   fedllm generate runs/my-run --prompt "What do you like to do on weekends?"
   fedllm export runs/my-run --to exported/
   fedllm report runs/my-run
@@ -104,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
         "client's eval split and on the test split; writes eval.json.",
     )
     p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser(
+        "audit",
+        help="leakage audit of a run's model: canary exposure, membership inference, extraction",
+        description="Rank each canary of RUN_DIR (privacy.canaries) among candidate secrets "
+        "by the trained model's loss (exposure), complete its prefix greedily (extraction), "
+        "and attack each client's membership (its training examples against its held-out "
+        "ones; loss, and loss minus the untrained model's). Writes RUN_DIR/audit.json.",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument(
+        "--max-records",
+        type=int,
+        default=256,
+        help="most members and most held-out examples scored per client (seeded sample)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="examples per forward pass")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = sub.add_parser(
         "generate",
@@ -330,6 +349,7 @@ USER_ERRORS = (
     ("fedllm.prompts.select", "SelectionError"),
     ("fedllm.prompts.inspect", "InspectError"),
     ("fedllm.eval.generate", "GenerationError"),
+    ("fedllm.privacy.audit.audit", "AuditError"),
     ("fedllm.deploy.local", "DeployError"),
 )
 """Errors that mean bad input, not a bug (module, class): shown as one line, no traceback."""
@@ -422,6 +442,51 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
     Console().print(table)
+    return 0
+
+
+def _audit(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.client.personal import PersonalSplit
+    from fedllm.federation.setup import prepare
+    from fedllm.federation.trained import load_trained
+    from fedllm.privacy.audit.audit import (
+        AuditOptions,
+        Models,
+        audit_run,
+        no_progress,
+        recorded_canaries,
+    )
+    from fedllm.privacy.audit.table import canary_table, membership_table, rich_progress
+
+    for option, value in (("--max-records", args.max_records), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{option} = {value}: must be at least 1")
+    rundir = RunDir(args.run_dir)
+    config = rundir.load_config()
+    check_writable(rundir.root, "run directory")
+    if config.federation.mode == "local":
+        raise RunDirError(
+            f"{rundir.root} is a local-mode run (one model per client, none shared): "
+            "`fedllm audit` audits a run's global model"
+        )
+    ws = prepare(config)
+    assert ws.data is not None
+    trained = load_trained(rundir, ws.initial, PersonalSplit.from_config(ws.config.personal))
+    summary = rundir.read_summary() if rundir.summary_path.exists() else None
+    canaries = recorded_canaries(summary, ws.data.canaries)
+    options = AuditOptions(args.max_records, args.batch_size, config.seed)
+    models = Models(ws.model, ws.tokenizer, trained.pick(None, list(ws.data.clients)), ws.initial)
+    progress = no_progress if args.quiet else rich_progress(console)
+    report = audit_run(models, ws.data, canaries, config.privacy.canary_spec(), options, progress)
+    head = {"run": str(rundir.root), "round": trained.round, "max_records": args.max_records}
+    (rundir.root / "audit.json").write_text(json.dumps({**head, **report}, indent=2) + "\n")
+    stdout = Console()
+    if report["canaries"]:
+        stdout.print(canary_table(report["canaries"], f"{rundir.root} · canaries"))
+    else:
+        say(console, "no canaries in this run (privacy.canaries = 0): membership only")
+    stdout.print(membership_table(report["membership"], f"{rundir.root} · membership inference"))
+    say(console, f"wrote {rundir.root / 'audit.json'}")
     return 0
 
 
@@ -631,6 +696,7 @@ _HANDLERS = {
     "run": _run,
     "resume": _resume,
     "eval": _eval,
+    "audit": _audit,
     "generate": _generate,
     "export": _export,
     "report": _report,

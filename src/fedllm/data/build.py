@@ -159,7 +159,7 @@ def build_federated_data(
     """
     raw = build_client_records(cfg, seed)
     encode = _encoder(raw.kind, tokenizer, cfg.seq_len, cfg.format == "text")
-    if raw.canaries and raw.kind == "chat" and cfg.format != "text":
+    if raw.canaries and raw.canaries[0].kind == "chat":
         _check_canary_fits(raw.canaries[0], tokenizer, cfg.seq_len)
     clients: dict[str, ClientData] = {}
     dropped = dict(raw.dropped)
@@ -233,10 +233,11 @@ def _insert_canaries(
     if spec is None or spec.count == 0:
         return []
     chosen = canary_clients(spec, list(clients))
-    canaries = draw_canaries(spec, chosen, seed)
+    encoded_as = "chat" if kind == "chat" and cfg.format != "text" else "text"
+    canaries = draw_canaries(spec, chosen, seed, encoded_as)
     for cid in chosen:
         split = clients[cid]
-        train = with_canaries(split.train, canaries, cid, kind, seed)
+        train = with_canaries(split.train, canaries, cid, seed)
         clients[cid] = RecordSplit(client_id=cid, train=train, eval=split.eval)
     return canaries
 

@@ -69,6 +69,8 @@ class Canary:
         text: the template with the secret.
         client: the client whose training split holds it (None for a control).
         repeats: copies inserted (0 for a control).
+        kind: how it is encoded: ``"chat"`` (the reply to :data:`CHAT_PROMPT`) or
+            ``"text"`` (a text record: text data, or ``data.format = 'text'``).
     """
 
     id: str
@@ -76,6 +78,7 @@ class Canary:
     text: str
     client: str | None
     repeats: int
+    kind: str = "chat"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +91,7 @@ class Canary:
             text=str(raw["text"]),
             client=None if raw.get("client") is None else str(raw["client"]),
             repeats=int(raw["repeats"]),
+            kind=str(raw.get("kind", "chat")),
         )
 
 
@@ -110,7 +114,9 @@ def canary_clients(spec: CanarySpec, clients: Sequence[str]) -> list[str]:
     return list(spec.clients)
 
 
-def draw_canaries(spec: CanarySpec, clients: Sequence[str], seed: int) -> list[Canary]:
+def draw_canaries(
+    spec: CanarySpec, clients: Sequence[str], seed: int, kind: str = "chat"
+) -> list[Canary]:
     """``spec.count`` canaries (round-robin over ``clients``) then ``spec.controls``
     controls, with distinct secrets drawn from ``seed``.
 
@@ -118,6 +124,7 @@ def draw_canaries(spec: CanarySpec, clients: Sequence[str], seed: int) -> list[C
         spec: what to draw.
         clients: the clients that get canaries (:func:`canary_clients`), in order.
         seed: the run seed.
+        kind: how the canaries are encoded (:attr:`Canary.kind`).
     """
     rng = np.random.default_rng([seed % 2**63, _STAGE_CANARY])
     total = spec.count + spec.controls
@@ -129,11 +136,13 @@ def draw_canaries(spec: CanarySpec, clients: Sequence[str], seed: int) -> list[C
             seen.add(secret)
             secrets.append(secret)
     out = [
-        Canary(f"canary-{i}", s, fill(spec.template, s), clients[i % len(clients)], spec.repeats)
+        Canary(
+            f"canary-{i}", s, fill(spec.template, s), clients[i % len(clients)], spec.repeats, kind
+        )
         for i, s in enumerate(secrets[: spec.count])
     ]
     out += [
-        Canary(f"control-{i}", s, fill(spec.template, s), None, 0)
+        Canary(f"control-{i}", s, fill(spec.template, s), None, 0, kind)
         for i, s in enumerate(secrets[spec.count :])
     ]
     return out
@@ -158,14 +167,14 @@ def canary_record(text: str, kind: str, canary_id: str | None = None) -> Record:
 
 
 def with_canaries(
-    train: list[Record], canaries: Sequence[Canary], client: str, kind: str, seed: int
+    train: list[Record], canaries: Sequence[Canary], client: str, seed: int
 ) -> list[Record]:
     """``train`` with ``repeats`` copies of each of ``client``'s canaries at seeded
     positions (the records already there keep their order)."""
     mine = [c for c in canaries if c.client == client]
     if not mine:
         return train
-    inserted = [canary_record(c.text, kind, c.id) for c in mine for _ in range(c.repeats)]
+    inserted = [canary_record(c.text, c.kind, c.id) for c in mine for _ in range(c.repeats)]
     rng = np.random.default_rng([seed % 2**63, _STAGE_CANARY, len(train), len(inserted)])
     total = len(train) + len(inserted)
     at = set(rng.choice(total, size=len(inserted), replace=False).tolist())
