@@ -13,35 +13,39 @@ from rich.table import Table
 
 from fedllm.privacy.audit.score import Tick
 
+COMPLETION_CHARS = 20
+"""Most characters of a greedy completion shown in the table (audit.json has it whole)."""
+
 
 def canary_table(canaries: list[dict[str, Any]], title: str) -> Table:
     """One row per canary and control: client, copies, rank, exposure, extraction."""
     table = Table(title=escape(title))
-    for name, justify in (
-        ("canary", "left"),
-        ("client", "left"),
-        ("copies", "right"),
-        ("secret", "left"),
-        ("rank", "right"),
-        ("exposure", "right"),
-        ("extrapolated", "right"),
-        ("greedy completion", "left"),
-        ("extracted", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("canary")
+    table.add_column("client")
+    table.add_column("copies", justify="right")
+    table.add_column("secret")
+    table.add_column("rank", justify="right")
+    table.add_column("exposure (fit)", justify="right")
+    table.add_column("greedy completion")
     for c in canaries:
         rank = f"{c['rank']:.0f}" if c["exact"] else f"~{c['rank']:.3g}"
-        extra = c["extrapolated_exposure"]
+        fit = c["extrapolated_exposure"]
+        exposure = f"{c['exposure']:.2f}/{c['max_exposure']:.1f}"
+        if fit is not None:
+            exposure += f" ({fit:.2f})"
+        extraction = c["extraction"]
+        completion = extraction["completion"]
+        shown = repr(
+            completion[:COMPLETION_CHARS] + ("..." if len(completion) > COMPLETION_CHARS else "")
+        )
         table.add_row(
             escape(c["id"]),
-            escape(c["client"] or "(none: control)"),
+            escape(c["client"] or "-"),
             str(c["repeats"]),
             c["secret"],
-            f"{rank} / {c['space']}",
-            f"{c['exposure']:.2f} / {c['max_exposure']:.2f}",
-            "-" if extra is None else f"{extra:.2f}",
-            escape(repr(c["extraction"]["completion"])),
-            "yes" if c["extraction"]["reproduced"] else "no",
+            f"{rank}/{c['space']}",
+            exposure,
+            ("[bold red]secret[/] " if extraction["reproduced"] else "") + escape(shown),
         )
     return table
 
@@ -54,7 +58,7 @@ def membership_table(membership: dict[str, Any], title: str) -> Table:
     table.add_column("held out", justify="right")
     for attack in ("loss", "reference"):
         table.add_column(f"{attack} AUC", justify="right")
-        table.add_column(f"{attack} TPR", justify="right")
+        table.add_column(f"{attack} TPR@1%FPR", justify="right")
     rows = [*membership["clients"].items(), ("all", membership["all"])]
     for cid, row in rows:
         cells = [escape(cid), str(row["members"]), str(row["nonmembers"])]
