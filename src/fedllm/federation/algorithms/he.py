@@ -13,9 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedllm.components import AGGREGATORS, ALGORITHMS
+from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
+from fedllm.federation.algorithms.secagg import sum_only_problem
 
 if TYPE_CHECKING:
     from fedllm.client.side import ClientSide
@@ -45,19 +46,13 @@ class HomomorphicAggregation:
         ]
 
     def problem(self, config: Config) -> str | None:
-        from fedllm.pipeline.stage import BatchAggregator
-
         if not config.he.enabled:
             return None
         if importlib.util.find_spec("tenseal") is None:
             return MISSING_EXTRA
-        aggregator = AGGREGATORS.get(config.server.aggregator)()
-        if isinstance(aggregator, BatchAggregator) or not aggregator.linear:
-            return (
-                f"he.enabled = true reveals only the sum, but server.aggregator = "
-                f"{config.server.aggregator!r} needs every individual update: use "
-                "server.aggregator = 'mean'"
-            )
+        problem = sum_only_problem("he.enabled = true", config.server.aggregator)
+        if problem is not None:
+            return problem
         if config.runtime.engine == "flower":
             missing = [
                 f"he.{key}"

@@ -85,9 +85,31 @@ def distributed_noise(config: Config) -> NoiseStd | None:
     return lambda broadcast: stage.client_std(stage_state(stage, broadcast))
 
 
+BUILTIN_LINEAR = "mean"
+"""The built-in streaming mean: linear by construction, so a config naming it is not
+made to import torch to say so (``fedllm config`` stays light)."""
+
+
+def sum_only_problem(setting: str, aggregator_name: str) -> str | None:
+    """Why a protocol that reveals only the sum cannot run ``server.aggregator``, or None.
+
+    A robust (batch) or non-linear aggregator needs every individual update.
+    """
+    if aggregator_name == BUILTIN_LINEAR:
+        return None
+    from fedllm.pipeline.stage import BatchAggregator
+
+    aggregator = AGGREGATORS.get(aggregator_name)()
+    if isinstance(aggregator, BatchAggregator) or not aggregator.linear:
+        return (
+            f"{setting} reveals only the sum, but server.aggregator = {aggregator_name!r} "
+            "needs every individual update: use server.aggregator = 'mean'"
+        )
+    return None
+
+
 def secagg_problem(config: Config) -> str | None:
     """Why ``config``'s secure aggregation cannot run, or None."""
-    from fedllm.pipeline.stage import BatchAggregator
     from fedllm.secure.graph import check_degree, default_degree
     from fedllm.secure.params import check_threshold, default_threshold
     from fedllm.secure.ring import RingSpec
@@ -109,13 +131,9 @@ def secagg_problem(config: Config) -> str | None:
         )
     if cohort < MIN_COHORT:
         return f"secagg.enabled = true needs server.clients_per_round >= {MIN_COHORT}, got {cohort}"
-    aggregator = AGGREGATORS.get(server.aggregator)()
-    if isinstance(aggregator, BatchAggregator) or not aggregator.linear:
-        return (
-            f"secagg.enabled = true reveals only the sum, but server.aggregator = "
-            f"{server.aggregator!r} needs every individual update: use server.aggregator = "
-            "'mean'"
-        )
+    problem = sum_only_problem("secagg.enabled = true", server.aggregator)
+    if problem is not None:
+        return problem
     if config.privacy.dp == "central" and config.privacy.adaptive_clip:
         return (
             "secagg.enabled = true with privacy.adaptive_clip = true would send each client's "
