@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from fedllm.components import ALGORITHMS
 from fedllm.config import Config
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
-from fedllm.federation.algorithms.secagg import sum_only_problem
+from fedllm.federation.algorithms.secagg import sum_only_problem, sum_only_refusals
 
 if TYPE_CHECKING:
     from fedllm.client.side import ClientSide
@@ -38,12 +38,8 @@ class HomomorphicAggregation:
         return "he.enabled = true" if config.he.enabled else None
 
     def refuses(self, config: Config) -> list[tuple[str, str]]:
-        return [
-            ("secagg", "a round has one protocol: choose secure aggregation or CKKS"),
-            ("scaffold", "its control variates travel beside the encrypted update, in the clear"),
-            ("fednova", "it needs each client's step count to reweight the updates"),
-            ("hetero_rank", "it averages each entry over its holders, which a sum hides"),
-        ]
+        one_protocol = ("secagg", "a round has one protocol: choose secure aggregation or CKKS")
+        return [one_protocol, *sum_only_refusals("encrypted")]
 
     def problem(self, config: Config) -> str | None:
         if not config.he.enabled:

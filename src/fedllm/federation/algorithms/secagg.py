@@ -34,11 +34,7 @@ class SecAgg:
         return "secagg.enabled = true" if config.secagg.enabled else None
 
     def refuses(self, config: Config) -> list[tuple[str, str]]:
-        return [
-            ("scaffold", "its control variates travel beside the masked update, in the clear"),
-            ("fednova", "it needs each client's step count to reweight the updates"),
-            ("hetero_rank", "it averages each entry over its holders, which a sum hides"),
-        ]
+        return sum_only_refusals("masked")
 
     def problem(self, config: Config) -> str | None:
         return secagg_problem(config)
@@ -83,6 +79,16 @@ def distributed_noise(config: Config) -> NoiseStd | None:
         return None
     stage = stages[0]
     return lambda broadcast: stage.client_std(stage_state(stage, broadcast))
+
+
+def sum_only_refusals(hidden: str) -> list[tuple[str, str]]:
+    """The algorithms a protocol revealing only the sum (its updates ``hidden``, e.g.
+    masked or encrypted) cannot run with, and why."""
+    return [
+        ("scaffold", f"its control variates travel beside the {hidden} update, in the clear"),
+        ("fednova", "it needs each client's step count to reweight the updates"),
+        ("hetero_rank", "it averages each entry over its holders, which a sum hides"),
+    ]
 
 
 BUILTIN_LINEAR = "mean"
