@@ -1,13 +1,14 @@
 """`make bench`: every benchmark, each writing benchmarks/results/<name>.json.
 
-About 115 minutes on 2 cores: round overhead (2 min), memory vs clients
+About 165 minutes on 2 cores: round overhead (2 min), memory vs clients
 (1 min), the demo in three modes (9 min), every method on two federations
 (16 min), four partitions x four non-IID algorithms (about 45 min), local
 steps per round at an equal token budget (about 8 min), Flower loopback vs the
 simulator vs Flower's no-op floor, tiny and SmolLM2 LoRA (about 4 and 12 min),
 memory vs a plain script (about 10 min), mixed precision (8 min), aggregation
 against memory bandwidth (1 min), time to the first step vs a plain script (5 min),
-the demo's whole process and evaluation vs a plain loss loop (6 min).
+the demo's whole process and evaluation vs a plain loss loop (6 min), SecAgg+ costs
+(3 min), utility and leakage under DP and SecAgg for three methods (45 min).
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ BENCHMARKS = [
     ["benchmarks.demo_process"],
     ["benchmarks.mixed_precision"],
     ["benchmarks.aggregate"],
+    ["benchmarks.secagg_cost"],
     ["benchmarks.demo_result"],
     ["benchmarks.methods"],
     ["benchmarks.non_iid"],
     ["benchmarks.local_steps"],
     ["benchmarks.flower_overhead", "--model", "tiny", "--rounds", "4", "--clients", "1"],
     ["benchmarks.flower_overhead", "--model", "smollm2-135m", "--rounds", "4", "--clients", "1"],
+    ["benchmarks.privacy_tradeoff", "--rounds", "3", "--steps", "4", "--epsilons", "8", "512"],
 ]
 
 
