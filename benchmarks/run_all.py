@@ -37,7 +37,7 @@ BENCHMARKS = [
     ["benchmarks.local_steps"],
     ["benchmarks.flower_overhead", "--model", "tiny", "--rounds", "4", "--clients", "1"],
     ["benchmarks.flower_overhead", "--model", "smollm2-135m", "--rounds", "4", "--clients", "1"],
-    ["benchmarks.privacy_tradeoff", "--rounds", "3", "--steps", "4", "--epsilons", "8", "512"],
+    ["benchmarks.privacy_tradeoff"],
 ]
 
 
