@@ -31,6 +31,7 @@ RUN_ENTRIES = (
     "summary.json",
     "eval.json",
     "inspect.json",
+    "audit.json",
     "checkpoints",
     "clients",
     "final",
