@@ -91,9 +91,12 @@ class SecAggExchange:
         n, s = len(ctx.cohort), self.settings
         if n < 3:
             return f"secure aggregation needs at least 3 sampled clients, got {n}"
+        # the configured graph was checked for the full cohort; a smaller cohort (fewer
+        # clients available) takes the defaults where the configured values cannot serve
         degree = s.degree if s.degree is not None and s.degree < n else default_degree(n)
-        threshold = s.threshold if s.threshold is not None else default_threshold(degree)
-        threshold = min(threshold, degree)
+        threshold = default_threshold(degree)
+        if s.threshold is not None and degree // 2 < s.threshold <= degree:
+            threshold = s.threshold
         size = sum(t.numel() for t in ctx.params.values())
         params = RoundParams(self.spec, threshold, ctx.round)
         graph_seed = derive_seed(ctx.seed, "secagg-graph")

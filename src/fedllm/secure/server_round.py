@@ -22,12 +22,10 @@ from fedllm.secure import shamir
 from fedllm.secure.client_round import share_index
 from fedllm.secure.errors import SecAggAbort, SecAggViolation
 from fedllm.secure.graph import neighbours
-from fedllm.secure.keys import load_key_pair
+from fedllm.secure.keys import KEY_BYTES, load_key_pair
 from fedllm.secure.masking import add_mask, pair_sign, pairwise_seed
 from fedllm.secure.messages import pack_keys, unpack_revealed
 from fedllm.secure.params import RoundParams
-
-KEY_SIZE = 32
 
 
 class SecAggServer:
@@ -81,8 +79,8 @@ class SecAggServer:
     def receive_keys(self, client_id: str, public_c: bytes, public_s: bytes) -> None:
         """A client's two public keys (phase 1 reply)."""
         self._check_member(client_id)
-        if len(public_c) != KEY_SIZE or len(public_s) != KEY_SIZE:
-            self.drop(client_id, "advertised a public key that is not 32 bytes")
+        if len(public_c) != KEY_BYTES or len(public_s) != KEY_BYTES:
+            self.drop(client_id, f"advertised a public key that is not {KEY_BYTES} bytes")
             return
         self.keys[client_id] = (public_c, public_s)
 

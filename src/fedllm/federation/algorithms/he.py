@@ -9,7 +9,8 @@ federation's keys are made for the run; on Flower the server reads
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,28 +73,23 @@ class HomomorphicAggregation:
         if not config.he.enabled or setup.mode != "federated":
             return None
         settings = config.he
-        if settings.secret_context is None or settings.public_context is None:
-            keys = he.make_keys()  # the simulator: one federation, keys for this run
-            secret: bytes | None = keys.secret_context
-            public = keys.public_context
-        else:
-            secret, public = None, b""
-        secret_file = settings.secret_context
-
-        def read_secret() -> bytes:
-            if secret is not None:
-                return secret
-            assert secret_file is not None
-            return read_context(secret_file, "he.secret_context")
+        secret_file, public_file = settings.secret_context, settings.public_context
+        if secret_file is None or public_file is None:  # the simulator: keys for this run
+            keys = he.make_keys()
+            secret: bytes | Callable[[], bytes] = keys.secret_context
+            public: bytes | None = keys.public_context
+        else:  # a deployment: each side reads its own file, when it needs it
+            secret = partial(read_context, secret_file, "he.secret_context")
+            public = None
 
         def client_phases(side: ClientSide) -> Mapping[str, ClientHandler]:
-            return HEClientPhases(side, read_secret).handlers()
+            return HEClientPhases(side, secret).handlers()
 
         if setup.partial:  # a Flower node: the client half only
             return Algorithm("he", client_phases=client_phases)
-        if not public:
-            assert settings.public_context is not None
-            public = read_context(settings.public_context, "he.public_context")
+        if public is None:
+            assert public_file is not None
+            public = read_context(public_file, "he.public_context")
         return Algorithm("he", exchange=HEExchange(public), client_phases=client_phases)
 
 
