@@ -31,12 +31,13 @@ LOCAL = {"dp": "local", "clip_norm": 1.0, "noise_multiplier": 1.0}
 
 
 def direct_epsilon(z: float, clients: int, cohort: int, rounds: int, delta: float) -> float:
-    """dp-accounting by hand: fixed-size cohorts as sampling without replacement."""
+    """dp-accounting by hand: fixed-size cohorts as sampling without replacement under
+    replace-one, whose Gaussian takes std / l2-sensitivity = z C / 2C (issue #378 upstream)."""
     accountant = rdp.RdpAccountant(
         orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
     )
     event = dp_accounting.SampledWithoutReplacementDpEvent(
-        clients, cohort, dp_accounting.GaussianDpEvent(z)
+        clients, cohort, dp_accounting.GaussianDpEvent(z / 2)
     )
     accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
     return float(accountant.get_epsilon(delta))
@@ -174,14 +175,14 @@ def play(ledger: PrivacyLedger, round_num: int) -> RoundRecord:
 
 
 def test_the_ledger_reports_dp_accounting_s_epsilon_and_stops_before_the_budget() -> None:
-    privacy = PrivacyConfig(**CENTRAL, noise_multiplier=1.1, target_epsilon=6.0)
+    privacy = PrivacyConfig(**CENTRAL, noise_multiplier=2.2, target_epsilon=6.0)
     plan = plan_central(privacy, clients=20, cohort=5, sampling="fixed", rounds=50)
     ledger = PrivacyLedger(plan)
-    allowed = max(r for r in range(1, 60) if direct_epsilon(1.1, 20, 5, r, 1e-5) <= 6.0)
+    allowed = max(r for r in range(1, 60) if direct_epsilon(2.2, 20, 5, r, 1e-5) <= 6.0)
     for r in range(1, allowed + 1):
         assert ledger.stop_reason() is None
         record = play(ledger, r)
-        assert record.extra["epsilon"] == pytest.approx(direct_epsilon(1.1, 20, 5, r, 1e-5))
+        assert record.extra["epsilon"] == pytest.approx(direct_epsilon(2.2, 20, 5, r, 1e-5))
     reason = ledger.stop_reason()
     assert reason is not None and f"after {allowed} round(s)" in reason
     assert ledger.summary()["epsilon"] <= 6.0

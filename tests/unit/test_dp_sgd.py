@@ -151,10 +151,13 @@ def test_a_dp_sgd_round_trains_and_is_seeded() -> None:
 
 
 def direct_epsilon(z: float, n: int, lot: int, steps: int, delta: float) -> float:
+    """Lots drawn without replacement under replace-one: a record's clipped gradient
+    replaced by its opposite moves the lot's sum by 2C, so the Gaussian gets z / 2."""
     accountant = rdp.RdpAccountant(
         orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
     )
-    event = dp_accounting.SampledWithoutReplacementDpEvent(n, lot, dp_accounting.GaussianDpEvent(z))
+    gaussian = dp_accounting.GaussianDpEvent(z / 2)
+    event = dp_accounting.SampledWithoutReplacementDpEvent(n, lot, gaussian)
     accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
     return float(accountant.get_epsilon(delta))
 
