@@ -107,7 +107,9 @@ def test_fixed_size_cohorts_match_wang_balle_kasiviswanathan_at_sensitivity_2c(
     #378: dp-accounting's event takes std / l2-sensitivity). Here the theorem's
     2 e^{(j-1) eps(j)} terms are the smaller ones, so it is the exact value."""
     orders = np.array(INTEGER_ORDERS)
-    rdp = np.array([without_replacement_gaussian_rdp(cohort / clients, z / 2, int(a)) for a in orders])
+    rdp = np.array(
+        [without_replacement_gaussian_rdp(cohort / clients, z / 2, int(a)) for a in orders]
+    )
     expected = epsilon_from_rdp(rounds * rdp, orders, delta)
     mechanism = Mechanism(z, clients, cohort, "fixed")
     ours = PrivacyAccountant(mechanism, delta, orders=INTEGER_ORDERS).epsilon(rounds)
