@@ -629,7 +629,8 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config, args.overrides)
     out: Path = args.out or Path("runs") / f"partition-{args.config.stem}"
     check_writable(out, "--out")
-    stats = survey_partition(config.data, load_tokenizer(config.model), config.seed)
+    tokenizer = load_tokenizer(config.model)
+    stats = survey_partition(config.data, tokenizer, config.seed, config.privacy.per_record())
     title = f"{args.config.name} · data.partition = {config.data.partition!r}"
     stdout = Console()
     stdout.print(heterogeneity_table(stats, escape(title)))

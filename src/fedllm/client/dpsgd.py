@@ -4,7 +4,9 @@ Every optimizer step trains on a lot of ``L`` examples drawn uniformly without
 replacement from the client's data (what the accountant models). Each example's
 gradient is computed on its own, clipped to L2 norm ``C`` over all trainable
 tensors, and summed; Gaussian noise of std ``z x C`` is added to the sum, which is
-divided by ``L``, and the optimizer steps on that.
+divided by ``L``, and the optimizer steps on that. Under ``privacy.dp = 'local'`` the
+data build makes every example exactly one record (never packed), so the guarantee
+is per record.
 
 Per-example gradients come from one backward pass per example, each trimmed to the
 example's own length: no padding, and it works for every method (LoRA, prompt and

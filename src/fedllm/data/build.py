@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,16 @@ from fedllm.data.canary import (
     with_canaries,
 )
 from fedllm.data.compact import Examples
-from fedllm.data.format import Example, encode_chats, encode_each_chat, pack_texts
-from fedllm.data.settings import DataConfig
+from fedllm.data.format import (
+    Example,
+    RecordExamples,
+    encode_chats,
+    encode_each_chat,
+    encode_record_chats,
+    encode_record_texts,
+    pack_texts,
+)
+from fedllm.data.settings import DataConfig, LongRecords
 from fedllm.data.sources import (
     FILE_SUFFIXES,
     DataError,
@@ -37,6 +46,9 @@ from fedllm.data.sources import (
 Encoder = Callable[[Sequence[Record], int | None], Examples]
 """Records (and an optional cap on examples) -> tokenized examples, compact."""
 
+RecordEncoder = Callable[[Sequence[Record], int | None], RecordExamples]
+"""Records (and an optional cap) -> one example per record, and which were cut."""
+
 _STAGE_TEST = 1
 _STAGE_CLIENT = 2
 
@@ -49,11 +61,15 @@ class ClientData:
         client_id: the client's id (filesystem-safe).
         train: training examples.
         eval: held-out examples of the same client.
+        truncated: training records cut to ``seq_len``, counted when every training
+            example is one record (``per_record``); None: not counted (text packed, or
+            chats outside DP-SGD).
     """
 
     client_id: str
     train: Sequence[Example]
     eval: Sequence[Example]
+    truncated: int | None = None
 
 
 @dataclass
@@ -75,7 +91,9 @@ class FederatedData:
     def summary(self) -> dict[str, Any]:
         """JSON-ready sizes: clients, examples per client, test size, tokens.
 
-        ``tokens`` counts input tokens, ``loss_tokens`` tokens with a label.
+        ``tokens`` counts input tokens, ``loss_tokens`` tokens with a label;
+        ``truncated_records`` (only when every training example is one record) counts
+        the training records cut to ``seq_len``.
         """
         per_client = {
             cid: {
@@ -83,9 +101,12 @@ class FederatedData:
                 "eval": len(c.eval),
                 "train_tokens": _tokens(c.train),
                 "eval_tokens": _tokens(c.eval),
+                **({} if c.truncated is None else {"truncated": c.truncated}),
             }
             for cid, c in self.clients.items()
         }
+        counted = [c.truncated for c in self.clients.values() if c.truncated is not None]
+        truncated = {"truncated_records": sum(counted)} if counted else {}
         train = Examples.concat([c.train for c in self.clients.values()])
         canaries = {"canaries": [c.to_json() for c in self.canaries]} if self.canaries else {}
         return {
@@ -98,6 +119,7 @@ class FederatedData:
             "train_loss_tokens": train.label_tokens,
             "test_tokens": _tokens(self.test),
             "dropped": dict(self.dropped),
+            **truncated,
             **canaries,
         }
 
@@ -138,7 +160,10 @@ class ClientRecords:
 
 
 def build_federated_data(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    per_record: LongRecords | None = None,
 ) -> FederatedData:
     """Load, split, partition and tokenize the data of a run.
 
@@ -149,22 +174,32 @@ def build_federated_data(
     clients below ``min_client_examples``. Only kept clients' records are
     tokenized.
 
+    With ``per_record`` (record-level DP-SGD, ``privacy.dp = 'local'``) every training
+    example is exactly one record: text is not packed but encoded one record a row
+    (its tokens, then EOS), and a record longer than ``seq_len`` tokens is cut with a
+    warning counting them (``"truncate"``) or refused (``"refuse"``). Held-out and test
+    splits are encoded as without it (they are never trained on).
+
     Args:
         cfg: the data section of the config.
         tokenizer: the model's tokenizer (fast, with a chat template for chat data).
         seed: fixes every random choice; same seed, same data.
+        per_record: one record per training example, and what to do with a longer
+            one; None: text packed into ``seq_len`` blocks.
 
     Raises:
-        DataError: unusable input, or no client left (with the reasons).
+        DataError: unusable input, no client left (with the reasons), or records
+            longer than ``seq_len`` under ``per_record = "refuse"``.
     """
     raw = build_client_records(cfg, seed)
     encode = _encoder(raw.kind, tokenizer, cfg.seq_len, cfg.format == "text")
+    each = _record_encoder(raw.kind, tokenizer, cfg, per_record)
     if raw.canaries and raw.canaries[0].kind == "chat":
         _check_canary_fits(raw.canaries[0], tokenizer, cfg.seq_len)
     clients: dict[str, ClientData] = {}
     dropped = dict(raw.dropped)
     for cid, split in raw.clients.items():
-        built = _encode_client(split, cfg, encode)
+        built = _encode_client(split, cfg, encode, each)
         if isinstance(built, str):
             dropped[cid] = built
         else:
@@ -178,6 +213,8 @@ def build_federated_data(
             f"privacy.canary_clients: {', '.join(f'{cid} ({dropped[cid]})' for cid in lost)} "
             "was dropped after tokenizing, with its canaries; choose another client"
         )
+    if per_record is not None:
+        _report_truncated(list(clients.values()), cfg.seq_len, per_record)
     test = encode(raw.test, cfg.max_test_examples) if raw.test else Examples.pack([])
     return FederatedData(clients=clients, test=test, dropped=dropped, canaries=raw.canaries)
 
@@ -243,17 +280,24 @@ def _insert_canaries(
 
 
 def build_own_client(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, path: str, client_id: str, seed: int
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str,
+    client_id: str,
+    seed: int,
+    per_record: LongRecords | None = None,
 ) -> ClientData:
     """One client's data from its own file (a Flower node's ``data=...``), split and
     tokenized as :func:`build_federated_data` splits and tokenizes a partition.
 
     Nothing is held out as a global test split: the whole file is the client's
-    (``max_examples_per_client``, ``eval_fraction`` and ``min_client_examples`` apply).
+    (``max_examples_per_client``, ``eval_fraction`` and ``min_client_examples`` apply);
+    ``per_record`` as in :func:`build_federated_data`.
 
     Raises:
-        DataError: the file is missing or unreadable, or it leaves the client too
-            few examples (with why).
+        DataError: the file is missing or unreadable, it leaves the client too few
+            examples (with why), or it holds records longer than ``seq_len`` under
+            ``per_record = "refuse"``.
     """
     if Path(path).suffix not in FILE_SUFFIXES:
         raise DataError(
@@ -265,9 +309,12 @@ def build_own_client(
     split = _split_client(client_id, records, cfg, seed % 2**63)
     if isinstance(split, str):
         raise DataError(f"node data {path}: {split}")
-    built = _encode_client(split, cfg, _encoder(kind, tokenizer, cfg.seq_len, cfg.format == "text"))
+    encode = _encoder(kind, tokenizer, cfg.seq_len, cfg.format == "text")
+    built = _encode_client(split, cfg, encode, _record_encoder(kind, tokenizer, cfg, per_record))
     if isinstance(built, str):
         raise DataError(f"node data {path}: {built}")
+    if per_record is not None:
+        _report_truncated([built], cfg.seq_len, per_record)
     return built
 
 
@@ -308,15 +355,23 @@ def _check_canary_fits(canary: Canary, tokenizer: PreTrainedTokenizerBase, seq_l
         )
 
 
-def _encode_client(split: RecordSplit, cfg: DataConfig, encode: Encoder) -> ClientData | str:
-    """The client's tokenized splits, or why the client is dropped."""
+def _encode_client(
+    split: RecordSplit, cfg: DataConfig, encode: Encoder, each: RecordEncoder | None = None
+) -> ClientData | str:
+    """The client's tokenized splits (training examples one per record with ``each``),
+    or why the client is dropped."""
     cap = cfg.max_examples_per_client
     evals = encode(split.eval, cfg.max_eval_examples)
     # inserted canaries come on top of the cap: none is cut
     train_cap = (
         None if cap is None else max(1, cap - len(evals)) + count_canary_records(split.train)
     )
-    train = encode(split.train, train_cap)
+    cut: list[bool] | None = None
+    if each is None:
+        train = encode(split.train, train_cap)
+    else:
+        records = each(split.train, train_cap)
+        train, cut = Examples.pack(records.examples), records.truncated
     if not evals and len(train) > 1:
         train, evals = train[:-1], train[-1:]
     total = len(train) + len(evals)
@@ -324,7 +379,33 @@ def _encode_client(split: RecordSplit, cfg: DataConfig, encode: Encoder) -> Clie
         return f"{total} example(s) after tokenizing; needs one train and one eval"
     if total < cfg.min_client_examples:
         return f"{total} examples < data.min_client_examples = {cfg.min_client_examples}"
-    return ClientData(client_id=split.client_id, train=train, eval=evals)
+    truncated = None if cut is None else sum(cut[: len(train)])
+    return ClientData(client_id=split.client_id, train=train, eval=evals, truncated=truncated)
+
+
+def _report_truncated(clients: list[ClientData], seq_len: int, per_record: LongRecords) -> None:
+    """Warn how many training records were cut to ``seq_len``, or refuse them.
+
+    Raises:
+        DataError: records were cut and ``per_record`` is ``"refuse"``.
+    """
+    cut = sum(c.truncated or 0 for c in clients)
+    if cut == 0:
+        return
+    records = sum(len(c.train) for c in clients)
+    if per_record == "refuse":
+        raise DataError(
+            f"privacy.long_records = 'refuse': {cut} of {records} training records are "
+            f"longer than data.seq_len = {seq_len} tokens (with DP-SGD each is one example); "
+            "raise data.seq_len, or set privacy.long_records = 'truncate' to cut them"
+        )
+    warnings.warn(
+        f"{cut} of {records} training records are longer than data.seq_len = {seq_len} "
+        "tokens and were truncated to it (with DP-SGD each record is one example); raise "
+        "data.seq_len to keep them whole",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _no_client_left(cfg: DataConfig, partitions: int, dropped: dict[str, str]) -> DataError:
@@ -354,6 +435,39 @@ def encode_records(
             encode_chats([r["messages"] for r in records], tokenizer, seq_len, cap)
         )
     return Examples.pack(pack_texts([record_text(r) for r in records], tokenizer, seq_len, cap))
+
+
+def encode_each_record(
+    kind: str,
+    records: Sequence[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    cap: int | None,
+    as_text: bool = False,
+) -> RecordExamples:
+    """One example per record, never packed, cut to ``seq_len`` tokens: chat records as
+    the SFT examples of :func:`encode_records` (unless ``as_text``), text (or chats
+    joined as text) as the record's tokens then EOS, loss on every token."""
+    if kind == "chat" and not as_text:
+        return encode_record_chats([r["messages"] for r in records], tokenizer, seq_len, cap)
+    return encode_record_texts([record_text(r) for r in records], tokenizer, seq_len, cap)
+
+
+def _record_encoder(
+    kind: str,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: DataConfig,
+    per_record: LongRecords | None,
+) -> RecordEncoder | None:
+    """:func:`encode_each_record` with everything but the records and the cap fixed;
+    None without ``per_record``."""
+    if per_record is None:
+        return None
+
+    def encode(records: Sequence[Record], cap: int | None) -> RecordExamples:
+        return encode_each_record(kind, records, tokenizer, cfg.seq_len, cap, cfg.format == "text")
+
+    return encode
 
 
 def _encoder(kind: str, tokenizer: PreTrainedTokenizerBase, seq_len: int, as_text: bool) -> Encoder:

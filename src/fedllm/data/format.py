@@ -218,6 +218,94 @@ def pack_texts(
     return [Example(input_ids=block, labels=list(block)) for block in blocks]
 
 
+@dataclass
+class RecordExamples:
+    """Records encoded one example each (:func:`encode_record_chats`,
+    :func:`encode_record_texts`).
+
+    Attributes:
+        examples: the examples, in record order (a chat left with no assistant token
+            within ``seq_len`` makes none).
+        truncated: for each example, whether its record was longer than ``seq_len``
+            tokens and was cut.
+    """
+
+    examples: list[Example]
+    truncated: list[bool]
+
+
+def encode_record_chats(
+    chats: Sequence[list[dict[str, str]]],
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    max_examples: int | None = None,
+) -> RecordExamples:
+    """The examples of :func:`encode_chats` (one per chat, cut to ``seq_len`` tokens, the
+    same ids and labels), with which chats were cut.
+
+    Args:
+        chats: conversations, each a list of ``{"role", "content"}``.
+        tokenizer: a fast tokenizer with a chat template.
+        seq_len: most tokens per example.
+        max_examples: stop once this many examples are made (no cap if None).
+    """
+    _check_fast(tokenizer)
+    out = RecordExamples([], [])
+    for batch in _batches(chats, BATCH_SIZE):
+        for whole in _encode_chat_batch(batch, tokenizer, None):
+            cut = whole is not None and len(whole) > seq_len
+            example = _cut(whole, seq_len) if cut else whole
+            if example is None:
+                continue
+            out.examples.append(example)
+            out.truncated.append(cut)
+            if max_examples is not None and len(out.examples) >= max_examples:
+                return out
+    return out
+
+
+def _cut(example: Example | None, seq_len: int) -> Example | None:
+    """The first ``seq_len`` tokens of ``example``; None if none of them carries a label."""
+    if example is None:
+        return None
+    labels = example.labels[:seq_len]
+    if all(label == IGNORE_INDEX for label in labels):
+        return None
+    return Example(input_ids=example.input_ids[:seq_len], labels=labels)
+
+
+def encode_record_texts(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    seq_len: int,
+    max_examples: int | None = None,
+) -> RecordExamples:
+    """One example per document, never packed with another: its tokens then EOS, cut
+    to ``seq_len`` tokens; labels equal input ids.
+
+    A document is cut (``truncated``) when its tokens and EOS exceed ``seq_len``.
+
+    Args:
+        texts: documents, in order.
+        tokenizer: any tokenizer with an EOS token.
+        seq_len: most tokens per example.
+        max_examples: most examples; tokenizing stops once they are made.
+    """
+    eos = tokenizer.eos_token_id
+    if not isinstance(eos, int):
+        raise DataError("encoding text needs a tokenizer with an EOS token")
+    out = RecordExamples([], [])
+    for batch in _batches(texts, BATCH_SIZE):
+        for ids in tokenizer(list(batch), add_special_tokens=False)["input_ids"]:
+            block = [*ids, eos]
+            out.truncated.append(len(block) > seq_len)
+            block = block[:seq_len]
+            out.examples.append(Example(input_ids=block, labels=list(block)))
+            if max_examples is not None and len(out.examples) >= max_examples:
+                return out
+    return out
+
+
 def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch to its longest example.
 

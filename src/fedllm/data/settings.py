@@ -12,6 +12,10 @@ from fedllm.settings import Section
 if TYPE_CHECKING:
     from fedllm.data.canary import CanarySpec
 
+LongRecords = Literal["truncate", "refuse"]
+"""What a data build making one example per record does with a record longer than
+``seq_len``: cut it (with a warning counting them) or refuse the data."""
+
 
 class DataConfig(Section):
     source: str = Field(

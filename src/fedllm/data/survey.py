@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fedllm.data.build import ClientRecords, build_client_records, build_federated_data
 from fedllm.data.heterogeneity import Heterogeneity, measure_heterogeneity
-from fedllm.data.settings import DataConfig
+from fedllm.data.settings import DataConfig, LongRecords
 from fedllm.data.sources import DataError, Record, load_records, record_text
 from fedllm.data.topic import fit_topics
 
@@ -18,19 +18,22 @@ Labeler = Callable[[Record], str]
 
 
 def survey_partition(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    seed: int,
+    per_record: LongRecords | None = None,
 ) -> Heterogeneity:
     """The heterogeneity of the federation a run with ``cfg`` and ``seed`` would train on.
 
     Clients, their training examples and their records are those of
     :func:`fedllm.data.build.build_federated_data`; labels are those of
     :func:`record_labeler` (so an ``iid`` or ``quantity`` split shows its label
-    mix too).
+    mix too); ``per_record`` as the run passes it (``privacy.per_record()``).
 
     Raises:
         DataError: unusable data or an impossible partition.
     """
-    data = build_federated_data(cfg, tokenizer, seed)
+    data = build_federated_data(cfg, tokenizer, seed, per_record)
     raw = build_client_records(cfg, seed)
     label_of, label_field = record_labeler(cfg, seed, raw)
     labels = None

@@ -119,7 +119,9 @@ def node_data(config: Config, tokenizer: Any, node_config: Settings) -> Federate
     if "data" in node_config:
         path = str(node_config["data"])
         client = str(node_config.get("client", Path(path).stem))
-        own = build_own_client(config.data, tokenizer, path, client, config.seed)
+        own = build_own_client(
+            config.data, tokenizer, path, client, config.seed, config.privacy.per_record()
+        )
         return FederatedData({client: own}, [])
     partition = int(node_config["partition-id"])
     return built_apart(lambda: _one_partition(config, tokenizer, partition))
@@ -127,7 +129,9 @@ def node_data(config: Config, tokenizer: Any, node_config: Settings) -> Federate
 
 def _one_partition(config: Config, tokenizer: Any, partition: int) -> FederatedData:
     """Partition ``partition`` of the config's corpus and the corpus's test split."""
-    whole = build_federated_data(config.data, tokenizer, config.seed)
+    whole = build_federated_data(
+        config.data, tokenizer, config.seed, per_record=config.privacy.per_record()
+    )
     client = pick_client(whole.clients, partition)
     return FederatedData({client: whole.clients[client]}, whole.test)
 

@@ -43,7 +43,9 @@ def build_run_data(config: Config) -> RunData:
     from fedllm.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
-    data = build_federated_data(config.data, tokenizer, config.seed)
+    data = build_federated_data(
+        config.data, tokenizer, config.seed, per_record=config.privacy.per_record()
+    )
     return RunData(tokenizer, data, build_public_data(config, tokenizer))
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fedllm.data.canary import SECRET, CanarySpec
+from fedllm.data.settings import LongRecords
 from fedllm.settings import Section
 
 CANARY_KEYS = (
@@ -77,6 +78,13 @@ class PrivacyConfig(Section):
         "none: expected cohort / 20 (Andrew et al.). Part of the privacy cost: the update's "
         "noise is raised so the two together spend noise_multiplier.",
     )
+    long_records: LongRecords = Field(
+        "truncate",
+        description="'local': every training example is one record (never packed with "
+        "another), so epsilon is per record; a record longer than data.seq_len tokens is "
+        "'truncate'd to it (counted in the data summary, with a warning) or 'refuse'd "
+        "(the data build stops, naming how many).",
+    )
 
     canaries: int = Field(
         0,
@@ -124,6 +132,12 @@ class PrivacyConfig(Section):
         description="Control canaries: drawn like the others but inserted nowhere; their "
         "exposure is what an unseen secret scores (the audit's baseline).",
     )
+
+    def per_record(self) -> LongRecords | None:
+        """How the data build makes training examples: one per record (and what to do
+        with a record longer than ``data.seq_len``) under record-level DP-SGD, whose
+        epsilon is per example; None (text packed) otherwise."""
+        return self.long_records if self.dp == "local" else None
 
     def canary_spec(self) -> CanarySpec | None:
         """The canaries to insert, for the data build; None when ``canaries`` is 0."""
@@ -186,6 +200,11 @@ class PrivacyConfig(Section):
 
     @model_validator(mode="after")
     def _check_settings(self) -> PrivacyConfig:
+        if self.dp != "local" and self.long_records != "truncate":
+            raise ValueError(
+                f"privacy.long_records = {self.long_records!r} applies to privacy.dp = "
+                "'local' (one record per example); remove it, or set privacy.dp = 'local'"
+            )
         if self.dp == "none":
             set_keys = [
                 key

@@ -45,5 +45,19 @@ class LocalDP:
         bound = plan_local(privacy, sizes[exposed], lot, max(steps.values()), config.server.rounds)
         plans = {cid: bound.for_client(n, lot) for cid, n in sizes.items()}
         plugin = DPSGDPlugin(plans, privacy.clip_norm, client.grad_accum, steps)
-        ledger = None if setup.partial else LocalLedger(bound, steps)
+        ledger = None if setup.partial else LocalLedger(bound, steps, _truncated(setup))
         return Algorithm("local_dp", client=plugin, server=ledger)
+
+
+def _truncated(setup: AlgorithmSetup) -> int | None:
+    """The training records cut to ``data.seq_len`` over the clients that train (the
+    pooled one: every client); None when some trains on data this process lacks (a
+    Flower node's own file) or the build did not count them."""
+    data = setup.ws.data
+    if data is None:
+        return None
+    trains = list(data.clients) if setup.mode == "centralized" else list(setup.clients)
+    counts = [data.clients[c].truncated if c in data.clients else None for c in trains]
+    if any(count is None for count in counts):
+        return None
+    return sum(count or 0 for count in counts)

@@ -90,16 +90,24 @@ class LocalLedger(ServerPlugin):
     """The server's bound on record-level DP-SGD: no client has spent more than the
     most exposed client's plan would after the most steps any client has taken.
 
+    The level is "record" because the data build makes every training example of such
+    a run exactly one record (``privacy.per_record()``), cut to ``data.seq_len`` tokens
+    where longer.
+
     Args:
         bound: the plan of the highest sampling rate (see
             :func:`fedllm.privacy.plan.plan_local`).
         steps: each client's optimizer steps per round.
+        truncated: the training records cut to ``data.seq_len``, summed over the
+            clients; None where this process does not hold their data.
     """
 
     name = "privacy"
 
-    def __init__(self, bound: LocalPlan, steps: dict[ClientId, int]) -> None:
-        self.bound, self.steps_per_round = bound, steps
+    def __init__(
+        self, bound: LocalPlan, steps: dict[ClientId, int], truncated: int | None = None
+    ) -> None:
+        self.bound, self.steps_per_round, self.truncated = bound, steps, truncated
         self.steps = dict.fromkeys(steps, 0)
         self.reported: dict[ClientId, float] = {}
 
@@ -145,6 +153,8 @@ class LocalLedger(ServerPlugin):
         return {
             EPSILON: self.spent(),
             "level": "record",
+            "example": "one record, cut to data.seq_len tokens where longer",
+            "records_truncated": self.truncated,
             "delta": self.bound.delta,
             "target_epsilon": self.bound.target_epsilon,
             "noise_multiplier": mechanism.noise_multiplier,
