@@ -2,14 +2,23 @@
 
 Andrew et al. (2021), "Differentially Private Learning with Adaptive Clipping": each
 client reports one bit, whether its update fitted under the clip (``clip/clipped``
-is 0); the server adds Gaussian noise to the count of those bits, divides by the
-cohort, and moves the clip geometrically toward the target quantile:
-``C <- C * exp(-lr * (fraction_unclipped - quantile))``.
+is 0); the server adds Gaussian noise to the **centred** count of those bits, the sum
+of ``b_i - 1/2`` (as their Algorithm 1 and TF Privacy's ``QuantileEstimatorQuery``
+do), divides by the cohort, adds 1/2 back, and moves the clip geometrically toward
+the target quantile: ``C <- C * exp(-lr * (fraction_unclipped - quantile))``.
+
+Centring is what makes the privacy split of :mod:`fedllm.privacy.plan` hold: adding
+or removing a client moves the centred count by at most 1/2 (the plain count by 1),
+and replacing one moves it by at most 1 (either way). Under fixed-size cohorts the
+divisor is the accepted count n and centring changes nothing numerically,
+``(sum b - n/2 + noise) / n + 1/2 = (sum b + noise) / n``; under Poisson sampling the
+divisor is the expected cohort and the two differ.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,12 +56,18 @@ class QuantileClip:
         """The clip for the round after ``report``'s (unchanged if nothing was accepted)."""
         if report.num_accepted == 0:
             return value
-        unclipped = sum(1.0 - m.get(CLIPPED_METRIC, 0.0) for m in report.client_metrics)
+        centred = centred_count(report.client_metrics)
         if self.count_noise > 0:
             generator = torch.Generator().manual_seed(derive_seed(report.seed, "clip-count"))
-            unclipped += self.count_noise * float(
+            centred += self.count_noise * float(
                 torch.randn((), generator=generator, dtype=torch.float64)
             )
         denominator = self.expected if self.expected is not None else report.num_accepted
-        fraction = unclipped / denominator
+        fraction = centred / denominator + 0.5
         return value * math.exp(-self.lr * (fraction - self.quantile))
+
+
+def centred_count(client_metrics: Sequence[Mapping[str, float]]) -> float:
+    """The statistic the count noise is added to: the sum over clients of
+    ``unclipped - 1/2`` (each term in [-1/2, 1/2])."""
+    return sum((1.0 - m.get(CLIPPED_METRIC, 0.0)) - 0.5 for m in client_metrics)
