@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 
 from fedllm.config import ConfigError
 from fedllm.federation.runner import run
+from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.ring import RingSpec
+from fedllm.secure.shamir import SHARE_BYTES
 from tests.support.runs import tiny_config
 
 SECAGG = ("secagg.enabled=true", "secagg.bits=48", "secagg.clip_range=0.5")
@@ -87,6 +89,55 @@ def test_too_many_dropouts_abort_the_round_and_leave_the_model(tmp_path: Path) -
     assert not result.changed_model
 
 
+def _forge_a_share(monkeypatch: pytest.MonkeyPatch, culprit: str) -> None:
+    """``culprit`` reveals, in round 1, a field element off its neighbour's polynomial."""
+    honest = SecAggClient.unmask
+
+    def unmask(self: SecAggClient, survivors: list[str], dropped: list[str]) -> dict[str, bytes]:
+        revealed = honest(self, survivors, dropped)
+        if self.client_id == culprit and self.params.round_id == 1:
+            victim = sorted(revealed)[0]
+            revealed[victim] = revealed[victim][:4] + (12345).to_bytes(SHARE_BYTES, "big")
+        return revealed
+
+    monkeypatch.setattr(SecAggClient, "unmask", unmask)
+
+
+def test_a_malformed_share_aborts_the_round_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # degree 2, threshold 2: each secret has exactly t shares, a wrong one cannot be told
+    _forge_a_share(monkeypatch, "coding")
+    result = run(tiny_config(*SECAGG, *FOUR, "server.rounds=2"), tmp_path / "run")
+    first, second = (next(r for r in result.records if r["round"] == i) for i in (1, 2))
+    assert "secure aggregation aborted" in first["skipped"]
+    assert "do not rebuild it" in first["skipped"] and "coding" in first["skipped"]
+    assert "global model unchanged" in first["skipped"]
+    assert second["skipped"] is None and len(second["accepted"]) == 4
+    assert result.changed_model
+
+
+def test_a_malformed_share_outvoted_by_the_others_drops_its_sender(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5 clients, degree 4, threshold 3: each secret has 4 shares, the forged one is told
+    _forge_a_share(monkeypatch, "client-001")
+    config = tiny_config(
+        "secagg.enabled=true",
+        "server.weighting='uniform'",
+        "data.num_clients=5",
+        "data.partition='iid'",
+        "server.clients_per_round=5",
+        "server.rounds=1",
+    )
+    record = run(config, tmp_path / "run").records[-1]
+    assert record["skipped"] is None, record["skipped"]
+    assert list(record["secagg"]["dropped"]) == ["client-001"]
+    assert "show wrong" in record["secagg"]["dropped"]["client-001"]
+    assert len(record["accepted"]) == 5  # its masked input is in the sum
+    assert record["secagg"]["unmasked"] == 4
+
+
 def test_distributed_dp_adds_the_noise_of_the_central_mechanism_or_more(tmp_path: Path) -> None:
     z, clip = 0.5, 10.0  # the clip bounds nothing here: the difference is the noise
     dp = ("privacy.dp='central'", f"privacy.clip_norm={clip}", f"privacy.noise_multiplier={z}")
@@ -118,6 +169,11 @@ def test_distributed_dp_adds_the_noise_of_the_central_mechanism_or_more(tmp_path
             (*FOUR, *CENTRAL, "privacy.adaptive_clip=true"),
             "set privacy.adaptive_clip = false",
         ),
+        (
+            (*FOUR, *CENTRAL, "secagg.tolerated_colluders=2"),
+            "raise server.min_clients to at least 3",
+        ),
+        ((*FOUR, "secagg.tolerated_colluders=1"), "or privacy.dp = 'central'"),
     ],
 )
 def test_bad_secure_aggregation_settings_are_refused_at_load(

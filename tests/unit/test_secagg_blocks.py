@@ -10,12 +10,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedllm.pipeline.noise import DistributedNoiseStage
+from fedllm.pipeline.stage import Constant
 from fedllm.secure import shamir
 from fedllm.secure.errors import AuthenticationError, SecAggViolation
 from fedllm.secure.graph import default_degree, neighbours
 from fedllm.secure.keys import agree, context_label, generate_key_pair, open_sealed, seal
 from fedllm.secure.messages import pack_map, unpack_map
-from fedllm.secure.params import RoundParams, check_threshold, default_threshold
+from fedllm.secure.params import (
+    RoundParams,
+    check_threshold,
+    collusion_statement,
+    default_threshold,
+    min_sum_inputs,
+    noise_shares,
+)
 from fedllm.secure.prg import expand
 from fedllm.secure.randomness import SeededRandomness, SystemRandomness
 from fedllm.secure.ring import RingSpec, dequantise_sum, min_bits, quantise
@@ -74,6 +83,28 @@ def test_any_t_shares_reconstruct_and_fewer_do_not(n: int, data: st.DataObject) 
         # t - 1 points fit a polynomial of degree t - 2: its constant is not the secret
         points = {i: shamir.share_value(s) for i, s in fewer.items()}
         assert shamir.interpolate(points, 0) != int.from_bytes(secret, "big")
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 9), data=st.data())
+def test_reconstruction_checks_every_share_and_refuses_a_forged_one(
+    n: int, data: st.DataObject
+) -> None:
+    t = data.draw(st.integers(1, n))
+    secret = data.draw(st.binary(min_size=32, max_size=32))
+    ids = data.draw(st.lists(st.integers(1, 10_000), min_size=n, max_size=n, unique=True))
+    shares = shamir.split(secret, t, ids, SeededRandomness(data.draw(st.integers(0, 99))))
+    assert shamir.reconstruct(shares, t) == secret
+    forged = data.draw(st.sampled_from(ids))
+    honest = shamir.share_value(shares[forged])
+    value = data.draw(st.integers(0, shamir.PRIME - 1).filter(lambda v: v != honest))
+    bad = {**shares, forged: value.to_bytes(shamir.SHARE_BYTES, "big")}
+    # off the others' polynomial (n > t), or a constant term beyond 32 bytes (n = t:
+    # all but certain for a share not crafted to shift the secret, a miss 2^-265)
+    with pytest.raises(ValueError, match="polynomial|32-byte"):
+        shamir.reconstruct(bad, t)
+    with pytest.raises(ValueError, match="not a field element"):
+        shamir.reconstruct({**shares, forged: b"\xff" * shamir.SHARE_BYTES}, t)
 
 
 def test_the_neighbour_graph_is_symmetric_regular_and_seeded() -> None:
@@ -139,3 +170,28 @@ def test_maps_round_trip_and_truncation_is_refused(entries: dict[str, bytes]) ->
             continue
         # a cut on an entry boundary is a shorter valid map
         assert len(unpack_map(packed[:cut])) < len(entries)
+
+
+@pytest.mark.parametrize("min_clients", [1, 2, 3, 5, 8, 20])
+def test_distributed_noise_survives_the_tolerated_coalition_and_not_one_more(
+    min_clients: int,
+) -> None:
+    """Each of n survivors adds N(0, (zC)^2 / m) (the stage's own client std); c colluders
+    subtract theirs. The variance left, (n - c) std^2, is computed here directly: at
+    least (zC)^2 for every c up to the tolerated count whenever n >= the fewest inputs a
+    round reveals, and below it at n = that fewest with one colluder more."""
+    z, clip = 0.7, 3.0
+    fewest = min_sum_inputs(min_clients)
+    for tolerated in range(fewest):
+        m = noise_shares(min_clients, tolerated)
+        stage = DistributedNoiseStage(z, Constant(clip), m)
+        variance = stage.client_std(stage.initial_state()) ** 2
+        for n in range(fewest, fewest + 4):
+            for c in range(tolerated + 1):
+                assert (n - c) * variance >= (z * clip) ** 2 * (1 - 1e-12), (n, c)
+        left = (fewest - (tolerated + 1)) * variance
+        assert left < (z * clip) ** 2 * (1 - 1e-3)
+    with pytest.raises(ValueError, match=f"at most {fewest - 1}"):
+        noise_shares(min_clients, fewest)
+    assert noise_shares(min_clients, 0) == max(2, min_clients)  # the old m, unchanged
+    assert f"up to {fewest - 1} client(s)" in collusion_statement(min_clients, fewest - 1)

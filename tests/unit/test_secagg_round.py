@@ -3,18 +3,23 @@ a clean abort beyond what the threshold tolerates, uniform masked inputs, refusa
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from fedllm.secure import shamir
 from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.errors import AuthenticationError, SecAggAbort, SecAggViolation
 from fedllm.secure.graph import default_degree, neighbours
 from fedllm.secure.params import RoundParams, default_threshold, tolerated_dropouts
 from fedllm.secure.randomness import SeededRandomness
 from fedllm.secure.ring import RingSpec
+from fedllm.secure.server_round import SecAggServer
+from fedllm.secure.shamir import SHARE_BYTES
 from fedllm.secure.simulate import PHASES, simulate_round
 
 
@@ -181,3 +186,189 @@ def test_seeded_rounds_are_reproducible_and_the_seed_matters() -> None:
 
     assert np.array_equal(first_masked(1), first_masked(1))
     assert not np.array_equal(first_masked(1), first_masked(2))
+
+
+# -- issue 25 (8b): a malformed client message is a drop or an abort, never a crash ------
+
+
+def _flip_share(
+    owner_of: str, replace: bytes
+) -> Callable[[str, dict[str, bytes]], dict[str, bytes]]:
+    """A tamper hook: ``owner_of`` reveals ``replace`` (after its 4-byte index, unless
+    ``replace`` is the whole message) for its first neighbour."""
+
+    def tamper(client: str, revealed: dict[str, bytes]) -> dict[str, bytes]:
+        if client != owner_of or not revealed:
+            return revealed
+        victim = sorted(revealed)[0]
+        data = revealed[victim]
+        forged = replace if len(replace) != SHARE_BYTES else data[:4] + replace
+        return {**revealed, victim: forged}
+
+    return tamper
+
+
+GARBAGE = {
+    "not a field element": b"\xff" * SHARE_BYTES,
+    "a field element off the polynomial": (12345).to_bytes(SHARE_BYTES, "big"),
+    "the wrong length": b"\x00\x00\x00\x01" + b"\x07" * 10,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(GARBAGE))
+def test_a_malformed_share_drops_its_sender_and_the_sum_stays_exact(kind: str) -> None:
+    n = 16  # k = 8, t = 6: every secret has 8 shareholders, the culprit is outvoted
+    params, degree = _round(n)
+    inputs = _inputs(n, 64, params.spec)
+    bad = "client_03"
+    outcome = simulate_round(inputs, params, degree, 7, tamper=_flip_share(bad, GARBAGE[kind]))
+    assert outcome.abort is None, outcome.abort
+    assert list(outcome.dropped) == [bad]
+    assert outcome.survivors == sorted(inputs)  # its masked input is in the sum
+    assert outcome.total is not None
+    assert np.array_equal(outcome.total, _plain_sum(inputs, sorted(inputs)))
+
+
+def test_a_wrong_mask_key_share_of_a_dropped_client_is_caught_by_its_public_key() -> None:
+    n = 16
+    params, degree = _round(n)
+    inputs = _inputs(n, 64, params.spec)
+    graph = neighbours(sorted(inputs), degree, 9)
+    gone = "client_05"
+    bad = graph[gone][0]
+
+    def tamper(client: str, revealed: dict[str, bytes]) -> dict[str, bytes]:
+        if client != bad:
+            return revealed
+        data = revealed[gone]  # the share of the dropped client's mask key
+        wrong = (shamir.share_value(data[4:]) + 1) % shamir.PRIME
+        return {**revealed, gone: data[:4] + wrong.to_bytes(SHARE_BYTES, "big")}
+
+    outcome = simulate_round(inputs, params, degree, 9, {"masked": {gone}}, tamper=tamper)
+    assert outcome.abort is None, outcome.abort
+    assert f"share of {gone!r}'s mask key" in outcome.dropped[bad]
+    survivors = sorted(set(inputs) - {gone})
+    assert outcome.total is not None
+    assert np.array_equal(outcome.total, _plain_sum(inputs, survivors))
+
+
+@pytest.mark.parametrize("kind", ["not a field element", "a field element off the polynomial"])
+def test_a_malformed_share_that_cannot_be_outvoted_aborts_naming_the_secret(kind: str) -> None:
+    # n = 3, k = 2, t = 2: each secret has exactly t shares, a wrong one cannot be told
+    params, degree = RoundParams(RingSpec(24, 1.0, 3), 2, 1), 2
+    inputs = _inputs(3, 8, params.spec)
+    outcome = simulate_round(
+        inputs, params, degree, 0, tamper=_flip_share("client_01", GARBAGE[kind])
+    )
+    assert outcome.total is None and outcome.abort is not None
+    if kind == "not a field element":  # refused on arrival: its sender is dropped
+        assert "client_01" in outcome.dropped
+        assert "fewer than the threshold 2" in outcome.abort
+    else:
+        assert "do not rebuild it" in outcome.abort and "cannot be told" in outcome.abort
+        assert "self-mask seed" in outcome.abort
+
+
+def test_the_server_refuses_bad_keys_and_malformed_masked_inputs() -> None:
+    params = RoundParams(RingSpec(16, 1.0, 4), 2, 1)
+    server = SecAggServer(params, ["a", "b", "c", "d"], 2, 0, 5)
+    server.receive_keys("a", bytes(32), bytes(range(32)))  # a low-order point
+    server.receive_keys("b", bytes(range(31)), bytes(range(32)))
+    assert "low-order" in server.dropped["a"] and "32 bytes" in server.dropped["b"]
+    assert "a" not in server.keys and "b" not in server.keys
+    server.shared.update({"c", "d"})
+    server.receive_masked("c", np.zeros(4, dtype=np.int64))
+    server.receive_masked("d", np.zeros(5, dtype=np.float64))
+    assert "(5,)" in server.dropped["c"] and "float64" in server.dropped["d"]
+    assert not server.masked
+
+
+def test_an_input_outside_its_levels_aborts_instead_of_dequantising_garbage() -> None:
+    n = 6
+    params, degree = _round(n, 20)
+    top = n * (params.spec.levels - 1)
+    inputs = {f"client_{i:02d}": np.zeros(4, dtype=np.int64) for i in range(n)}
+    inputs["client_02"] = np.full(4, top + 1, dtype=np.int64)  # in the ring, not a level
+    outcome = simulate_round(inputs, params, degree, 3)
+    assert outcome.total is None and outcome.abort is not None
+    assert f"above {top}" in outcome.abort and "outside [0," in outcome.abort
+
+
+def test_a_bad_advertised_key_drops_its_client_and_the_round_finishes() -> None:
+    n = 8
+    params, degree = _round(n)
+    inputs = _inputs(n, 16, params.spec)
+    original = SecAggClient.advertise
+
+    def advertise(self: SecAggClient) -> tuple[bytes, bytes]:
+        public_c, public_s = original(self)
+        return (public_c, bytes(32)) if self.client_id == "client_04" else (public_c, public_s)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SecAggClient, "advertise", advertise)
+        outcome = simulate_round(inputs, params, degree, 1)
+    assert outcome.abort is None and list(outcome.dropped) == ["client_04"]
+    survivors = sorted(set(inputs) - {"client_04"})
+    assert outcome.total is not None
+    assert np.array_equal(outcome.total, _plain_sum(inputs, survivors))
+
+
+# -- issue 25 (10a): a client refuses a lying server's unmask request -----------------
+
+
+def _masked_client(k: int, t: int) -> tuple[SecAggClient, list[str]]:
+    """Client ``c0`` of a complete graph on k + 1 clients, after its masked input: it
+    holds the shares of its k neighbours."""
+    ids = [f"c{i}" for i in range(k + 1)]
+    params = RoundParams(RingSpec(16, 1.0, k + 1), t, 2)
+    clients = {c: SecAggClient(c, params, ids, SeededRandomness(4, c)) for c in ids}
+    keys = {c: b"".join(x.advertise()) for c, x in clients.items()}
+    sealed = {
+        u: clients[u].share_keys({v: keys[v] for v in ids if v != u}) for u in ids if u != "c0"
+    }
+    target = clients["c0"]
+    target.share_keys({v: keys[v] for v in ids if v != "c0"})
+    target.receive_shares({u: sealed[u]["c0"] for u in sealed})
+    target.mask(np.zeros(3, dtype=np.int64))
+    return target, ids[1:]
+
+
+LIES = {
+    "t - 1 neighbours": lambda near, t: (near[: t - 1], near[t - 1 :]),
+    "t - 1 neighbours and itself": lambda near, t: (["c0", *near[: t - 1]], near[t - 1 :]),
+    "t - 1 neighbours and strangers": lambda near, t: ([*near[: t - 1], "x1", "x2", "x3"], []),
+}
+
+
+@pytest.mark.parametrize("lie", sorted(LIES))
+@pytest.mark.parametrize(("k", "t"), [(2, 2), (8, 6), (8, 8)])
+def test_a_client_reveals_nothing_when_told_fewer_than_t_neighbours_survived(
+    k: int, t: int, lie: str
+) -> None:
+    """An honest server never asks this (the client's own seed could not be rebuilt, the
+    round would abort), so only the client's own check stands between a lying server
+    and the shares."""
+    client, near = _masked_client(k, t)
+    alive, gone = LIES[lie](near, t)
+    with pytest.raises(SecAggAbort, match=f"sees {t - 1} survivor"):
+        client.unmask(alive, gone)
+    honest = _masked_client(k, t)[0].unmask(near[:t], near[t:])
+    assert sorted(honest) == near  # t self-mask shares and k - t mask-key shares
+
+
+def test_a_client_refuses_a_request_for_both_secrets_or_a_second_request() -> None:
+    k, t = 8, 6
+    client, near = _masked_client(k, t)
+    with pytest.raises(SecAggViolation, match="twice"):
+        client.unmask([near[0], *near[:t]], near[t:])
+    client, near = _masked_client(k, t)
+    with pytest.raises(SecAggViolation, match="both survivors and dropped"):
+        client.unmask(near, [near[0]])
+    client, near = _masked_client(k, t)
+    with pytest.raises(SecAggViolation, match="told it dropped"):
+        client.unmask(near, ["c0"])
+    client, near = _masked_client(k, t)
+    first = client.unmask(near, [])  # every self-mask share ...
+    with pytest.raises(SecAggViolation, match="asked for unmask while at done"):
+        client.unmask([], near)  # ... then every mask-key share: refused
+    assert len(first) == k

@@ -39,7 +39,7 @@ from fedllm.protocol.driver import Phase
 from fedllm.protocol.fedavg import TrainingSetup, TrainPhase
 from fedllm.protocol.hidden import count_hidden, fold_revealed, refuse_hidden
 from fedllm.protocol.tally import Tally
-from fedllm.secure.errors import SecAggAbort, SecAggViolation
+from fedllm.secure.errors import SecAggAbort, SecAggError, SecAggViolation
 from fedllm.secure.graph import default_degree
 from fedllm.secure.messages import encode_ids, pack_map, unpack_keys, unpack_map
 from fedllm.secure.params import RoundParams, default_threshold
@@ -138,14 +138,21 @@ class _RoundState:
         return False
 
     def guarded(self, step: Callable[[], T]) -> T | None:
-        """Run ``step`` unless the round is over; an abort ends it with its reason."""
+        """Run ``step`` unless the round is over; an abort ends it with its reason (as
+        does a violation the server's state machine let through: never a crash)."""
         if self.live() is None:
             return None
         try:
             return step()
         except SecAggAbort as abort:
-            self.ctx.abort = f"secure aggregation aborted: {abort.reason}"
-            return None
+            self.abort(abort.reason)
+        except SecAggError as error:
+            self.abort(str(error))
+        return None
+
+    def abort(self, reason: str) -> None:
+        """End the round: nothing of it is used, and the record says why."""
+        self.ctx.abort = f"secure aggregation aborted: {reason}"
 
     def take(self, client_id: ClientId, phase: str, step: Callable[[], None]) -> None:
         """Apply one reply's ``step``; a malformed reply drops its client."""
@@ -269,7 +276,11 @@ class _Masked:
         if vector.dtype not in (torch.int32, torch.int64):
             server.drop(client_id, f"masked input: {vector.dtype}, not int32 or int64")
             return
-        server.receive_masked(client_id, vector.numpy().astype(np.int64))
+        state.take(
+            client_id,
+            "masked input",
+            lambda: server.receive_masked(client_id, vector.numpy().astype(np.int64)),
+        )
         if client_id in server.masked:
             count_hidden(state.ctx, state.setup, state.tally, client_id, reply, 1.0)
 
@@ -316,12 +327,16 @@ class _Unmask:
         state, server = self.state, self.state.server
         if server is None:
             return
-        state.close("unmasked", server.answered)
         outcome = state.guarded(server.result)
+        state.close("unmasked", server.answered)  # after the result: it may drop a client
         if outcome is None:
             return
         total, survivors = outcome
-        plain = dequantise_sum(total, len(survivors), server.params.spec)
+        try:
+            plain = dequantise_sum(total, len(survivors), server.params.spec)
+        except ValueError as error:  # result() checks the range; this is a second guard
+            state.abort(f"the unmasked sum does not dequantise: {error}")
+            return
         fold_revealed(state.ctx, state.setup, state.tally, SECAGG, plain, len(survivors))
 
 

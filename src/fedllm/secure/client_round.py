@@ -12,7 +12,10 @@ Phases, in order (each method once; anything else is a :class:`SecAggViolation`)
    plus the pairwise masks with those senders, mod 2^bits.
 4. :meth:`SecAggClient.unmask`: for each neighbour the server says survived, the share
    of its self-mask seed; for each it says dropped, the share of its mask key; never
-   both for one neighbour (so the server cannot learn both of a client's secrets).
+   both for one neighbour (so the server cannot learn both of a client's secrets), once
+   only, and only when at least t of the neighbours whose shares it holds survived
+   (fewer could not rebuild this client's own self-mask seed: the round cannot finish,
+   and a server that says so is lying or about to abort).
 """
 
 from __future__ import annotations
@@ -192,20 +195,26 @@ class SecAggClient:
             neighbour id -> ``index || share``.
 
         Raises:
-            SecAggViolation: a client in both lists, or this client in ``dropped``.
-            SecAggAbort: fewer than t survivors among its neighbours and itself.
+            SecAggViolation: a client in both lists or twice in one, or this client in
+                ``dropped``.
+            SecAggAbort: fewer than t survivors among the neighbours whose shares it
+                holds (itself not counted: it holds no share of its own secrets).
         """
         self._enter(_UNMASK)
+        for name, ids in (("survivors", survivors), ("dropped", dropped)):
+            if len(set(ids)) != len(ids):
+                raise SecAggViolation(f"the {name} list names a client twice")
         both = set(survivors) & set(dropped)
         if both:
             raise SecAggViolation(f"clients {sorted(both)} are both survivors and dropped")
         if self.client_id in dropped:
             raise SecAggViolation(f"client {self.client_id!r} is told it dropped")
-        live = len(set(survivors) & set(self._held)) + 1
+        live = len(set(survivors) & set(self._held))
         if live < self.params.threshold:
             raise SecAggAbort(
-                f"client {self.client_id!r} sees {live} survivor(s) among its neighbours "
-                f"and itself, fewer than the threshold {self.params.threshold}"
+                f"client {self.client_id!r} sees {live} survivor(s) among its neighbours, "
+                f"fewer than the threshold {self.params.threshold}: its own self-mask seed "
+                "could not be rebuilt; it reveals nothing"
             )
         revealed: dict[str, bytes] = {}
         for u in survivors:

@@ -32,6 +32,7 @@ __all__ = [
     "SeededRandomness",
     "SystemRandomness",
     "agree",
+    "check_public_key",
     "context_label",
     "generate_key_pair",
     "load_key_pair",
@@ -44,6 +45,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 _DOMAIN = "fedllm-secagg/v1"
+_PROBE = X25519PrivateKey.from_private_bytes(bytes([9] * KEY_BYTES))
+"""A fixed private key that tests public keys for low order (its secret is public)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,25 @@ def load_key_pair(private_bytes: bytes) -> KeyPair:
     if len(private_bytes) != KEY_BYTES:
         raise SecAggViolation(f"a private key is {KEY_BYTES} bytes, not {len(private_bytes)}")
     return _pair(X25519PrivateKey.from_private_bytes(private_bytes))
+
+
+def check_public_key(public: bytes) -> None:
+    """Refuse an advertised public key no honest client could have made: not 32 bytes,
+    or a low-order point (every agreement with it gives the all-zero secret, so a
+    client advertising one would make each neighbour that agrees with it refuse).
+
+    Any private key detects a low-order point (its clamped scalar is a multiple of 8,
+    which sends such a point to the identity), so a fixed one serves.
+
+    Raises:
+        SecAggViolation: naming the problem.
+    """
+    if len(public) != KEY_BYTES:
+        raise SecAggViolation(f"a public key is {KEY_BYTES} bytes, not {len(public)}")
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError as error:
+        raise SecAggViolation(f"a public key is a low-order point: {error}") from error
 
 
 def context_label(purpose: str, round_id: int, a: str, b: str) -> bytes:

@@ -54,6 +54,71 @@ def tolerated_dropouts(n: int, degree: int, threshold: int, min_survivors: int =
     return max(0, min(degree - threshold, n - min_survivors))
 
 
+def min_sum_inputs(min_clients: int) -> int:
+    """The fewest masked inputs whose sum a round reveals: ``max(2, min_clients)`` (the
+    sum of one input is that input). Below it the round aborts."""
+    return max(2, min_clients)
+
+
+def noise_shares(min_clients: int, colluders: int) -> int:
+    """m, the noise shares of distributed DP that tolerate ``colluders`` colluding
+    clients: each client adds N(0, (z C)^2 / m), ``m = max(2, min_clients) - colluders``.
+
+    A revealed sum has n >= n_min = ``max(2, min_clients)`` inputs
+    (:func:`min_sum_inputs`). A coalition of the server and c clients knows those
+    clients' noise and subtracts it, leaving the noise of n - c clients: std
+    ``z C sqrt((n - c) / m)``, at least the central mechanism's ``z C`` whenever
+    ``n - c >= m``. With ``m = n_min - colluders`` that holds for every
+    ``c <= colluders``; one colluder more (at n = n_min) leaves std
+    ``z C sqrt((m - 1) / m) < z C``.
+
+    Args:
+        min_clients: ``server.min_clients``.
+        colluders: the colluding clients the guarantee must survive (>= 0).
+
+    Raises:
+        ValueError: ``colluders`` < 0, or so many that no share is left (m < 1); the
+            message names the settings and the fix.
+    """
+    if colluders < 0:
+        raise ValueError(f"secagg.tolerated_colluders = {colluders} must be >= 0")
+    fewest = min_sum_inputs(min_clients)
+    shares = fewest - colluders
+    if shares < 1:
+        raise ValueError(
+            f"secagg.tolerated_colluders = {colluders} cannot be tolerated: a revealed sum "
+            f"may hold only {fewest} inputs (server.min_clients = {min_clients}), and "
+            f"{colluders} colluders would know the noise of all of them; raise "
+            f"server.min_clients to at least {colluders + 1} or lower "
+            f"secagg.tolerated_colluders to at most {fewest - 1}"
+        )
+    return shares
+
+
+def collusion_statement(min_clients: int, colluders: int) -> str:
+    """One line for the start banner: the coalition distributed DP's guarantee survives.
+
+    Raises:
+        ValueError: as :func:`noise_shares`.
+    """
+    m = noise_shares(min_clients, colluders)
+    fewest = min_sum_inputs(min_clients)
+    return (
+        f"distributed DP: the noise multiplier holds against the server colluding with up "
+        f"to {colluders} client(s) (secagg.tolerated_colluders; each client adds std "
+        f"z C / sqrt({m}), every revealed sum has >= {fewest} inputs); "
+        f"{colluders + 1} colluders would leave less noise than z C"
+    )
+
+
+THREAT_MODEL = (
+    "SecAgg+ here is the semi-honest variant: advertised keys are not signed, so updates "
+    "are hidden from an honest-but-curious server (and from up to t - 1 colluding "
+    "neighbours of a client), not from a server that substitutes keys"
+)
+"""What SecAgg+ protects against, for the start banner and the docs."""
+
+
 @dataclass(frozen=True)
 class RoundParams:
     """What every client of a round must be told before it starts.

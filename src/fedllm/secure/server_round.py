@@ -9,23 +9,50 @@ cancel. It learns the sum of U3's inputs and nothing else (semi-honest model).
 
 A round that cannot finish raises :class:`SecAggAbort` naming the clients and counts;
 a client whose message breaks the protocol is dropped (:attr:`SecAggServer.dropped`).
+Every byte a client sends is checked before it is used: a public key that is not a
+valid point, a share that is not a field element, a share that does not lie on the
+polynomial of the other shares of its secret, a mask key that does not match the
+public key its owner advertised. A client caught this way is dropped (its revealed
+shares discarded) while the round can still finish; where the culprit cannot be told
+(exactly t shares), or the unmasked sum lies outside what the clients' inputs can sum
+to, the round aborts with the reason. Nothing a client sends makes the server raise
+anything but :class:`SecAggAbort` or drop that client.
+
+These checks keep the round from crashing; they do not make the sum tamper-proof.
+SecAgg+ protects the inputs' privacy, not the sum's integrity against a malicious
+client: an input outside its levels that wraps back into range, or (with exactly t
+shares of a secret) a share crafted to shift a self-mask seed, corrupts the sum
+unnoticed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from numpy.typing import NDArray
 
 from fedllm.secure import shamir
 from fedllm.secure.client_round import share_index
 from fedllm.secure.errors import SecAggAbort, SecAggViolation
 from fedllm.secure.graph import neighbours
-from fedllm.secure.keys import KEY_BYTES, load_key_pair
+from fedllm.secure.keys import check_public_key, load_key_pair
 from fedllm.secure.masking import add_mask, pair_sign, pairwise_seed
 from fedllm.secure.messages import pack_keys, unpack_revealed
 from fedllm.secure.params import RoundParams
+
+SELF_SEED = "self-mask seed"
+MASK_KEY = "mask key"
+"""The two secrets of a client that its neighbours' shares rebuild."""
+
+
+class _Culprit(Exception):
+    """A shareholder whose revealed share is shown wrong by the others."""
+
+    def __init__(self, holder: str, reason: str) -> None:
+        super().__init__(reason)
+        self.holder, self.reason = holder, reason
 
 
 class SecAggServer:
@@ -79,8 +106,11 @@ class SecAggServer:
     def receive_keys(self, client_id: str, public_c: bytes, public_s: bytes) -> None:
         """A client's two public keys (phase 1 reply)."""
         self._check_member(client_id)
-        if len(public_c) != KEY_BYTES or len(public_s) != KEY_BYTES:
-            self.drop(client_id, f"advertised a public key that is not {KEY_BYTES} bytes")
+        try:
+            check_public_key(public_c)
+            check_public_key(public_s)
+        except SecAggViolation as error:
+            self.drop(client_id, f"advertised an invalid key: {error}")
             return
         self.keys[client_id] = (public_c, public_s)
 
@@ -189,6 +219,11 @@ class SecAggServer:
                 at, share = unpack_revealed(data)
                 if at != index:
                     raise SecAggViolation(f"revealed a share at index {at}, not its own {index}")
+                try:
+                    shamir.share_value(share)
+                except ValueError as error:
+                    problem = f"revealed a malformed share of {u!r}: {error}"
+                    raise SecAggViolation(problem) from error
                 parsed.append((u, share))
         except SecAggViolation as error:
             self.drop(client_id, str(error))
@@ -201,28 +236,103 @@ class SecAggServer:
     def result(self) -> tuple[NDArray[np.int64], list[str]]:
         """The unmasked sum of U3's inputs (entries in [0, |U3| (L - 1)]) and U3.
 
+        Each secret is rebuilt from all its revealed shares, checked against each other
+        (and a mask key against its owner's advertised public key); a shareholder whose
+        share the others show wrong is dropped and its shares discarded.
+
         Raises:
-            SecAggAbort: fewer than t shares of a survivor's self-mask seed or of a
-                dropped neighbour's mask key arrived.
+            SecAggAbort: fewer than t (good) shares of a survivor's self-mask seed or of
+                a dropped neighbour's mask key; shares that rebuild no secret and whose
+                sender cannot be told; or an unmasked sum outside [0, |U3| (L - 1)] (a
+                client masked an input outside its levels).
         """
-        bits, t = self.params.spec.bits, self.params.threshold
+        bits = self.params.spec.bits
+        seeds, keys = self._recover_secrets()
         total = self._total.copy()
         survivors = sorted(self.masked)
         for u in survivors:
-            shares = self._self_shares.get(u, {})
-            self._enough(u, len(shares), "revealed shares of its self-mask seed")
-            add_mask(total, shamir.combine(shares, t), bits, -1)
-        for u in sorted(self.shared - self.masked):
-            masked_with = [v for v in self.graph[u] if v in self.masked]
-            if not masked_with:
-                continue
-            shares = self._key_shares.get(u, {})
-            self._enough(u, len(shares), "revealed shares of its mask key (it dropped)")
-            private = load_key_pair(shamir.combine(shares, t)).private
-            for v in masked_with:
-                seed = pairwise_seed(private, self.keys[v][1], self.params.round_id, u, v)
-                add_mask(total, seed, bits, -pair_sign(v, u))
+            add_mask(total, seeds[u], bits, -1)
+        for u, private in keys.items():
+            for v in self.graph[u]:
+                if v in self.masked:
+                    seed = pairwise_seed(private, self.keys[v][1], self.params.round_id, u, v)
+                    add_mask(total, seed, bits, -pair_sign(v, u))
+        self._check_sum(total, len(survivors))
         return total, survivors
+
+    def _recover_secrets(self) -> tuple[dict[str, bytes], dict[str, X25519PrivateKey]]:
+        """Each survivor's self-mask seed and each dropped client's mask key (the dropped
+        clients some survivor masked with), dropping shareholders shown wrong."""
+        while True:
+            try:
+                seeds = {u: self._recover(u, SELF_SEED, None) for u in sorted(self.masked)}
+                keys: dict[str, X25519PrivateKey] = {}
+                for u in sorted(self.shared - self.masked):
+                    if any(v in self.masked for v in self.graph[u]):
+                        secret = self._recover(u, MASK_KEY, self._advertised(u))
+                        keys[u] = load_key_pair(secret).private
+                return seeds, keys
+            except _Culprit as culprit:
+                self._discard(culprit.holder, culprit.reason)
+
+    def _recover(self, owner: str, what: str, check: Callable[[bytes], bool] | None) -> bytes:
+        """One secret of ``owner`` from the revealed shares; a wrong one names its sender
+        (:class:`_Culprit`) where the others outvote it, else the round aborts."""
+        t = self.params.threshold
+        table = self._self_shares if what == SELF_SEED else self._key_shares
+        shares = table.get(owner, {})
+        self._enough(owner, len(shares), f"revealed shares of its {what}")
+        secret, problem = _rebuild(shares, t, check)
+        if secret is not None:
+            return secret
+        if problem is None:  # the shares agree, on a secret the owner did not advertise
+            problem = f"the {len(shares)} shares agree but not on the key {owner!r} advertised"
+            if len(shares) > t:
+                raise SecAggAbort(
+                    f"the revealed shares of client {owner!r}'s {what} give a key other than "
+                    f"the one it advertised: {owner!r} dealt wrong shares"
+                )
+        if len(shares) > t:
+            for index in sorted(shares):
+                rest = {i: share for i, share in shares.items() if i != index}
+                if _rebuild(rest, t, check)[0] is not None:
+                    raise _Culprit(
+                        self.cohort[index - 1],
+                        f"unmask: revealed a share of {owner!r}'s {what} that the other "
+                        f"{len(rest)} shares show wrong (a malformed share, or {owner!r} "
+                        "dealt it a wrong one)",
+                    )
+        holders = [self.cohort[i - 1] for i in sorted(shares)]
+        raise SecAggAbort(
+            f"the {len(shares)} revealed shares of client {owner!r}'s {what} (from "
+            f"{', '.join(holders)}) do not rebuild it ({problem}): a shareholder sent a "
+            f"malformed share or {owner!r} dealt inconsistent ones, and with threshold {t} "
+            "which cannot be told"
+        )
+
+    def _advertised(self, owner: str) -> Callable[[bytes], bool]:
+        public = self.keys[owner][1]
+        return lambda secret: load_key_pair(secret).public == public
+
+    def _discard(self, holder: str, reason: str) -> None:
+        """Drop a shareholder caught revealing a wrong share: all its shares go."""
+        self.drop(holder, reason)
+        self.answered.discard(holder)
+        index = share_index(self.cohort, holder)
+        for table in (self._self_shares, self._key_shares):
+            for shares in table.values():
+                shares.pop(index, None)
+
+    def _check_sum(self, total: NDArray[np.int64], count: int) -> None:
+        top = count * (self.params.spec.levels - 1)
+        over = int(np.count_nonzero(total > top)) if total.size else 0
+        if over:
+            raise SecAggAbort(
+                f"the unmasked sum of {count} inputs has {over} entries above {top}, the most "
+                f"{count} quantised inputs can sum to: a client masked an input outside "
+                f"[0, {self.params.spec.levels - 1}] (or a revealed secret was wrong); "
+                "nothing of the round is used"
+            )
 
     # -- bookkeeping ---------------------------------------------------------------------
 
@@ -250,3 +360,17 @@ class SecAggServer:
                 f"client {client_id!r} has {count} {what}, fewer than the threshold "
                 f"{self.params.threshold}"
             )
+
+
+def _rebuild(
+    shares: Mapping[int, bytes], threshold: int, check: Callable[[bytes], bool] | None
+) -> tuple[bytes | None, str | None]:
+    """(the secret, None) if ``shares`` rebuild one that passes ``check``; (None, why)
+    if they do not rebuild one; (None, None) if they agree on one that fails ``check``."""
+    try:
+        secret = shamir.reconstruct(shares, threshold)
+    except ValueError as error:
+        return None, str(error)
+    if check is None or check(secret):
+        return secret, None
+    return None, None

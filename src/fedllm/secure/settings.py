@@ -41,3 +41,11 @@ class SecAggConfig(Section):
         description="Shares that recover a client's secrets, k/2 < t <= k; none: "
         "floor(2k/3) + 1. A surviving client tolerates k - t dropped neighbours.",
     )
+    tolerated_colluders: int = Field(
+        0,
+        ge=0,
+        description="With privacy.dp = 'central' (distributed DP): the clients that may "
+        "collude with the server, subtracting their own noise, with the noise multiplier "
+        "still holding. Each client adds std z C / sqrt(m), m = max(2, server.min_clients) "
+        "- tolerated_colluders (>= 1): more colluders tolerated, more noise.",
+    )

@@ -52,12 +52,19 @@ class RoundCost:
 
 @dataclass
 class RoundOutcome:
-    """A simulated round's result: the ring sum and who is in it, or why it aborted."""
+    """A simulated round's result: the ring sum and who is in it, or why it aborted; and
+    the clients the server dropped, with why."""
 
     total: NDArray[np.int64] | None
     survivors: list[str]
     abort: str | None
     cost: RoundCost
+    dropped: dict[str, str] = field(default_factory=dict)
+
+
+Tamper = Callable[[str, dict[str, bytes]], dict[str, bytes]]
+"""A client id and its unmask reply -> what the server receives instead (a malicious
+client, in tests)."""
 
 
 def simulate_round(
@@ -67,6 +74,7 @@ def simulate_round(
     seed: int,
     drops: Mapping[str, Set[str]] | None = None,
     min_survivors: int = 2,
+    tamper: Tamper | None = None,
 ) -> RoundOutcome:
     """Run one round among ``inputs``' clients.
 
@@ -77,6 +85,7 @@ def simulate_round(
         seed: key material and the graph (seeded, for reproducibility).
         drops: phase name (:data:`PHASES`) -> clients that stop answering from it on.
         min_survivors: the fewest inputs whose sum may be revealed.
+        tamper: rewrites each client's revealed shares before the server gets them.
     """
     plan = {phase: set(drops.get(phase, ())) for phase in PHASES} if drops else {}
     cohort = sorted(inputs)
@@ -130,9 +139,11 @@ def simulate_round(
             start = time.perf_counter()
             revealed = clients[c].unmask(alive, dropped)
             cost.client_s[c] += time.perf_counter() - start
+            if tamper is not None:
+                revealed = tamper(c, revealed)
             cost.bytes_up[c] += len(pack_map(revealed))
             timed_server(partial(server.receive_revealed, c, revealed))
         total, survivors = timed_server(server.result)
     except SecAggAbort as abort:
-        return RoundOutcome(None, [], abort.reason, cost)
-    return RoundOutcome(total, survivors, None, cost)
+        return RoundOutcome(None, [], abort.reason, cost, dict(server.dropped))
+    return RoundOutcome(total, survivors, None, cost, dict(server.dropped))

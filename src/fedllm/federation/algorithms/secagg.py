@@ -44,6 +44,7 @@ class SecAgg:
         from fedllm.client.side import ClientSide
         from fedllm.protocol.engine import ClientHandler
         from fedllm.protocol.secagg import SecAggExchange, SecAggSettings
+        from fedllm.secure.params import min_sum_inputs
 
         config = setup.ws.config
         if not config.secagg.enabled or setup.mode != "federated":
@@ -52,7 +53,8 @@ class SecAgg:
         noise_std = distributed_noise(config)
 
         def client_phases(side: ClientSide) -> Mapping[str, ClientHandler]:
-            phases = SecAggClientPhases(side, config.seed, not setup.partial, noise_std)
+            deterministic = not setup.partial and not config.secure_randomness
+            phases = SecAggClientPhases(side, config.seed, deterministic, noise_std)
             return phases.handlers()
 
         if setup.partial:  # a Flower node: the client half only, keys from the OS CSPRNG
@@ -63,7 +65,7 @@ class SecAgg:
             min(server.clients_per_round, len(setup.clients)),
             secagg.degree,
             secagg.threshold,
-            max(2, server.min_clients),
+            min_sum_inputs(server.min_clients),  # distributed DP's noise shares rest on it
         )
         return Algorithm("secagg", exchange=SecAggExchange(settings), client_phases=client_phases)
 
@@ -117,7 +119,7 @@ def sum_only_problem(setting: str, aggregator_name: str) -> str | None:
 def secagg_problem(config: Config) -> str | None:
     """Why ``config``'s secure aggregation cannot run, or None."""
     from fedllm.secure.graph import check_degree, default_degree
-    from fedllm.secure.params import check_threshold, default_threshold
+    from fedllm.secure.params import check_threshold, default_threshold, noise_shares
     from fedllm.secure.ring import RingSpec
 
     secagg, server = config.secagg, config.server
@@ -144,6 +146,18 @@ def secagg_problem(config: Config) -> str | None:
         return (
             "secagg.enabled = true with privacy.adaptive_clip = true would send each client's "
             "clipped/not-clipped bit in the clear: set privacy.adaptive_clip = false"
+        )
+    colluders = secagg.tolerated_colluders
+    if config.privacy.dp == "central":
+        try:
+            noise_shares(server.min_clients, colluders)
+        except ValueError as error:
+            return str(error)
+    elif colluders:
+        return (
+            f"secagg.tolerated_colluders = {colluders} sizes distributed DP's noise shares, "
+            "but without privacy.dp = 'central' no noise is added: set "
+            "secagg.tolerated_colluders = 0 or privacy.dp = 'central'"
         )
     try:
         RingSpec(secagg.bits, secagg.clip_range, cohort)
