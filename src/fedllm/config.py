@@ -92,12 +92,32 @@ class RunConfig(Section):
         "without a GPU) or 'auto' (cuda when torch sees a GPU, else cpu). The exchanged "
         "state, the server and checkpoints stay in CPU memory.",
     )
+    randomness: Literal["auto", "reproducible", "secure"] = Field(
+        "auto",
+        description="Where the draws a privacy guarantee rests on come from (DP noise, DP-SGD "
+        "lots, cohorts, secure-aggregation keys and noise): 'reproducible' (derived from seed: "
+        "a rerun gives the same numbers, and anyone who knows the config can recompute and "
+        "subtract the noise: experiments only), 'secure' (the OS CSPRNG: nothing in the config "
+        "determines them; runs do not repeat bit for bit), 'auto' (secure on Flower with DP "
+        "or secure aggregation, else reproducible).",
+    )
     peak_tflops: float | None = Field(
         None,
         gt=0,
         description="Peak dense TFLOP/s of the training device(s), the denominator of the MFU "
         "estimate; none: looked up for known CUDA GPUs (bf16 dense), else MFU is not reported.",
     )
+
+
+RANDOMNESS_MEANING = {
+    "reproducible": "privacy noise, DP-SGD lots, cohorts and secure-aggregation keys are "
+    "derived from the run seed: a rerun repeats them and anyone who knows the config can "
+    "recompute them (and subtract the noise); for experiments only",
+    "secure": "privacy noise, DP-SGD lots, cohorts and secure-aggregation keys are drawn "
+    "from the operating system's CSPRNG: no config value determines them, and runs do "
+    "not repeat bit for bit",
+}
+"""What each ``run.randomness`` mode means, for the banner, summary.json and docs."""
 
 
 class RuntimeConfig(Section):
@@ -246,6 +266,40 @@ class Config(Section):
             raise ValueError(
                 "runtime.root_certificates is for a remote runtime.superlink; a loopback "
                 "deployment makes its own: set runtime.superlink = 'host:port', or remove it"
+            )
+        return self
+
+    @property
+    def guards_privacy(self) -> bool:
+        """Some mechanism with a privacy guarantee is on (DP, secure aggregation, HE)."""
+        return self.privacy.dp != "none" or self.secagg.enabled or self.he.enabled
+
+    @property
+    def randomness(self) -> Literal["reproducible", "secure"]:
+        """``run.randomness`` resolved ('auto': secure on Flower with a privacy mechanism)."""
+        chosen = self.run.randomness
+        if chosen == "auto":
+            deployed = self.runtime.engine == "flower"
+            return "secure" if deployed and self.guards_privacy else "reproducible"
+        return chosen
+
+    @property
+    def secure_randomness(self) -> bool:
+        """True when privacy draws come from the OS CSPRNG (see ``run.randomness``)."""
+        return self.randomness == "secure"
+
+    @model_validator(mode="after")
+    def _check_randomness(self) -> Config:
+        if (
+            self.run.randomness == "reproducible"
+            and self.runtime.engine == "flower"
+            and self.guards_privacy
+        ):
+            raise ValueError(
+                "run.randomness = 'reproducible' on runtime.engine = 'flower' would let every "
+                "party who knows the config recompute the privacy noise and keys: a "
+                "deployment with DP or secure aggregation draws them from a CSPRNG; set "
+                "run.randomness = 'secure' (or 'auto')"
             )
         return self
 

@@ -7,9 +7,25 @@ take exactly the same choices as the uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 
 def derive_seed(seed: int, *keys: object) -> int:
     """A 63-bit seed from the run seed and any keys (strings, ints)."""
     text = "/".join([str(seed), *map(str, keys)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def secret_seed() -> int:
+    """63 bits from the operating system's CSPRNG (:mod:`secrets`): a seed that no config
+    value determines, for the draws a privacy guarantee rests on under
+    ``run.randomness = 'secure'``. Generators seeded with it (torch's, numpy's) are not
+    CSPRNGs themselves, as with Opacus's secure mode; their raw outputs never leave the
+    process un-noised, and without the seed nobody can recompute them."""
+    return secrets.randbits(63)
+
+
+def privacy_seed(seed: int, secure: bool) -> int:
+    """The base seed of privacy draws: the run seed (reproducible: anyone who knows the
+    config can recompute them), or :func:`secret_seed` when ``secure``."""
+    return secret_seed() if secure else seed

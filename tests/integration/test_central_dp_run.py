@@ -99,3 +99,14 @@ def test_noise_moves_the_model_away_from_fedavg(tmp_path: Path) -> None:
     a, b = final_adapter(plain.run_dir), final_adapter(noisy.run_dir)
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert noisy.summary["privacy"]["update_noise_multiplier"] > 1.0
+
+
+def test_secure_randomness_gives_two_runs_of_one_config_different_noise(tmp_path: Path) -> None:
+    config = tiny_config(
+        *DP, "privacy.noise_multiplier=0.5", "server.rounds=1", "run.randomness='secure'"
+    )
+    first, second = run(config, tmp_path / "a"), run(config, tmp_path / "b")
+    a, b = final_adapter(tmp_path / "a"), final_adapter(tmp_path / "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert first.summary["randomness"]["mode"] == "secure"
+    assert "CSPRNG" in second.summary["randomness"]["meaning"]

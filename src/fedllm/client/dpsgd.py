@@ -25,7 +25,7 @@ import torch
 
 from fedllm.client.hooks import TrainHook
 from fedllm.data import Example
-from fedllm.seeding import derive_seed
+from fedllm.seeding import derive_seed, secret_seed
 
 LossOf = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """The trainer's forward pass: a collated batch -> its loss (autocast and loss hooks in)."""
@@ -41,10 +41,18 @@ class DPSGDHook(TrainHook):
         micro_batches: micro-batches per step (``client.grad_accum``); the lot is split
             among them.
         seed: fixes the lots and the noise (derived per client and round).
+        secure: draw the lots and the noise from generators seeded by the OS CSPRNG
+            (``run.randomness = 'secure'``), not from ``seed``, which the server knows.
     """
 
     def __init__(
-        self, clip_norm: float, noise_multiplier: float, lot: int, micro_batches: int, seed: int
+        self,
+        clip_norm: float,
+        noise_multiplier: float,
+        lot: int,
+        micro_batches: int,
+        seed: int,
+        secure: bool = False,
     ) -> None:
         if not clip_norm > 0 or not noise_multiplier >= 0 or lot < 1 or micro_batches < 1:
             raise ValueError(
@@ -53,7 +61,9 @@ class DPSGDHook(TrainHook):
             )
         self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
         self.lot, self.micro_batches = lot, micro_batches
-        self.noise = torch.Generator().manual_seed(derive_seed(seed, "dp-sgd-noise"))
+        self.secure = secure
+        noise_seed = secret_seed() if secure else derive_seed(seed, "dp-sgd-noise")
+        self.noise = torch.Generator().manual_seed(noise_seed)
         self.clipped = self.examples = 0
         self._sums: list[torch.Tensor] = []
         self._params: Sequence[torch.nn.Parameter] = ()
@@ -73,7 +83,9 @@ class DPSGDHook(TrainHook):
         return self._lots(examples, seed)
 
     def _lots(self, examples: Sequence[Example], seed: int) -> Iterator[list[Example]]:
-        rng = np.random.default_rng(derive_seed(seed, "dp-sgd-lots"))
+        rng = np.random.default_rng(
+            secret_seed() if self.secure else derive_seed(seed, "dp-sgd-lots")
+        )
         lot = min(self.lot, len(examples))
         while True:
             chosen = rng.choice(len(examples), size=lot, replace=False).tolist()

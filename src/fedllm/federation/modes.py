@@ -33,6 +33,7 @@ from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.protocol.solo import run_solo_round
 from fedllm.runtime.dropout import dropout_plan
 from fedllm.runtime.simulation import EngineFactory, SimulationEngine
+from fedllm.seeding import privacy_seed
 from fedllm.server.optimizer import build_server_optimizer
 from fedllm.server.sampling import build_sampler
 from fedllm.server.settings import ServerConfig
@@ -142,7 +143,9 @@ class FederatedMode:
         optimizer = build_server_optimizer(server_cfg)
         self.state = ServerState(0, params, optimizer.initial_state(params))
         self.cohort_size = min(server_cfg.clients_per_round, len(members.sizes))
-        self.sampler = build_sampler(server_cfg, members.sizes, ws.config.seed)
+        # cohorts are a privacy draw (amplification by sampling): a secret seed when secure
+        sample_seed = privacy_seed(ws.config.seed, ws.config.secure_randomness)
+        self.sampler = build_sampler(server_cfg, members.sizes, sample_seed)
         self.pipeline = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
         self.setup = TrainingSetup(
             self.pipeline,
@@ -255,7 +258,9 @@ class LocalMode:
         cfg = ws.config
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
         sizes = Members.held(self.clients).sizes
-        self.sampler = build_sampler(cfg.server, sizes, cfg.seed)
+        self.sampler = build_sampler(
+            cfg.server, sizes, privacy_seed(cfg.seed, cfg.secure_randomness)
+        )
         side = client_side(ws, self.clients, cfg.client, composition, store)
         self.side = side
         handler = client_handler(ws, side, composition)

@@ -23,6 +23,7 @@ from fedllm.federation.checkpoint import (
 from fedllm.federation.early import RunData
 from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.export import export_states
+from fedllm.federation.guarantees import privacy_banner, randomness_summary
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError, check_writable
 from fedllm.federation.setup import Workspace, prepare
@@ -287,6 +288,7 @@ def build_summary(
         "peak_rss_mb": max((r.get("peak_rss_mb", 0.0) for r in records), default=0.0),
         **Efficiency.of(ws).summary(records),
         **mode.summary(),
+        "randomness": randomness_summary(ws.config),
         "wall_s": wall_s,
         "final_dir": str(rundir.final),
         "data": ws.data.summary() if ws.data else {},
@@ -330,11 +332,12 @@ def _header(ws: Workspace, config: Config) -> str:
     devices = ", ".join(str(d) for d in model_devices(ws.model))
     precision = precision_label(config.client.bf16, input_device(ws.model))
     precision += f", {config.model.dtype} base"
+    privacy = privacy_banner(config)
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "
         f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload{', ' + flops if flops else ''}) "
         f"· {clients} clients, "
         f"{config.server.clients_per_round} per round · {config.server.rounds} rounds "
-        f"· on {devices}, {precision}"
+        f"· on {devices}, {precision}" + (f"\n{privacy}" if privacy else "")
     )

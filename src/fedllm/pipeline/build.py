@@ -53,6 +53,7 @@ def central_dp_stages(config: Config, population: int | None) -> list[Stage]:
             privacy.clip_lr,
             count_noise,
             expected if poisson else None,
+            config.secure_randomness,
         )
     update_noise = plan.update_noise if plan is not None else privacy.noise_multiplier or 0.0
     if config.secagg.enabled:  # the clients add the noise before masking (distributed DP)
@@ -60,7 +61,9 @@ def central_dp_stages(config: Config, population: int | None) -> list[Stage]:
         return [ClipStage(clip), DistributedNoiseStage(update_noise, clip, shares)]
     return [
         ClipStage(clip),
-        GaussianNoiseStage(update_noise, clip, expected if poisson else None),
+        GaussianNoiseStage(
+            update_noise, clip, expected if poisson else None, config.secure_randomness
+        ),
     ]
 
 

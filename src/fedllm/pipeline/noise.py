@@ -23,6 +23,7 @@ from fedllm.pipeline.stage import (
     RoundReport,
     StageState,
 )
+from fedllm.seeding import secret_seed
 from fedllm.types import Params
 
 UNIFORM_TOLERANCE = 1e-9
@@ -39,18 +40,26 @@ class GaussianNoiseStage:
             constant or estimator, so the noise follows an adaptive clip).
         expected: the expected cohort under Poisson sampling (the noisy sum is divided
             by it); None: fixed-size cohorts, the mean of the accepted updates.
+        secure: draw the noise from a generator seeded by the OS CSPRNG each round
+            (``run.randomness = 'secure'``); False: from the round's derived seed, which
+            anyone who knows the config can recompute.
     """
 
     name = "noise"
 
     def __init__(
-        self, noise_multiplier: float, clip: Parameter, expected: float | None = None
+        self,
+        noise_multiplier: float,
+        clip: Parameter,
+        expected: float | None = None,
+        secure: bool = False,
     ) -> None:
         if not noise_multiplier >= 0:
             raise ValueError(f"noise multiplier must be >= 0, got {noise_multiplier}")
         if expected is not None and not expected > 0:
             raise ValueError(f"expected cohort must be > 0, got {expected}")
         self.noise_multiplier, self.clip, self.expected = noise_multiplier, clip, expected
+        self.secure = secure
 
     def requires(self) -> Requirements:
         return Requirements(needs_clip_before=True, linear_aggregator_only=True)
@@ -74,7 +83,8 @@ class GaussianNoiseStage:
         divisor = accepted if self.expected is None else self.expected
         scale = accepted / divisor  # the mean -> the sum / divisor
         std = noise_std(multiplier, state["clip"], divisor)
-        generator = torch.Generator().manual_seed(report.seed)
+        seed = secret_seed() if self.secure else report.seed
+        generator = torch.Generator().manual_seed(seed)
         noised: Params = {}
         for key in sorted(combined):  # a fixed order: the same seed, the same noise
             value = combined[key]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from fedllm.pipeline.stage import RoundReport
-from fedllm.seeding import derive_seed
+from fedllm.seeding import derive_seed, secret_seed
 
 CLIPPED_METRIC = "clip/clipped"
 """The clip stage's report, per client: 1 if its update was scaled down, else 0."""
@@ -41,6 +41,8 @@ class QuantileClip:
         count_noise: std of the Gaussian noise on the count (>= 0).
         expected: the divisor of the noisy count: the expected cohort under Poisson
             sampling; None: the round's accepted updates.
+        secure: draw the count's noise from a generator seeded by the OS CSPRNG
+            (``run.randomness = 'secure'``); False: from the round's derived seed.
     """
 
     start: float
@@ -48,6 +50,7 @@ class QuantileClip:
     lr: float
     count_noise: float
     expected: float | None = None
+    secure: bool = False
 
     def initial(self) -> float:
         return self.start
@@ -58,7 +61,8 @@ class QuantileClip:
             return value
         centred = centred_count(report.client_metrics)
         if self.count_noise > 0:
-            generator = torch.Generator().manual_seed(derive_seed(report.seed, "clip-count"))
+            seed = secret_seed() if self.secure else derive_seed(report.seed, "clip-count")
+            generator = torch.Generator().manual_seed(seed)
             centred += self.count_noise * float(
                 torch.randn((), generator=generator, dtype=torch.float64)
             )

@@ -27,6 +27,7 @@ class DPSGDPlugin(ClientPlugin):
         clip_norm: the per-example gradient bound.
         micro_batches: ``client.grad_accum``.
         steps: each client's optimizer steps per round.
+        secure: lots and noise from the OS CSPRNG (``run.randomness = 'secure'``).
     """
 
     name = "dp_sgd"
@@ -38,9 +39,10 @@ class DPSGDPlugin(ClientPlugin):
         clip_norm: float,
         micro_batches: int,
         steps: Mapping[ClientId, int],
+        secure: bool = False,
     ) -> None:
         self.plans, self.clip_norm, self.micro_batches = plans, clip_norm, micro_batches
-        self.steps = steps
+        self.steps, self.secure = steps, secure
         self._hooks: dict[ClientId, DPSGDHook] = {}
 
     def train_hook(self, ctx: ClientContext) -> TrainHook:
@@ -60,6 +62,7 @@ class DPSGDPlugin(ClientPlugin):
             mechanism.cohort,
             self.micro_batches,
             ctx.seed,
+            self.secure,
         )
         self._hooks[ctx.client_id] = hook
         return hook

@@ -44,7 +44,9 @@ class LocalDP:
         exposed = max(sizes, key=exposure)
         bound = plan_local(privacy, sizes[exposed], lot, max(steps.values()), config.server.rounds)
         plans = {cid: bound.for_client(n, lot) for cid, n in sizes.items()}
-        plugin = DPSGDPlugin(plans, privacy.clip_norm, client.grad_accum, steps)
+        plugin = DPSGDPlugin(
+            plans, privacy.clip_norm, client.grad_accum, steps, config.secure_randomness
+        )
         ledger = None if setup.partial else LocalLedger(bound, steps, _truncated(setup))
         return Algorithm("local_dp", client=plugin, server=ledger)
 
