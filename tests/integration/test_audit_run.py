@@ -44,8 +44,9 @@ def test_an_inserted_canary_is_exposed_and_the_control_is_not(
     canary, control = audit["canaries"]
     assert (canary["id"], control["id"]) == ("canary-0", "control-0")
     assert canary["secret"] == recorded[0]["secret"]
-    assert canary["exact"] and canary["space"] == 1000 and canary["candidates"] == 999
-    top = math.log2(1000)
+    # ranked among the 1000 3-digit secrets but the control's (a sibling it cannot be)
+    assert canary["exact"] and canary["space"] == 999 and canary["candidates"] == 998
+    top = math.log2(999)
     # 40 copies in 62 training examples: the trained model likes the secret best of all
     assert canary["rank"] <= 3 and canary["exposure"] >= top - math.log2(3)
     assert control["exposure"] <= canary["exposure"] - 3  # an unseen secret: no better

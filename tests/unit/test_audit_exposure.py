@@ -1,13 +1,27 @@
-"""Canary rank and exposure on hand-made loss tables, candidate draws, extrapolation."""
+"""Canary rank and exposure on hand-made loss tables, candidate draws (siblings' secrets
+left out), extrapolation."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
-from fedllm.privacy.audit.exposure import candidate_secrets, exposure_of, rank_among
+from fedllm.data.build import FederatedData
+from fedllm.data.canary import Canary, CanarySpec
+from fedllm.privacy.audit import audit
+from fedllm.privacy.audit.audit import Models
+from fedllm.privacy.audit.exposure import (
+    candidate_secrets,
+    exposure_of,
+    rank_among,
+    secret_space,
+)
+from fedllm.privacy.audit.extract import Extraction
 
 
 def test_exact_rank_and_exposure_on_a_hand_made_table() -> None:
@@ -64,3 +78,71 @@ def test_extrapolation_matches_a_known_distribution() -> None:
     assert found.extrapolated is not None
     assert found.extrapolated == pytest.approx(-math.log2(0.0013499), abs=0.6)
     assert found.extrapolated <= found.max_exposure
+
+
+# ---------------------------------------------------------------- sibling canaries
+
+
+def test_siblings_secrets_are_neither_candidates_nor_in_the_space() -> None:
+    siblings = ["42", "88", "17"]  # the canary's own among them changes nothing
+    assert secret_space("17", siblings) == 98
+    others, exact = candidate_secrets("17", 1000, np.random.default_rng(0), siblings)
+    assert exact and len(others) == 97
+    assert set(others) == {f"{i:02d}" for i in range(100)} - {"17", "42", "88"}
+
+
+def test_sampled_candidates_skip_siblings_secrets() -> None:
+    siblings = [f"{i:02d}" for i in range(0, 100, 3)]  # 34 secrets: every draw risks one
+    own = "50"
+    assert secret_space(own, siblings) == 66
+    others, exact = candidate_secrets(own, 20, np.random.default_rng(3), siblings)
+    assert not exact and len(others) == 20 == len(set(others))
+    assert not set(others) & {own, *siblings}
+    # without siblings the same draw does hit them: the exclusion is what removes them
+    plain, _ = candidate_secrets(own, 20, np.random.default_rng(3))
+    assert set(plain) & set(siblings)
+    # the sampled rank scales to the 66 secrets the canary could have been
+    found = exposure_of(1.0, [0.5, *[2.0] * 19], space=66, exact=False)
+    assert found.rank == pytest.approx(1 + (1 / 20) * 65)
+
+
+class _TableModels(Models):
+    """No model: the losses come from a table (see ``_hand_made_losses``)."""
+
+    def use(self, which: str) -> torch.nn.Module:
+        return self.model
+
+
+def test_better_scoring_siblings_do_not_depress_a_canarys_exposure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a hand-made loss table: two inserted canaries and a control share the template;
+    # the model likes the siblings' secrets even more than canary-0's own, and every
+    # other secret much less. canary-0 is the likeliest secret it could have been.
+    spec = CanarySpec(2, 1, ("a",), "code {secret}", digits=2, controls=1, candidates=1000)
+    canaries = [
+        Canary("canary-0", "17", "code 17", "a", 1, "text"),
+        Canary("canary-1", "42", "code 42", "a", 1, "text"),
+        Canary("control-0", "88", "code 88", None, 0, "text"),
+    ]
+    table = {"17": 1.0, "42": 0.5, "88": 0.8}
+    scored: list[list[str]] = []
+
+    def losses(model: Any, texts: list[str], *_: Any) -> tuple[np.ndarray, None]:
+        secrets = [t.removeprefix("code ") for t in texts]
+        scored.append(secrets)
+        return np.array([table.get(s, 3.0 + int(s) % 7 / 10) for s in secrets]), None
+
+    monkeypatch.setattr(audit, "encode_texts", lambda texts, kind, tokenizer: list(texts))
+    monkeypatch.setattr(audit, "example_losses", losses)
+    monkeypatch.setattr(audit, "extract", lambda *a: Extraction("", "", False))
+    models = _TableModels(torch.nn.Linear(1, 1), SimpleNamespace(pad_token_id=0), {}, {})
+    empty = FederatedData(clients={}, test=[])
+    report = audit.audit_run(models, empty, canaries, spec, audit.AuditOptions())
+    first = report["canaries"][0]
+    assert first["exact"] and first["space"] == 98 and first["candidates"] == 97
+    assert first["rank"] == 1.0  # not 3: the siblings at 0.5 and 0.8 are not candidates
+    assert first["exposure"] == pytest.approx(math.log2(98)) == first["max_exposure"]
+    for canary, secrets in zip(canaries, scored, strict=True):
+        assert secrets[0] == canary.secret
+        assert not set(secrets[1:]) & {c.secret for c in canaries}

@@ -17,7 +17,7 @@ from fedllm.data.build import FederatedData
 from fedllm.data.canary import Canary, CanarySpec, fill
 from fedllm.data.format import Example
 from fedllm.model.state import set_trainable_state
-from fedllm.privacy.audit.exposure import candidate_secrets, exposure_of
+from fedllm.privacy.audit.exposure import candidate_secrets, exposure_of, secret_space
 from fedllm.privacy.audit.extract import extract
 from fedllm.privacy.audit.metrics import LOW_FPR, attack
 from fedllm.privacy.audit.score import Tick, encode_texts, example_losses, mean_losses
@@ -94,13 +94,15 @@ def audit_run(
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Every measure, JSON-ready: ``canaries`` (exposure and extraction of each canary
-    and control) and ``membership`` (per client and over all clients: the loss and the
-    reference-calibrated attacks). The trained state is left in the model."""
+    and control, each ranked without its siblings' secrets) and ``membership`` (per
+    client and over all clients: the loss and the reference-calibrated attacks). The
+    trained state is left in the model."""
     candidates = spec.candidates if spec is not None else 0
     template = spec.template if spec is not None else ""
+    secrets = [c.secret for c in canaries]
     out: dict[str, Any] = {
         "canaries": [
-            audit_canary(models, c, i, template, candidates, options, progress)
+            audit_canary(models, c, i, template, candidates, options, progress, secrets)
             for i, c in enumerate(canaries)
         ],
         "membership": membership(models, data, canaries, options, progress),
@@ -117,17 +119,20 @@ def audit_canary(
     candidates: int,
     options: AuditOptions,
     progress: Progress = no_progress,
+    siblings: Sequence[str] = (),
 ) -> dict[str, Any]:
     """One canary's exposure among ``candidates`` secrets and its greedy extraction,
-    under the trained model."""
+    under the trained model. ``siblings`` (the run's canaries' and controls' secrets)
+    are neither candidates nor in its space: it could not have been one of them."""
     rng = np.random.default_rng([options.seed % 2**63, _STAGE_CANDIDATES, index])
-    others, exact = candidate_secrets(canary.secret, candidates, rng)
+    others, exact = candidate_secrets(canary.secret, candidates, rng, siblings)
     texts = [canary.text] + [fill(template, s) for s in others]
     examples = encode_texts(texts, canary.kind, models.tokenizer)
     model = models.use("trained")
     with progress(f"{canary.id}: ranking among {len(others)} secrets", len(examples)) as tick:
         sums, _ = example_losses(model, examples, options.batch_size, models.pad_id, tick)
-    found = exposure_of(float(sums[0]), sums[1:], 10 ** len(canary.secret), exact)
+    space = secret_space(canary.secret, siblings)
+    found = exposure_of(float(sums[0]), sums[1:], space, exact)
     prefix = template.split("{secret}")[0]
     return {
         **canary.to_json(),

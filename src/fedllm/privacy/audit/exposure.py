@@ -6,12 +6,18 @@ a typical one, ``log2(|space|)`` when it is the likeliest of all. With the whole
 enumerated the rank is exact; with a sample of candidates it is estimated from the
 share of candidates scoring below the canary, and extrapolated from a skew-normal fit
 of the candidates' losses (Carlini et al.'s section 4.3).
+
+A run's canaries and controls have distinct secrets (drawn without repeats), so a
+canary could not have been any of its siblings' secrets: they are left out of its
+space and of its candidates, exact or sampled. Ranked among them, a canary would lose
+up to ``log2(1 + siblings)`` bits to the other inserted canaries (same template, same
+prefix), which the model has also learnt.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +28,8 @@ class Exposure:
     """A canary's rank and exposure among candidate secrets.
 
     Attributes:
-        space: secrets the canary could have been (``10^digits``).
+        space: secrets the canary could have been (``10^digits`` but its siblings'
+            secrets: :func:`secret_space`).
         candidates: secrets scored besides the canary's.
         exact: the whole space was scored (the rank is exact, not estimated).
         rank: 1 = the likeliest; ties count one half; estimated when not ``exact``.
@@ -59,22 +66,37 @@ class Exposure:
         }
 
 
-def candidate_secrets(
-    secret: str, candidates: int, rng: np.random.Generator
-) -> tuple[list[str], bool]:
-    """The secrets a canary is ranked among, its own excluded, and whether they are the
-    whole space.
+def secret_space(secret: str, siblings: Collection[str] = ()) -> int:
+    """The secrets a canary could have been: every ``len(secret)``-digit string but its
+    siblings' (the run's other canaries' and controls' secrets, distinct from its own)."""
+    others = {s for s in siblings if s != secret and len(s) == len(secret)}
+    space: int = 10 ** len(secret)
+    return space - len(others)
 
-    Every other ``len(secret)``-digit string when there are at most ``candidates`` of
-    them, else ``candidates`` distinct ones drawn uniformly from ``rng``.
+
+def candidate_secrets(
+    secret: str, candidates: int, rng: np.random.Generator, siblings: Collection[str] = ()
+) -> tuple[list[str], bool]:
+    """The secrets a canary is ranked among, its own and its siblings' excluded, and
+    whether they are the whole space (:func:`secret_space`).
+
+    Every other ``len(secret)``-digit string but the siblings' when there are at most
+    ``candidates`` of them, else ``candidates`` distinct ones drawn uniformly from
+    ``rng`` (a draw equal to a sibling's secret is skipped, like a repeat).
+
+    Args:
+        secret: the canary's secret.
+        candidates: most secrets to score besides it.
+        rng: draws the sample (when the space is larger than ``candidates``).
+        siblings: the run's other canaries' and controls' secrets.
     """
     digits = len(secret)
     space = 10**digits
-    if space - 1 <= candidates:
-        return [f"{i:0{digits}d}" for i in range(space) if f"{i:0{digits}d}" != secret], True
-    own = int(secret)
+    excluded = {int(s) for s in {secret, *siblings} if len(s) == digits}
+    if secret_space(secret, siblings) - 1 <= candidates:
+        return [f"{i:0{digits}d}" for i in range(space) if i not in excluded], True
     drawn: list[int] = []
-    seen = {own}
+    seen = set(excluded)
     while len(drawn) < candidates:
         for value in rng.integers(0, space, size=candidates - len(drawn), dtype=np.int64):
             v = int(value)
@@ -98,7 +120,8 @@ def exposure_of(
     Args:
         loss: the canary's loss (lower: likelier).
         others: the losses of the other secrets scored.
-        space: how many secrets there are in all (the canary's included).
+        space: how many secrets the canary could have been, its own included
+            (:func:`secret_space`).
         exact: ``others`` are every other secret of the space.
 
     Raises:
