@@ -1,9 +1,11 @@
-"""Whole runs with CKKS aggregation on the simulator: FedAvg's model within CKKS's error
-(both weightings), a dropout, a decrypting client that drops, ciphertext costs in the
-record, and the refusals at config load."""
+"""Whole runs with CKKS aggregation on the simulator: FedAvg's model within the stated
+error (the decrypting client's flooding noise, both weightings), a dropout, a decrypting
+client that drops, ciphertext costs and the noise in the record, and the refusals at
+config load."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -36,9 +38,26 @@ def test_encrypted_and_plain_aggregation_give_the_same_model(
     sizes = [m["he/ciphertext_bytes"] for m in metrics.values()]
     # SEAL compresses its serialization: sizes differ a little with the values
     assert max(sizes) == costs["ciphertext_bytes_per_client"] and min(sizes) > 0.95 * max(sizes)
+    # the decrypting client flooded the sum (he.flooding_bits = 20, 1 round = 1
+    # decryption, a cohort of 4): OpenFHE's sigma = sqrt(12 tau) 2^(s/2) t per ring
+    # coefficient, t = 8 stds of a coefficient's error, per value times sqrt(N/2)/scale
+    n, scale = 8192, 2.0**40
+    t = 8 * math.sqrt(4 * (2 + 2 * n / 3) / 12)
+    sigma = math.sqrt(12) * 2**10 * t * math.sqrt(n / 2) / scale
+    assert costs["flooding_bits"] == 20
+    assert costs["flooding_std"] == pytest.approx(sigma)  # 7.05e-5 per value of the sum
+    stated = costs["mean_error_std"]  # per value of the mean (CKKS's ~1e-9 included)
+    if weighting == "uniform":
+        assert stated == pytest.approx(sigma / 4, rel=1e-6)
+    else:  # the sum is of updates times example counts, the mean divides by their total
+        assert stated < sigma / 40
     a, b = final_adapter(plain.run_dir), final_adapter(encrypted.run_dir)
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert 0 < worst < 1e-5  # CKKS is approximate (~1e-8 per value, x example counts)
+    diff = torch.cat([(b[k].double() - a[k].double()).flatten() for k in a])
+    # FedAvg steps by the mean: the models differ by the mean's error, which is the
+    # flooding noise at the stated std (1792 entries: the std's sampling error ~1.7%)
+    assert diff.std().item() == pytest.approx(stated, rel=0.12)
+    assert abs(diff.mean().item()) < 5 * stated / math.sqrt(diff.numel())
+    assert diff.abs().max().item() < 6 * stated
     assert record["train_loss"] == pytest.approx(plain.records[-1]["train_loss"], rel=1e-9)
 
 

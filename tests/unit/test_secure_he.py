@@ -1,16 +1,32 @@
-"""Additive homomorphic aggregation under CKKS (fedllm.secure.he, the 'he' extra)."""
+"""Additive homomorphic aggregation under CKKS (fedllm.secure.he, the 'he' extra), and
+the noise flooding of a decryption that leaves the client (issue 25 point 7)."""
 
 from __future__ import annotations
 
 import builtins
+import math
 import sys
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
+from scipy import stats
 
+from fedllm.client.he import (
+    CHUNKS,
+    DECRYPT_PHASE,
+    FLOODING_STD,
+    LENGTH,
+    PLAIN_SUM,
+    REFUSED,
+    HEClientPhases,
+    pack_chunks,
+)
+from fedllm.message import Message
 from fedllm.secure import he
+from fedllm.secure.randomness import SeededRandomness, SystemRandomness
 
 ts = pytest.importorskip("tenseal")
 
@@ -215,3 +231,205 @@ def test_missing_tenseal_names_the_extra(monkeypatch: pytest.MonkeyPatch, how: s
         with pytest.raises(he.HEUnavailable, match=r"'he' extra: pip install 'fedllm\[he\]'"):
             call()
     assert issubclass(he.HEUnavailable, RuntimeError)
+
+
+# --- The decryption error and its flooding (Li and Micciancio 2021) ----------------------
+
+N, SCALE = 8192, 2.0**40  # the defaults
+
+
+def openfhe_sigma(bits: int, queries: int, summed: int) -> float:
+    """The flooding std per decrypted value, transcribed from OpenFHE's
+    CKKS_NOISE_FLOODING.md (sigma = sqrt(12 tau) 2^(s/2) t, per ring coefficient) with
+    t = 8 error stds of a coefficient (variance (2 + 2N/3)/12 per fresh encryption),
+    carried to a slot's real part by sqrt(N/2) / scale."""
+    t = 8 * math.sqrt(summed * (2 + 2 * N / 3) / 12)
+    return math.sqrt(12 * queries) * 2 ** (bits / 2) * t * math.sqrt(N / 2) / SCALE
+
+
+def coefficient_errors(keys: he.HEKeys, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The decryption error of a fresh encryption of ``x`` (N/2 values) as ring
+    coefficients: SEAL's decryption decoded to complex slots, minus ``x``, times the
+    scale, mapped back by the inverse canonical embedding (slot j is the evaluation at
+    zeta^(5^j), zeta = exp(i pi / N); the conjugate roots hold the conjugates)."""
+    import tenseal.sealapi as sealapi
+
+    ctx = ts.context_from(keys.secret_context)
+    seal = ctx.seal_context().data
+    plain = sealapi.Plaintext()
+    vector = ts.ckks_vector_from(ctx, he.encrypt_vector(x, keys.public_context)[0])
+    sealapi.Decryptor(seal, ctx.secret_key().data).decrypt(vector.ciphertext()[0], plain)
+    slots = (np.asarray(sealapi.CKKSEncoder(seal).decode_complex(plain)) - x) * SCALE
+    powers = np.array([pow(5, j, 2 * N) for j in range(N // 2)])
+    exponents = np.concatenate([powers, 2 * N - powers])
+    values = np.concatenate([slots, np.conj(slots)])[np.argsort(exponents)]  # roots 1, 3, ...
+    n = np.arange(N)
+    coefficients = np.exp(-1j * np.pi * n / N) * np.fft.fft(values) / N
+    assert np.abs(coefficients.imag).max() < 1e-9  # a real polynomial: the map is right
+    return np.asarray(coefficients.real)
+
+
+def test_the_error_model_holds_in_the_ring_and_in_the_values(keys: he.HEKeys) -> None:
+    rng = np.random.default_rng(3)
+    errors = np.concatenate(
+        [coefficient_errors(keys, rng.uniform(-1, 1, N // 2)) for _ in range(3)]
+    )
+    model = he.coefficient_error_std(N)
+    assert model == pytest.approx(math.sqrt((2 + 2 * N / 3) / 12))  # 21.34
+    # 24,576 coefficients: the std within 3% (its sampling error is 0.5%), every one
+    # below the bound t the flooding is sized from
+    assert errors.std() == pytest.approx(model, rel=0.03)
+    assert np.abs(errors).max() < he.ERROR_BOUND_STDS * model
+    assert np.abs(errors).max() > 3 * model  # the bound is not vacuous by a factor 2
+
+    # the values: a sum of k fresh encryptions has sqrt(k) times the error
+    length = 4 * keys.settings.slots
+    for k in (1, 4):
+        xs = [rng.uniform(-1, 1, length) for _ in range(k)]
+        acc = he.EncryptedSum(keys.public_context)
+        for x in xs:
+            acc.add(he.encrypt_vector(x, keys.public_context))
+        error = he.decrypt_vector(acc.result(), length, keys.secret_context) - np.sum(xs, 0)
+        expected = model * math.sqrt(k) * math.sqrt(N / 2) / SCALE  # 1.24e-9 * sqrt(k)
+        assert he.decryption_error_std(N, SCALE, k) == pytest.approx(expected)
+        assert error.std() == pytest.approx(expected, rel=0.03)
+
+
+def test_flooding_size_is_openfhe_formula() -> None:
+    for bits, queries, summed in ((20, 1, 1), (20, 3, 4), (30, 10, 7), (1, 1, 1)):
+        flooding = he.Flooding(bits=bits, decryptions=queries, summed=summed)
+        assert flooding.std(N, SCALE) == pytest.approx(openfhe_sigma(bits, queries, summed))
+    # the numbers the docs state: 3.44e-8 * 2^(s/2) * sqrt(tau * summed) per value
+    assert he.Flooding(bits=20, summed=4).std(N, SCALE) == pytest.approx(7.05e-5, rel=1e-3)
+    assert he.Flooding(bits=30).std(N, SCALE) == pytest.approx(1.13e-3, rel=1e-2)
+    assert he.Flooding(bits=0, decryptions=9, summed=9).std(N, SCALE) == 0.0
+    for bad in ({"bits": -1}, {"decryptions": 0}, {"summed": 0}, {"bits": 2.5}):
+        with pytest.raises(he.HEError, match="must be an int"):
+            he.Flooding(**bad)  # type: ignore[arg-type]
+
+
+def test_flooded_values_minus_the_exact_decryption_are_the_flooding_gaussian(
+    keys: he.HEKeys,
+) -> None:
+    length = 4 * keys.settings.slots  # 16,384 values
+    x = np.random.default_rng(4).uniform(-1, 1, length)
+    chunks = he.encrypt_vector(x, keys.public_context)
+    exact = he.decrypt_vector(chunks, length, keys.secret_context)
+    flooding = he.Flooding(bits=20, decryptions=3, summed=4)
+    rng = SeededRandomness(0, "test-flooding")  # the test's own stream, reproducible
+    cost = he.HECost()
+    flooded, std = he.decrypt_flooded(
+        chunks, length, keys.secret_context, flooding, rng=rng, cost=cost
+    )
+    assert cost.decrypt_seconds > 0
+    assert std == pytest.approx(openfhe_sigma(20, 3, 4))  # 2.1e-4
+    noise = flooded - exact
+    assert abs(noise.mean()) < 4 * std / math.sqrt(length)
+    assert noise.std() == pytest.approx(std, rel=0.03)  # sampling error 0.55%
+    assert stats.kstest(noise / std, "norm").pvalue > 1e-3
+    # not a scaled copy of the ciphertext's error or anything else: a wrong scale fails
+    assert stats.kstest(noise / (1.1 * std), "norm").pvalue < 1e-6
+    # the noise is the stream's: the same stream gives the same values
+    again, _ = he.decrypt_flooded(
+        chunks, length, keys.secret_context, flooding, rng=SeededRandomness(0, "test-flooding")
+    )
+    np.testing.assert_array_equal(again, flooded)
+
+
+def test_two_decryptions_of_one_ciphertext_differ_by_fresh_system_noise(
+    keys: he.HEKeys,
+) -> None:
+    length = 2 * keys.settings.slots
+    chunks = he.encrypt_vector(np.linspace(-1, 1, length), keys.public_context)
+    flooding = he.Flooding(bits=20, summed=2)
+    a, std = he.decrypt_flooded(chunks, length, keys.secret_context, flooding)  # the OS CSPRNG
+    b, _ = he.decrypt_flooded(chunks, length, keys.secret_context, flooding)
+    assert np.count_nonzero(a == b) == 0
+    # independent draws: their difference has std sqrt(2) sigma
+    assert (a - b).std() == pytest.approx(math.sqrt(2) * std, rel=0.05)
+    exact = he.decrypt_vector(chunks, length, keys.secret_context)
+    assert (a - exact).std() == pytest.approx(std, rel=0.05)
+
+
+def test_the_aggregate_stays_within_the_stated_error(keys: he.HEKeys) -> None:
+    length, k = 3 * keys.settings.slots, 4
+    rng = np.random.default_rng(5)
+    updates = [rng.uniform(-1e-3, 1e-3, length) for _ in range(k)]  # LoRA-update sized
+    acc = he.EncryptedSum(keys.public_context)
+    for u in updates:
+        acc.add(he.encrypt_vector(u, keys.public_context))
+    flooding = he.Flooding(bits=20, decryptions=1, summed=k)
+    total, std = he.decrypt_flooded(
+        acc.result(), length, keys.secret_context, flooding, rng=SeededRandomness(1, "agg")
+    )
+    stated = math.hypot(std, he.decryption_error_std(N, SCALE, k)) / k  # per mean value
+    assert stated == pytest.approx(1.76e-5, rel=1e-2)  # about 2% of a 1e-3 update
+    error = total / k - np.mean(updates, axis=0)
+    assert error.std() == pytest.approx(stated, rel=0.03)
+    assert np.abs(error).max() < 6 * stated  # P(|Z| > 6) ~ 2e-9 per value
+
+
+def test_flooding_off_returns_the_exact_decryption(keys: he.HEKeys) -> None:
+    chunks = he.encrypt_vector(np.linspace(-1, 1, 100), keys.public_context)
+    exact = he.decrypt_vector(chunks, 100, keys.secret_context)
+    raw, std = he.decrypt_flooded(chunks, 100, keys.secret_context, he.Flooding(bits=0))
+    assert std == 0.0
+    np.testing.assert_array_equal(raw, exact)
+
+
+def test_a_ciphertext_that_is_not_a_sum_of_fresh_ones_is_refused(keys: he.HEKeys) -> None:
+    chunk = he.encrypt_vector(np.ones(10), keys.public_context)[0]
+    public = ts.context_from(keys.public_context)
+    rescaled = ts.ckks_vector_from(public, chunk) * 2.0  # the scale back, a level lower
+    public.auto_rescale = False
+    scaled = ts.ckks_vector_from(public, chunk) * 2.0  # the first level, scale 2^80
+    for vector, words in ((rescaled, "a lower level"), (scaled, r"scale 2\^80\.0")):
+        with pytest.raises(he.HEError, match=f"{words}.*not a sum of fresh encryptions"):
+            he.decrypt_flooded([vector.serialize()], 10, keys.secret_context, he.Flooding())
+    # a sum of fresh ones passes
+    total = he.add_encrypted([chunk], [chunk], keys.public_context)
+    values, _ = he.decrypt_flooded(total, 10, keys.secret_context, he.Flooding(bits=0))
+    np.testing.assert_allclose(values, 2.0, rtol=0, atol=ATOL)
+
+
+def test_standard_normal_from_bytes() -> None:
+    z = he.standard_normal(200_001, SeededRandomness(7, "normal"))
+    assert z.shape == (200_001,)
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    np.testing.assert_array_equal(z[:10], he.standard_normal(10, SeededRandomness(7, "normal")))
+    system = SystemRandomness()
+    assert not np.array_equal(he.standard_normal(8, system), he.standard_normal(8, system))
+    assert he.standard_normal(0, system).shape == (0,)
+    with pytest.raises(ValueError, match="cannot draw"):
+        he.standard_normal(-1, system)
+
+
+def test_the_decrypting_client_replies_flooded_with_its_noise(keys: he.HEKeys) -> None:
+    length = keys.settings.slots + 7
+    x = np.random.default_rng(6).uniform(-1, 1, length)
+    chunks = he.encrypt_vector(x, keys.public_context)
+    flooding = he.Flooding(bits=20, decryptions=2, summed=3)
+    phases = HEClientPhases(
+        None,  # type: ignore[arg-type]  # the decrypt phase trains nothing
+        keys.secret_context,
+        flooding,
+        rng=SeededRandomness(2, "client"),
+    )
+    decrypt = phases.handlers()[DECRYPT_PHASE]
+    request = Message(config={CHUNKS: pack_chunks(chunks), LENGTH: length})
+    reply = decrypt("coding", DECRYPT_PHASE, request)
+    std = reply.metrics[FLOODING_STD]
+    assert std == pytest.approx(openfhe_sigma(20, 2, 3))
+    total = reply.arrays[PLAIN_SUM]
+    assert isinstance(total, torch.Tensor) and total.dtype == torch.float64
+    exact = he.decrypt_vector(chunks, length, keys.secret_context)
+    noise = total.numpy() - exact
+    assert noise.std() == pytest.approx(std, rel=0.05)
+    # the client's default source is the OS CSPRNG: two replies differ
+    phases = HEClientPhases(None, keys.secret_context, flooding)  # type: ignore[arg-type]
+    first = phases.handlers()[DECRYPT_PHASE]("coding", DECRYPT_PHASE, request)
+    second = phases.handlers()[DECRYPT_PHASE]("coding", DECRYPT_PHASE, request)
+    assert not torch.equal(first.arrays[PLAIN_SUM], second.arrays[PLAIN_SUM])
+    # a ciphertext it cannot decrypt is refused with the reason, not a crash
+    bad = Message(config={CHUNKS: pack_chunks(chunks), LENGTH: length + 1})
+    assert "expected length" in str(decrypt("coding", DECRYPT_PHASE, bad).config[REFUSED])

@@ -4,7 +4,10 @@ the server asks this client to.
 
 Every client holds the same secret context (the federation's shared key); the server
 holds only the public one. With ``examples`` weighting a client encrypts its update
-times its example count, and the server divides the decrypted sum by the total.
+times its example count, and the server divides the decrypted sum by the total. The
+decrypting client floods the sum with noise before replying
+(:func:`fedllm.secure.he.decrypt_flooded`): the exact decryption would give the server,
+who holds the ciphertext, the secret key.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from fedllm.client.side import NUM_EXAMPLES, ClientSide
 from fedllm.message import Message
 from fedllm.secure import he
 from fedllm.secure.messages import pack_map, unpack_map
+from fedllm.secure.randomness import Randomness
 from fedllm.types import ClientId
 
 TRAIN_PHASE = "he/train"
@@ -40,6 +44,9 @@ PLAIN_SUM = "he/sum"
 ENCRYPT_S = "he/encrypt_s"
 CIPHERTEXT_BYTES = "he/ciphertext_bytes"
 """Client metrics: seconds to encrypt its update, and the ciphertext's bytes."""
+FLOODING_STD = "he/flooding_std"
+"""Metric of the decrypt reply: the standard deviation of the noise added to each value
+of the sum (value units)."""
 
 
 def pack_chunks(chunks: list[bytes]) -> bytes:
@@ -60,11 +67,22 @@ class HEClientPhases:
         side: trains a client in the train phase.
         secret_context: the clients' shared secret context, or a function reading it
             (a Flower node reads its file on first use).
+        flooding: the noise added to a decryption before it is sent.
+        rng: the noise's source; None: the operating system's CSPRNG (a seeded one only
+            in tests).
     """
 
-    def __init__(self, side: ClientSide, secret_context: bytes | Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        side: ClientSide,
+        secret_context: bytes | Callable[[], bytes],
+        flooding: he.Flooding,
+        rng: Randomness | None = None,
+    ) -> None:
         self.side = side
         self._secret = secret_context
+        self.flooding = flooding
+        self.rng = rng
 
     def handlers(self) -> dict[str, Callable[[ClientId, str, Message], Message]]:
         """Phase name -> handler, for :func:`fedllm.protocol.engine.by_phase`."""
@@ -100,5 +118,10 @@ class HEClientPhases:
         data, length = message.config.get(CHUNKS), message.config.get(LENGTH)
         if not isinstance(data, bytes) or not isinstance(length, int):
             return Message(config={REFUSED: f"the request lacks {CHUNKS!r} or {LENGTH!r}"})
-        total = he.decrypt_vector(unpack_chunks(data), length, self.secret)
-        return Message(arrays={PLAIN_SUM: torch.from_numpy(total)})
+        try:
+            total, std = he.decrypt_flooded(
+                unpack_chunks(data), length, self.secret, self.flooding, rng=self.rng
+            )
+        except he.HEError as error:
+            return Message(config={REFUSED: f"cannot decrypt: {error}"})
+        return Message(arrays={PLAIN_SUM: torch.from_numpy(total)}, metrics={FLOODING_STD: std})

@@ -23,3 +23,13 @@ class HEConfig(Section):
         description="The server's context without the secret key (same command), read by the "
         "Flower server; none in the simulator.",
     )
+    flooding_bits: int = Field(
+        20,
+        ge=0,
+        le=64,
+        description="Statistical security s of the noise the decrypting client adds before "
+        "the sum leaves it (Li-Micciancio-Schultz-Sorrell 2022, as OpenFHE's "
+        "NOISE_FLOODING_DECRYPT): std sqrt(12 * server.rounds) * 2^(s/2) * the error bound, "
+        "3.5e-5 * sqrt(server.rounds * cohort) per summed value at s = 20 (30: 32x more). "
+        "0 turns it off: the server then gets the exact decryption and can recover the key.",
+    )

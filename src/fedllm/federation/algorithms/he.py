@@ -4,11 +4,18 @@ The server's half is the encrypted exchange (:mod:`fedllm.protocol.he`), the cli
 the handlers of its two phases (:mod:`fedllm.client.he`). In the simulator the
 federation's keys are made for the run; on Flower the server reads
 ``he.public_context`` and every node ``he.secret_context`` (``fedllm deploy he-keys``).
+
+The decrypting client floods the sum (:class:`fedllm.secure.he.Flooding`, statistical
+security ``he.flooding_bits``) for ``server.rounds`` decryptions of sums of at most a
+cohort's clients (:func:`most_summed`); the round record's ``he`` entry states the
+noise: ``flooding_std`` per value of the sum, ``mean_error_std`` per value of the mean
+(flooding and CKKS's own error together).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -22,6 +29,8 @@ from fedllm.federation.algorithms.secagg import sum_only_problem, sum_only_refus
 if TYPE_CHECKING:
     from fedllm.client.side import ClientSide
     from fedllm.protocol.engine import ClientHandler
+    from fedllm.secure.he import Flooding
+    from fedllm.server.plugin import RoundContext, ServerPlugin
 
 MISSING_EXTRA = "he.enabled = true needs the 'he' extra: pip install 'fedllm[he]' (tenseal)"
 
@@ -81,16 +90,72 @@ class HomomorphicAggregation:
         else:  # a deployment: each side reads its own file, when it needs it
             secret = partial(read_context, secret_file, "he.secret_context")
             public = None
+        flooding = he.Flooding(
+            bits=settings.flooding_bits,
+            decryptions=config.server.rounds,
+            summed=most_summed(config),
+        )
 
         def client_phases(side: ClientSide) -> Mapping[str, ClientHandler]:
-            return HEClientPhases(side, secret).handlers()
+            return HEClientPhases(side, secret, flooding).handlers()
 
         if setup.partial:  # a Flower node: the client half only
             return Algorithm("he", client_phases=client_phases)
         if public is None:
             assert public_file is not None
             public = read_context(public_file, "he.public_context")
-        return Algorithm("he", exchange=HEExchange(public), client_phases=client_phases)
+        degree, scale = he.context_parameters(public)
+        return Algorithm(
+            "he",
+            server=flooding_record(flooding, degree, scale),
+            exchange=HEExchange(public),
+            client_phases=client_phases,
+        )
+
+
+def most_summed(config: Config) -> int:
+    """The most updates one encrypted sum can hold: the cohort's size
+    (``server.clients_per_round``), or every client under Poisson sampling, whose
+    cohort size varies."""
+    clients = config.data.num_clients
+    if config.server.sampling == "poisson":
+        return clients
+    return min(config.server.clients_per_round, clients)
+
+
+def flooding_record(flooding: Flooding, degree: int, scale: float) -> ServerPlugin:
+    """A server plug-in that adds the decryption's noise to the round record's ``he``
+    entry once a client decrypted: ``flooding_bits``, ``flooding_std`` (the flooding
+    noise per value of the decrypted sum, as the decrypting client computes it from the
+    same settings) and ``mean_error_std`` (per value of the mean the pipeline gets: the
+    flooding and CKKS's error of the accepted clients' sum, over the accepted weight).
+    Value units. (Defined here, on first use: the plug-in base imports torch, which a
+    config load must not.)
+
+    Args:
+        flooding: the decrypting clients' settings.
+        degree: the ring dimension N of the federation's keys.
+        scale: their encoding scale.
+    """
+    from fedllm.secure import he
+    from fedllm.server.plugin import ServerPlugin
+
+    class FloodingRecord(ServerPlugin):
+        name = "he"
+
+        def end_round(self, ctx: RoundContext) -> None:
+            costs = ctx.record.extra.get("he")
+            if not isinstance(costs, dict) or "decrypted_by" not in costs:
+                return
+            noise = flooding.std(degree, scale)
+            ckks = he.decryption_error_std(degree, scale, len(ctx.record.accepted))
+            costs.update(
+                flooding_bits=flooding.bits,
+                flooding_std=noise,
+                mean_error_std=math.hypot(noise, ckks) / ctx.accepted_weight,
+            )
+
+    return FloodingRecord()
 
 
 def read_context(path: str, setting: str) -> bytes:
