@@ -4,23 +4,42 @@ a clean abort beyond what the threshold tolerates, uniform masked inputs, refusa
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from fedllm.client.secagg import ADVERTISE, COHORT, PUBLIC, SIGNATURE, SecAggClientPhases
+from fedllm.client.side import ClientSide
+from fedllm.deploy.certs import node_key_pair
+from fedllm.message import Message
 from fedllm.secure import shamir
 from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.errors import AuthenticationError, SecAggAbort, SecAggViolation
 from fedllm.secure.graph import default_degree, neighbours
+from fedllm.secure.keys import (
+    agree,
+    context_label,
+    generate_key_pair,
+    load_node_key,
+    load_node_public_key,
+    open_sealed,
+    sign_advertised,
+    verify_advertised,
+)
+from fedllm.secure.messages import encode_ids, unpack_plaintext
 from fedllm.secure.params import RoundParams, default_threshold, tolerated_dropouts
 from fedllm.secure.randomness import SeededRandomness
 from fedllm.secure.ring import RingSpec
 from fedllm.secure.server_round import SecAggServer
 from fedllm.secure.shamir import SHARE_BYTES
 from fedllm.secure.simulate import PHASES, simulate_round
+
+Signers = dict[str, ec.EllipticCurvePrivateKey]
 
 
 def _inputs(n: int, size: int, spec: RingSpec, seed: int = 0) -> dict[str, np.ndarray]:
@@ -372,3 +391,125 @@ def test_a_client_refuses_a_request_for_both_secrets_or_a_second_request() -> No
     with pytest.raises(SecAggViolation, match="asked for unmask while at done"):
         client.unmask([], near)  # ... then every mask-key share: refused
     assert len(first) == k
+
+
+# -- issue 25 (8d): advertised keys signed with the nodes' authentication keys ----------
+
+
+def _node_keys(ids: list[str]) -> dict[str, ec.EllipticCurvePrivateKey]:
+    """Each client's node key, in the format ``fedllm deploy certs`` writes (OpenSSH)."""
+    return {c: load_node_key(node_key_pair(f"node-{c}")[0]) for c in ids}
+
+
+def _neighbourhood(signed: bool) -> tuple[dict[str, SecAggClient], SecAggServer, Signers]:
+    """Five clients, k = 4, t = 3, after advertising; with a roster of their node keys
+    (read back from the public key lines) if ``signed``."""
+    ids = ["a", "b", "c", "d", "e"]
+    pairs = {c: node_key_pair(f"node-{c}") for c in ids}
+    signers = {c: load_node_key(private) for c, (private, _) in pairs.items()}
+    roster = {c: load_node_public_key(public) for c, (_, public) in pairs.items()}
+    params = RoundParams(RingSpec(16, 1.0, 5), 3, 6)
+    clients = {
+        c: SecAggClient(c, params, ids, SeededRandomness(2, c), signers[c], roster)
+        if signed
+        else SecAggClient(c, params, ids, SeededRandomness(2, c))
+        for c in ids
+    }
+    server = SecAggServer(params, ids, 4, 0, 3, roster=roster if signed else None)
+    for c, client in clients.items():
+        server.receive_keys(c, *client.advertise(), client.signature)
+    return clients, server, signers
+
+
+def test_signed_rounds_give_the_exact_sum_and_a_wrong_signer_is_dropped() -> None:
+    n = 8
+    params, degree = _round(n)
+    inputs = _inputs(n, 16, params.spec)
+    signers = _node_keys(sorted(inputs))
+    outcome = simulate_round(inputs, params, degree, 4, signers=signers)
+    assert outcome.abort is None and outcome.dropped == {}
+    assert outcome.total is not None
+    assert np.array_equal(outcome.total, _plain_sum(inputs, sorted(inputs)))
+    # client_03 signs with a key that is not its node's: the server drops it at once
+    impostor = ec.generate_private_key(ec.SECP384R1())
+    original = SecAggClient.advertise
+
+    def advertise(self: SecAggClient) -> tuple[bytes, bytes]:
+        if self.client_id == "client_03":
+            self.signer = impostor
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SecAggClient, "advertise", advertise)
+        outcome = simulate_round(inputs, params, degree, 4, signers=signers)
+    assert outcome.abort is None and list(outcome.dropped) == ["client_03"]
+    assert "signature" in outcome.dropped["client_03"]
+    assert outcome.total is not None
+    assert np.array_equal(outcome.total, _plain_sum(inputs, sorted(set(inputs) - {"client_03"})))
+
+
+def test_unsigned_keys_let_a_server_that_swaps_one_read_the_shares() -> None:
+    """The honest-but-curious model's limit, shown: the attack the signatures stop."""
+    clients, server, _ = _neighbourhood(signed=False)
+    request = server.share_requests()["a"]
+    victim = sorted(request)[0]
+    attacker = generate_key_pair(SeededRandomness(99))
+    swapped = {**request, victim: attacker.public + request[victim][32:]}
+    sealed = clients["a"].share_keys(swapped)
+    key = agree(attacker.private, server.keys["a"][0], context_label("encrypt", 6, "a", victim))
+    plaintext = open_sealed(key, sealed[victim], sender="a", recipient=victim, round_id=6)
+    assert unpack_plaintext(plaintext)[0] == sorted(clients).index(victim) + 1
+
+
+FORGERIES = [
+    "encryption key swapped",
+    "mask key swapped",
+    "re-signed by the server",
+    "signed for another round",
+    "another client's keys",
+    "no signature",
+    "not in the roster",
+]
+
+
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_client_refuses_keys_its_neighbour_did_not_sign(forgery: str) -> None:
+    clients, server, signers = _neighbourhood(signed=True)
+    request = server.share_requests()["a"]
+    victim, other = sorted(request)[:2]
+    attacker = generate_key_pair(SeededRandomness(99)).public
+    public_c, public_s = server.keys[victim]
+    signature = server.signatures[victim]
+    forged = {
+        "encryption key swapped": attacker + public_s + signature,
+        "mask key swapped": public_c + attacker + signature,
+        "re-signed by the server": attacker
+        + public_s
+        + sign_advertised(ec.generate_private_key(ec.SECP384R1()), 6, victim, attacker, public_s),
+        "signed for another round": attacker
+        + public_s
+        + sign_advertised(signers[victim], 5, victim, attacker, public_s),
+        "another client's keys": request[other],
+        "no signature": attacker + public_s,
+        "not in the roster": request[victim],
+    }[forgery]
+    client = clients["a"]
+    if forgery == "not in the roster":
+        assert client.roster is not None
+        client.roster = {c: k for c, k in client.roster.items() if c != victim}
+    error = SecAggViolation if forgery == "no signature" else AuthenticationError
+    with pytest.raises(error, match="signature" if forgery == "no signature" else repr(victim)):
+        client.share_keys({**request, victim: forged})
+    fresh, honest_server, _ = _neighbourhood(signed=True)
+    assert fresh["a"].share_keys(honest_server.share_requests()["a"])  # genuine keys pass
+
+
+def test_the_client_phases_send_the_signature_with_the_keys() -> None:
+    signer = _node_keys(["a"])["a"]
+    params = RoundParams(RingSpec(16, 1.0, 3), 2, 1)
+    phases = SecAggClientPhases(cast(ClientSide, None), 0, True, signer=signer)
+    request = Message(config={**params.to_config(), COHORT: encode_ids(["a", "b", "c"])})
+    reply = phases.handlers()[ADVERTISE]("a", ADVERTISE, request)
+    public, signature = reply.config[PUBLIC], reply.config[SIGNATURE]
+    assert isinstance(public, bytes) and isinstance(signature, bytes)
+    verify_advertised({"a": signer.public_key()}, signature, 1, "a", public[:32], public[32:])

@@ -19,12 +19,14 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedllm.client.flat import flatten
 from fedllm.client.side import NUM_EXAMPLES, ClientSide
 from fedllm.message import ConfigValue, Message
 from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.errors import SecAggError, SecAggViolation
+from fedllm.secure.keys import Roster
 from fedllm.secure.masking import wire_dtype
 from fedllm.secure.messages import decode_ids, pack_keys, pack_map, unpack_map
 from fedllm.secure.params import RoundParams
@@ -41,6 +43,7 @@ PHASES = (ADVERTISE, SHARE, MASKED, UNMASK)
 
 COHORT = "secagg.cohort"
 PUBLIC = "secagg.public"
+SIGNATURE = "secagg.signature"
 KEYS = "secagg.keys"
 SHARES = "secagg.shares"
 SURVIVORS = "secagg.survivors"
@@ -65,6 +68,9 @@ class SecAggClientPhases:
         seed: the run seed (the simulator's key material derives from it).
         deterministic: seeded key material (simulation) or the OS CSPRNG (deployment).
         noise_std: the distributed DP noise each client adds (None: none).
+        signer: this node's authentication key: its advertised keys go out signed.
+        roster: every client's node public key: neighbours' keys are verified against
+            it before any secret is derived (None: taken as forwarded).
     """
 
     def __init__(
@@ -73,8 +79,11 @@ class SecAggClientPhases:
         seed: int,
         deterministic: bool,
         noise_std: NoiseStd | None = None,
+        signer: ec.EllipticCurvePrivateKey | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self.side = side
+        self.signer, self.roster = signer, roster
         self.seed = seed
         self.deterministic = deterministic
         self.noise_std = noise_std
@@ -109,9 +118,11 @@ class SecAggClientPhases:
             raise SecAggViolation(str(error)) from error
         cohort = decode_ids(_bytes(message, COHORT))
         rng = self._randomness("keys", params.round_id, client_id)
-        client = SecAggClient(client_id, params, cohort, rng)
+        client = SecAggClient(client_id, params, cohort, rng, self.signer, self.roster)
         self.rounds[client_id] = client
-        return Message(config={PUBLIC: pack_keys(*client.advertise())})
+        public = pack_keys(*client.advertise())
+        signed = {SIGNATURE: client.signature} if client.signature else {}
+        return Message(config={PUBLIC: public, **signed})
 
     def _share(self, client_id: ClientId, message: Message) -> Message:
         sealed = self._client(client_id).share_keys(unpack_map(_bytes(message, KEYS)))

@@ -31,6 +31,7 @@ from fedllm.client.secagg import (
     REVEALED,
     SHARE,
     SHARES,
+    SIGNATURE,
     SURVIVORS,
     UNMASK,
 )
@@ -41,6 +42,7 @@ from fedllm.protocol.hidden import count_hidden, fold_revealed, refuse_hidden
 from fedllm.protocol.tally import Tally
 from fedllm.secure.errors import SecAggAbort, SecAggError, SecAggViolation
 from fedllm.secure.graph import default_degree
+from fedllm.secure.keys import Roster
 from fedllm.secure.messages import encode_ids, pack_map, unpack_keys, unpack_map
 from fedllm.secure.params import RoundParams, default_threshold
 from fedllm.secure.ring import RingSpec, dequantise_sum
@@ -66,6 +68,8 @@ class SecAggSettings:
         degree: neighbours per client, or None for the default of the cohort's size.
         threshold: shares that recover a secret, or None for the default.
         min_survivors: the fewest masked inputs whose sum may be revealed (>= 2).
+        roster: every client's node public key where the clients sign their advertised
+            keys (the server drops a client whose signature fails); None: unsigned.
     """
 
     bits: int
@@ -74,6 +78,7 @@ class SecAggSettings:
     degree: int | None
     threshold: int | None
     min_survivors: int
+    roster: Roster | None = None
 
 
 class SecAggExchange:
@@ -100,7 +105,7 @@ class SecAggExchange:
         size = sum(t.numel() for t in ctx.params.values())
         params = RoundParams(self.spec, threshold, ctx.round)
         graph_seed = derive_seed(ctx.seed, "secagg-graph")
-        return SecAggServer(params, ctx.cohort, degree, graph_seed, size, s.min_survivors)
+        return SecAggServer(params, ctx.cohort, degree, graph_seed, size, s.min_survivors, s.roster)
 
 
 class _RoundState:
@@ -196,7 +201,9 @@ class _Advertise:
         self.state.take(
             client_id,
             "advertise",
-            lambda: server.receive_keys(client_id, *unpack_keys(_payload(reply, PUBLIC))),
+            lambda: server.receive_keys(
+                client_id, *unpack_keys(_payload(reply, PUBLIC)), _signature(reply)
+            ),
         )
 
     def finish(self) -> None:
@@ -343,6 +350,13 @@ class _Unmask:
 def _refusal(reply: Message) -> str | None:
     value = reply.config.get(REFUSED) if isinstance(reply.config, dict) else None
     return None if value is None else str(value)
+
+
+def _signature(reply: Message) -> bytes:
+    value = reply.config.get(SIGNATURE, b"")
+    if not isinstance(value, bytes):
+        raise SecAggViolation(f"the reply's {SIGNATURE!r} is not bytes")
+    return value
 
 
 def _payload(reply: Message, key: str) -> bytes:

@@ -3,8 +3,11 @@
 Phases, in order (each method once; anything else is a :class:`SecAggViolation`):
 
 1. :meth:`SecAggClient.advertise`: two fresh X25519 key pairs, one to seal share
-   messages (``c``), one to agree pairwise masks (``s``); the public halves go out.
-2. :meth:`SecAggClient.share_keys`: given its live neighbours' public keys, a fresh
+   messages (``c``), one to agree pairwise masks (``s``); the public halves go out,
+   signed with the node's authentication key where it has one
+   (:attr:`SecAggClient.signature`).
+2. :meth:`SecAggClient.share_keys`: given its live neighbours' public keys (each
+   signature verified against the roster first, where there is one), a fresh
    self-mask seed ``b``; ``b`` and the mask private key are Shamir-shared t-of-k among
    those neighbours, each neighbour's two shares sealed to it.
 3. :meth:`SecAggClient.mask`: given the share messages addressed to it (their senders
@@ -24,13 +27,30 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
 from numpy.typing import NDArray
 
 from fedllm.secure import shamir
 from fedllm.secure.errors import SecAggAbort, SecAggViolation
-from fedllm.secure.keys import KeyPair, agree, context_label, generate_key_pair, open_sealed, seal
+from fedllm.secure.keys import (
+    KeyPair,
+    Roster,
+    agree,
+    context_label,
+    generate_key_pair,
+    open_sealed,
+    seal,
+    sign_advertised,
+    verify_advertised,
+)
 from fedllm.secure.masking import ENCRYPT_PURPOSE, add_mask, pair_sign, pairwise_seed
-from fedllm.secure.messages import pack_plaintext, pack_revealed, unpack_keys, unpack_plaintext
+from fedllm.secure.messages import (
+    pack_plaintext,
+    pack_revealed,
+    unpack_keys,
+    unpack_plaintext,
+    unpack_signed_keys,
+)
 from fedllm.secure.params import RoundParams
 from fedllm.secure.prg import SEED_BYTES
 from fedllm.secure.randomness import Randomness
@@ -67,10 +87,22 @@ class SecAggClient:
         cohort: every client the round started with (fixes the share x-coordinates).
         rng: key material, seeds, Shamir coefficients and nonces (a CSPRNG in
             deployment, seeded in simulation).
+        signer: the node's authentication key, which signs the advertised keys; None:
+            they go unsigned.
+        roster: every client's node public key; given, each neighbour's keys must
+            carry its node's signature for this round, or the client refuses the
+            round; None: neighbours' keys are taken as the server forwards them
+            (honest-but-curious server).
     """
 
     def __init__(
-        self, client_id: str, params: RoundParams, cohort: Sequence[str], rng: Randomness
+        self,
+        client_id: str,
+        params: RoundParams,
+        cohort: Sequence[str],
+        rng: Randomness,
+        signer: ec.EllipticCurvePrivateKey | None = None,
+        roster: Roster | None = None,
     ) -> None:
         self.client_id = client_id
         self.params = params
@@ -83,12 +115,20 @@ class SecAggClient:
         self._self_seed = b""
         self._peers: dict[str, tuple[bytes, bytes]] = {}
         self._held: dict[str, _Held] = {}
+        self.signer, self.roster = signer, roster
+        self.signature = b""
+        """The signature of the advertised keys (empty without a signer)."""
 
     def advertise(self) -> tuple[bytes, bytes]:
-        """Phase 1: fresh key pairs; their (encryption, mask) public keys."""
+        """Phase 1: fresh key pairs; their (encryption, mask) public keys (signed into
+        :attr:`signature` where there is a signer)."""
         self._enter(_ADVERTISE)
         self._c = generate_key_pair(self.rng)
         self._s = generate_key_pair(self.rng)
+        if self.signer is not None:
+            self.signature = sign_advertised(
+                self.signer, self.params.round_id, self.client_id, self._c.public, self._s.public
+            )
         return self._c.public, self._s.public
 
     def share_keys(self, neighbour_keys: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -96,7 +136,8 @@ class SecAggClient:
         the mask private key.
 
         Args:
-            neighbour_keys: live neighbour id -> its ``pk_c || pk_s``.
+            neighbour_keys: live neighbour id -> its ``pk_c || pk_s`` (``|| signature``
+                with a roster).
 
         Returns:
             neighbour id -> sealed share message.
@@ -106,6 +147,8 @@ class SecAggClient:
                 recovered).
             SecAggViolation: itself or an id outside the cohort among them, or a
                 malformed key.
+            AuthenticationError: with a roster, a neighbour's keys without its node's
+                valid signature for this round (the server substituted them).
         """
         self._enter(_SHARE)
         assert self._c is not None and self._s is not None
@@ -117,7 +160,7 @@ class SecAggClient:
                 f"client {self.client_id!r} has {len(neighbour_keys)} live neighbour(s), "
                 f"fewer than the threshold {t}"
             )
-        self._peers = {v: unpack_keys(keys) for v, keys in neighbour_keys.items()}
+        self._peers = {v: self._verified(v, keys) for v, keys in neighbour_keys.items()}
         indices = {v: share_index(self.cohort, v) for v in self._peers}
         self._self_seed = self.rng.random_bytes(SEED_BYTES)
         b_shares = shamir.split(self._self_seed, t, list(indices.values()), self.rng)
@@ -224,6 +267,15 @@ class SecAggClient:
             if u in self._held:
                 revealed[u] = pack_revealed(self.index, self._held[u].mask_key)
         return revealed
+
+    def _verified(self, peer: str, data: bytes) -> tuple[bytes, bytes]:
+        """A neighbour's keys, checked against its node's signature where there is a
+        roster (before any secret is derived from them)."""
+        if self.roster is None:
+            return unpack_keys(data)
+        public_c, public_s, signature = unpack_signed_keys(data)
+        verify_advertised(self.roster, signature, self.params.round_id, peer, public_c, public_s)
+        return public_c, public_s
 
     def _pair_key(self, peer: str, peer_public_c: bytes) -> bytes:
         assert self._c is not None

@@ -7,17 +7,22 @@ and no two uses share one). Share messages are sealed with ChaCha20-Poly1305 who
 associated data binds the sender, the recipient and the round: a ciphertext the
 server redirects to another recipient, or replays in another round, fails to open.
 
-The public keys are not authenticated here: this is the semi-honest (honest-but-
-curious server) variant of SecAgg+. Against a server that substitutes keys, the
-advertised keys must be signed with long-term identity keys.
+Without more, the public keys are not authenticated: the semi-honest (honest-but-
+curious server) variant of SecAgg+. Where nodes hold long-term authentication keys
+(``fedllm deploy certs``: EC P-384, OpenSSH format), a client signs the keys it
+advertises, bound to its id and the round (:func:`sign_advertised`), and every other
+client verifies them against the roster of node public keys (:func:`verify_advertised`)
+before deriving any pairwise secret: a server that substitutes keys is caught.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -29,6 +34,7 @@ __all__ = [
     "KEY_BYTES",
     "KeyPair",
     "Randomness",
+    "Roster",
     "SeededRandomness",
     "SystemRandomness",
     "agree",
@@ -36,9 +42,16 @@ __all__ = [
     "context_label",
     "generate_key_pair",
     "load_key_pair",
+    "load_node_key",
+    "load_node_public_key",
     "open_sealed",
     "seal",
+    "sign_advertised",
+    "verify_advertised",
 ]
+
+Roster = Mapping[str, ec.EllipticCurvePublicKey]
+"""Client id -> the public authentication key of the node that answers for it."""
 
 KEY_BYTES = 32
 """A raw X25519 key, public or private, and a derived symmetric key."""
@@ -175,6 +188,78 @@ def open_sealed(key: bytes, sealed: bytes, *, sender: str, recipient: str, round
             f"the message from {sender!r} to {recipient!r} in round {round_id} failed "
             "authentication (tampered or redirected)"
         ) from error
+
+
+def sign_advertised(
+    signer: ec.EllipticCurvePrivateKey,
+    round_id: int,
+    client_id: str,
+    public_c: bytes,
+    public_s: bytes,
+) -> bytes:
+    """A client's signature (ECDSA, SHA-384, DER) of the two keys it advertises, bound to
+    its id and the round."""
+    message = _advertised(round_id, client_id, public_c, public_s)
+    return signer.sign(message, ec.ECDSA(hashes.SHA384()))
+
+
+def verify_advertised(
+    roster: Roster,
+    signature: bytes,
+    round_id: int,
+    client_id: str,
+    public_c: bytes,
+    public_s: bytes,
+) -> None:
+    """Check that ``client_id``'s node signed these keys for this round.
+
+    Raises:
+        AuthenticationError: the client has no key in the roster, or the signature does
+            not verify (keys substituted, or signed for another client or round).
+    """
+    if client_id not in roster:
+        raise AuthenticationError(f"client {client_id!r} has no authentication key in the roster")
+    message = _advertised(round_id, client_id, public_c, public_s)
+    try:
+        roster[client_id].verify(signature, message, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature as error:
+        raise AuthenticationError(
+            f"the keys advertised for {client_id!r} in round {round_id} do not carry its "
+            "node's signature (substituted, or signed for another client or round)"
+        ) from error
+
+
+def load_node_key(data: bytes) -> ec.EllipticCurvePrivateKey:
+    """A node's authentication private key (``node-<i>.key``: OpenSSH, or PEM).
+
+    Raises:
+        ValueError: not an unencrypted elliptic-curve private key.
+    """
+    try:
+        key = serialization.load_ssh_private_key(data, password=None)
+    except ValueError:
+        key = serialization.load_pem_private_key(data, password=None)  # type: ignore[assignment]
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"a node key must be an elliptic-curve key, not {type(key).__name__}")
+    return key
+
+
+def load_node_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
+    """A node's authentication public key (``node-<i>.pub``: an OpenSSH line).
+
+    Raises:
+        ValueError: not an elliptic-curve public key.
+    """
+    key = serialization.load_ssh_public_key(data)
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError(f"a node key must be an elliptic-curve key, not {type(key).__name__}")
+    return key
+
+
+def _advertised(round_id: int, client_id: str, public_c: bytes, public_s: bytes) -> bytes:
+    if len(public_c) != KEY_BYTES or len(public_s) != KEY_BYTES:
+        raise SecAggViolation(f"advertised keys are {KEY_BYTES} bytes each")
+    return _encode_parts(_DOMAIN, "advertise", str(round_id), client_id) + public_c + public_s
 
 
 def _pair(private: X25519PrivateKey) -> KeyPair:

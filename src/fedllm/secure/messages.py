@@ -1,7 +1,9 @@
 """The byte layouts of the per-phase payloads (all fit a message's config as bytes).
 
-* advertise reply: ``{"pk_c": 32 bytes, "pk_s": 32 bytes}``;
-* share-keys request: neighbour id -> ``pk_c || pk_s`` (64 bytes);
+* advertise reply: ``{"pk_c": 32 bytes, "pk_s": 32 bytes}``, and the client's
+  signature of them where nodes hold authentication keys;
+* share-keys request: neighbour id -> ``pk_c || pk_s`` (64 bytes) ``|| signature``
+  (DER, where signed);
 * share-keys reply: neighbour id -> sealed share message;
 * masked-input request: sender id -> sealed share message addressed to the receiver;
 * masked-input reply: the masked vector (int64 array);
@@ -31,6 +33,9 @@ DROPPED = "dropped"
 """The unmask request's neighbours that shared keys but sent no masked input: reveal
 mask-key shares."""
 
+MAX_SIGNATURE_BYTES = 160
+"""The longest signature a share-keys entry may carry (ECDSA P-521 in DER is 139)."""
+
 _INDEX_BYTES = 4
 PLAINTEXT_BYTES = _INDEX_BYTES + 2 * SHARE_BYTES
 REVEALED_BYTES = _INDEX_BYTES + SHARE_BYTES
@@ -56,9 +61,9 @@ def decode_ids(data: bytes) -> list[str]:
     return ids
 
 
-def pack_keys(public_c: bytes, public_s: bytes) -> bytes:
-    """A neighbour's two public keys as one 64-byte value."""
-    return public_c + public_s
+def pack_keys(public_c: bytes, public_s: bytes, signature: bytes = b"") -> bytes:
+    """A neighbour's two public keys as one 64-byte value, then its signature (if any)."""
+    return public_c + public_s + signature
 
 
 def unpack_keys(data: bytes) -> tuple[bytes, bytes]:
@@ -70,6 +75,22 @@ def unpack_keys(data: bytes) -> tuple[bytes, bytes]:
     if len(data) != 2 * KEY_BYTES:
         raise SecAggViolation(f"a neighbour's keys are {2 * KEY_BYTES} bytes, not {len(data)}")
     return data[:KEY_BYTES], data[KEY_BYTES:]
+
+
+def unpack_signed_keys(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The (encryption, mask) public keys and the signature of :func:`pack_keys`.
+
+    Raises:
+        SecAggViolation: no signature, or not 64 bytes of keys and one signature.
+    """
+    keys, signature = data[: 2 * KEY_BYTES], data[2 * KEY_BYTES :]
+    if not 0 < len(signature) <= MAX_SIGNATURE_BYTES:
+        raise SecAggViolation(
+            f"signed keys are {2 * KEY_BYTES} bytes and a signature of 1 to "
+            f"{MAX_SIGNATURE_BYTES}, not {len(data)} bytes"
+        )
+    public_c, public_s = unpack_keys(keys)
+    return public_c, public_s, signature
 
 
 def pack_plaintext(index: int, b_share: bytes, s_share: bytes) -> bytes:

@@ -111,12 +111,29 @@ def collusion_statement(min_clients: int, colluders: int) -> str:
     )
 
 
-THREAT_MODEL = (
-    "SecAgg+ here is the semi-honest variant: advertised keys are not signed, so updates "
-    "are hidden from an honest-but-curious server (and from up to t - 1 colluding "
-    "neighbours of a client), not from a server that substitutes keys"
-)
-"""What SecAgg+ protects against, for the start banner and the docs."""
+def threat_model(signed: bool) -> str:
+    """What SecAgg+ protects against, for the start banner and the docs.
+
+    Args:
+        signed: the clients sign their advertised keys with their nodes'
+            authentication keys and verify them against the roster.
+    """
+    if not signed:
+        return (
+            "SecAgg+ here is the semi-honest variant: advertised keys are not signed, so "
+            "updates are hidden from an honest-but-curious server (and from up to t - 1 "
+            "colluding neighbours of a client), not from a server that substitutes keys"
+        )
+    return (
+        "SecAgg+ with signed keys: each client verifies its neighbours' advertised keys "
+        "against the roster of node keys, so the server cannot substitute them; it is "
+        "still trusted to report who dropped truthfully (no consistency-check round)"
+    )
+
+
+THREAT_MODEL = threat_model(signed=False)
+"""The threat model of a run whose advertised keys are unsigned (every run today: the
+nodes' keys and roster are not yet passed to the protocol)."""
 
 
 @dataclass(frozen=True)

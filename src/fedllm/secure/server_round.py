@@ -37,7 +37,7 @@ from fedllm.secure import shamir
 from fedllm.secure.client_round import share_index
 from fedllm.secure.errors import SecAggAbort, SecAggViolation
 from fedllm.secure.graph import neighbours
-from fedllm.secure.keys import check_public_key, load_key_pair
+from fedllm.secure.keys import Roster, check_public_key, load_key_pair, verify_advertised
 from fedllm.secure.masking import add_mask, pair_sign, pairwise_seed
 from fedllm.secure.messages import pack_keys, unpack_revealed
 from fedllm.secure.params import RoundParams
@@ -66,6 +66,10 @@ class SecAggServer:
         size: the length of every input vector.
         min_survivors: the fewest masked inputs whose sum may be revealed (at least 2:
             the sum of one input is that input).
+        roster: every client's node public key, where nodes sign their advertised
+            keys: a client whose signature does not verify is dropped at once (else
+            each of its neighbours would refuse the round). None: signatures, if any,
+            are forwarded unchecked.
 
     Raises:
         ValueError: an invalid cohort, degree, threshold or minimum.
@@ -79,6 +83,7 @@ class SecAggServer:
         graph_seed: int,
         size: int,
         min_survivors: int = 2,
+        roster: Roster | None = None,
     ) -> None:
         if min_survivors < 2:
             raise ValueError(f"min_survivors = {min_survivors} must be >= 2")
@@ -90,7 +95,9 @@ class SecAggServer:
         self.size = size
         self.min_survivors = min_survivors
         self.dropped: dict[str, str] = {}
+        self.roster = roster
         self.keys: dict[str, tuple[bytes, bytes]] = {}  # U1: (pk_c, pk_s)
+        self.signatures: dict[str, bytes] = {}
         self.shared: set[str] = set()  # U2
         self._routes: dict[str, dict[str, bytes]] = {}  # recipient -> sender -> sealed
         self.masked: set[str] = set()  # U3
@@ -103,19 +110,28 @@ class SecAggServer:
 
     # -- phase 1: advertise keys ---------------------------------------------------------
 
-    def receive_keys(self, client_id: str, public_c: bytes, public_s: bytes) -> None:
-        """A client's two public keys (phase 1 reply)."""
+    def receive_keys(
+        self, client_id: str, public_c: bytes, public_s: bytes, signature: bytes = b""
+    ) -> None:
+        """A client's two public keys and its signature of them, if any (phase 1 reply)."""
         self._check_member(client_id)
         try:
             check_public_key(public_c)
             check_public_key(public_s)
+            if self.roster is not None:
+                verify_advertised(
+                    self.roster, signature, self.params.round_id, client_id, public_c, public_s
+                )
         except SecAggViolation as error:
             self.drop(client_id, f"advertised an invalid key: {error}")
             return
         self.keys[client_id] = (public_c, public_s)
+        if signature:
+            self.signatures[client_id] = signature
 
     def share_requests(self) -> dict[str, dict[str, bytes]]:
-        """Phase 2 requests: each client in U1 -> its live neighbours' ``pk_c || pk_s``.
+        """Phase 2 requests: each client in U1 -> its live neighbours' ``pk_c || pk_s``
+        (``|| signature`` where they signed).
 
         Raises:
             SecAggAbort: a client in U1 has fewer than t live neighbours.
@@ -126,7 +142,7 @@ class SecAggServer:
         for u in sorted(live):
             near = [v for v in self.graph[u] if v in live]
             self._enough(u, len(near), "neighbours that advertised keys")
-            requests[u] = {v: pack_keys(*self.keys[v]) for v in near}
+            requests[u] = {v: pack_keys(*self.keys[v], self.signatures.get(v, b"")) for v in near}
         return requests
 
     # -- phase 2: share keys -------------------------------------------------------------

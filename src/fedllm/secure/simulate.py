@@ -16,6 +16,7 @@ from functools import partial
 from typing import TypeVar
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
 from numpy.typing import NDArray
 
 from fedllm.secure.client_round import SecAggClient
@@ -75,6 +76,7 @@ def simulate_round(
     drops: Mapping[str, Set[str]] | None = None,
     min_survivors: int = 2,
     tamper: Tamper | None = None,
+    signers: Mapping[str, ec.EllipticCurvePrivateKey] | None = None,
 ) -> RoundOutcome:
     """Run one round among ``inputs``' clients.
 
@@ -86,6 +88,9 @@ def simulate_round(
         drops: phase name (:data:`PHASES`) -> clients that stop answering from it on.
         min_survivors: the fewest inputs whose sum may be revealed.
         tamper: rewrites each client's revealed shares before the server gets them.
+        signers: each client's node authentication key: the clients sign their
+            advertised keys and verify their neighbours' against the roster of these
+            keys' public halves (the server too); None: unsigned.
     """
     plan = {phase: set(drops.get(phase, ())) for phase in PHASES} if drops else {}
     cohort = sorted(inputs)
@@ -104,17 +109,22 @@ def simulate_round(
         cost.server_s += time.perf_counter() - start
         return value
 
-    server = timed_server(lambda: SecAggServer(params, cohort, degree, seed, size, min_survivors))
+    roster = {c: key.public_key() for c, key in signers.items()} if signers else None
+    server = timed_server(
+        lambda: SecAggServer(params, cohort, degree, seed, size, min_survivors, roster)
+    )
     clients: dict[str, SecAggClient] = {}
     try:
         for c in answering("advertise", set(cohort)):
             cost.bytes_down[c] += len(encode_ids(cohort))
             start = time.perf_counter()
-            clients[c] = SecAggClient(c, params, cohort, SeededRandomness(seed, "client", c))
+            signer = signers.get(c) if signers else None
+            rng = SeededRandomness(seed, "client", c)
+            clients[c] = SecAggClient(c, params, cohort, rng, signer, roster)
             keys = clients[c].advertise()
             cost.client_s[c] += time.perf_counter() - start
-            cost.bytes_up[c] += 64
-            timed_server(partial(server.receive_keys, c, *keys))
+            cost.bytes_up[c] += 64 + len(clients[c].signature)
+            timed_server(partial(server.receive_keys, c, *keys, clients[c].signature))
         requests = timed_server(server.share_requests)
         for c in answering("share", set(requests)):
             cost.bytes_down[c] += len(pack_map(requests[c]))
