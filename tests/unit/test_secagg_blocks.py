@@ -195,3 +195,4 @@ def test_distributed_noise_survives_the_tolerated_coalition_and_not_one_more(
         noise_shares(min_clients, fewest)
     assert noise_shares(min_clients, 0) == max(2, min_clients)  # the old m, unchanged
     assert f"up to {fewest - 1} client(s)" in collusion_statement(min_clients, fewest - 1)
+    assert "against the server alone" in collusion_statement(min_clients, 0)

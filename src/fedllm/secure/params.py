@@ -103,11 +103,12 @@ def collusion_statement(min_clients: int, colluders: int) -> str:
     """
     m = noise_shares(min_clients, colluders)
     fewest = min_sum_inputs(min_clients)
+    who = "the server alone" if colluders == 0 else f"the server and up to {colluders} client(s)"
     return (
-        f"distributed DP: the noise multiplier holds against the server colluding with up "
-        f"to {colluders} client(s) (secagg.tolerated_colluders; each client adds std "
-        f"z C / sqrt({m}), every revealed sum has >= {fewest} inputs); "
-        f"{colluders + 1} colluders would leave less noise than z C"
+        f"distributed DP: the noise multiplier holds against {who} "
+        f"(secagg.tolerated_colluders = {colluders}; each client adds std z C / sqrt({m}), "
+        f"every revealed sum has >= {fewest} inputs); {colluders + 1} colluding client(s) "
+        "could leave less noise than z C"
     )
 
 
