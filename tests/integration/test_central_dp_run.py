@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from fedllm.federation.runner import resume, run
 from fedllm.privacy.accountant import Mechanism, PrivacyAccountant
-from tests.support.runs import InterruptAfter, stable, tiny_config
+from tests.support.runs import InterruptAfter, InterruptDuring, stable, tiny_config
 
 DP = (
     "privacy.dp='central'",
@@ -110,3 +110,46 @@ def test_secure_randomness_gives_two_runs_of_one_config_different_noise(tmp_path
     assert any(not torch.equal(a[k], b[k]) for k in a)
     assert first.summary["randomness"]["mode"] == "secure"
     assert "CSPRNG" in second.summary["randomness"]["meaning"]
+
+
+def test_a_crash_after_the_stopping_round_s_checkpoint_does_not_play_past_the_budget(
+    tmp_path: Path,
+) -> None:
+    """Dies after round 3's checkpoint and line, before the summary: the resumed run
+    must see the spent budget before playing round 4 (issue 25, point 6)."""
+    accountant = PrivacyAccountant(Mechanism(1.0, 4, 2, "fixed"), 1e-5)
+    target = (accountant.epsilon(3) + accountant.epsilon(4)) / 2  # allows exactly 3 rounds
+    overrides = (*DP, "privacy.noise_multiplier=1.0", f"privacy.target_epsilon={target}")
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            tiny_config(*overrides, "server.rounds=6"), tmp_path / "cut", reporter=InterruptAfter(3)
+        )
+    resumed = resume(tmp_path / "cut")
+    assert max(r["round"] for r in resumed.records) == 3
+    assert resumed.summary["privacy"]["rounds_charged"] == 3
+    assert resumed.summary["privacy"]["epsilon"] <= target
+
+
+def test_a_round_interrupted_under_secagg_with_distributed_dp_is_charged_again(
+    tmp_path: Path,
+) -> None:
+    """The server saw round 2's noisy sum (or may have) before the crash; the replay
+    releases another: 3 rounds played, 4 charged."""
+    overrides = (
+        *DP,
+        "privacy.noise_multiplier=2.0",
+        "secagg.enabled=true",
+        "data.num_clients=4",
+        "server.clients_per_round=4",
+        "server.min_clients=3",
+        "server.rounds=3",
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptDuring(2, replies=14))
+    resumed = resume(tmp_path / "cut")
+    ledger = resumed.summary["privacy"]
+    assert [r["round"] for r in resumed.records if r["round"] > 0] == [1, 2, 3]
+    assert ledger["rounds_charged"] == 4 and ledger["replayed_rounds_charged"] == 1
+    accountant = PrivacyAccountant(Mechanism(2.0, 4, 4, "fixed"), 1e-5)
+    assert ledger["epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)
+    assert resumed.records[-1]["epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)

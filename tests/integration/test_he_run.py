@@ -58,7 +58,8 @@ def test_encrypted_and_plain_aggregation_give_the_same_model(
     assert diff.std().item() == pytest.approx(stated, rel=0.12)
     assert abs(diff.mean().item()) < 5 * stated / math.sqrt(diff.numel())
     assert diff.abs().max().item() < 6 * stated
-    assert record["train_loss"] == pytest.approx(plain.records[-1]["train_loss"], rel=1e-9)
+    # the clients' losses stay with them (issue 25, point 4): the plain run has one
+    assert record["train_loss"] is None and plain.records[-1]["train_loss"] is not None
 
 
 def test_a_client_that_drops_is_left_out_of_the_encrypted_sum(tmp_path: Path) -> None:

@@ -31,7 +31,9 @@ def test_secure_and_plain_aggregation_give_the_same_model(tmp_path: Path) -> Non
     secure = run(tiny_config(*FOUR, *SECAGG, "server.rounds=1"), tmp_path / "secure")
     record = secure.records[-1]
     assert record["secagg"]["masked"] == 4 and record["secagg"]["dropped"] == {}
-    assert all(m["secagg/clipped_share"] == 0 for m in record["client_metrics"].values())
+    # nothing per client beyond the public metrics reaches the record (issue 25, point 4)
+    for metrics in record["client_metrics"].values():
+        assert set(metrics) <= {"steps", "lr_sum", "train_s"}
     step = RingSpec(48, 0.5, 4).step
     a, b = final_adapter(plain.run_dir), final_adapter(secure.run_dir)
     assert a.keys() == b.keys()
@@ -41,7 +43,8 @@ def test_secure_and_plain_aggregation_give_the_same_model(tmp_path: Path) -> Non
         tolerance = step + 1e-6 * a[key].abs().max().item()
         assert torch.allclose(a[key], b[key], rtol=0, atol=tolerance), key
         moved = max(moved, (a[key] - b[key]).abs().max().item())
-    assert plain.records[-1]["train_loss"] == pytest.approx(record["train_loss"], rel=1e-9)
+    # the clients' losses stay with them (issue 25, point 4): the plain run has one
+    assert record["train_loss"] is None and plain.records[-1]["train_loss"] is not None
     assert moved > 0 or step < 1e-12  # the model went through the ring, not around it
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from fedllm.config import Config, load_config
+from fedllm.message import Reply
 from fedllm.report.progress import SilentReporter
-from fedllm.types import RoundRecord
+from fedllm.types import ClientId, RoundRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "tiny.toml"
@@ -47,3 +48,20 @@ class InterruptAfter(SilentReporter):
     def round_done(self, record: RoundRecord) -> None:
         if record.round == self.n:
             raise KeyboardInterrupt
+
+
+class InterruptDuring(SilentReporter):
+    """Raises KeyboardInterrupt at the ``replies``-th client reply of round ``n``: a
+    crash inside a round, after part of it was played."""
+
+    def __init__(self, n: int, replies: int = 1) -> None:
+        self.n, self.replies, self.round = n, replies, 0
+
+    def round_started(self, round_num: int, cohort_size: int) -> None:
+        self.round = round_num
+
+    def client_done(self, client_id: ClientId, reply: Reply) -> None:
+        if self.round == self.n:
+            self.replies -= 1
+            if self.replies == 0:
+                raise KeyboardInterrupt

@@ -66,10 +66,14 @@ class ClientPlugin:
         name: unique among the composed plug-ins; names its parts of messages
             and its state folder (``clients/<name>/``).
         keeps_state: give it a per-client state slot.
+        public_metrics: the reply metrics it adds that are no function of the data's
+            content (they travel under every disclosure; see
+            :mod:`fedllm.client.disclosure`).
     """
 
     name: str = ""
     keeps_state: bool = False
+    public_metrics: frozenset[str] = frozenset()
 
     def start(self, ctx: ClientContext, state: Params) -> Params:
         """The state to train from, given the broadcast (as changed by earlier plug-ins)."""

@@ -15,6 +15,7 @@ counts it as dropped at that phase.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -53,8 +54,7 @@ REFUSED = "secagg.refused"
 """Config keys of the phases' payloads (bytes) and of a refusal (its reason)."""
 MASKED_INPUT = "secagg/masked"
 """The array of a masked-input reply (int32 or int64, the flattened update's length)."""
-CLIPPED_SHARE = "secagg/clipped_share"
-"""Metric: the share of update entries outside [-clip_range, clip_range]."""
+LOGGER = logging.getLogger(__name__)
 
 NoiseStd = Callable[[Mapping[str, ConfigValue]], float]
 """The std of the distributed DP noise a client adds, from the broadcast's config."""
@@ -142,12 +142,19 @@ class SecAggClientPhases:
         if std > 0:
             vector = vector + draws.normal(0.0, std, vector.shape)
         clipped = float(np.mean(np.abs(vector) > spec.clip_range)) if vector.size else 0.0
+        if clipped > 0:  # a statistic of this client's update: said here, never sent
+            LOGGER.warning(
+                "client %s: %.3g%% of the update's entries exceed the ring's range %.3g and "
+                "are clipped (raise secagg.clip_range)",
+                client_id,
+                100 * clipped,
+                spec.clip_range,
+            )
         masked = wire_dtype(client.mask(quantise(vector, spec, draws)), spec.bits)
-        metrics = {**update.metrics, CLIPPED_SHARE: clipped}
         return Message(
             arrays={MASKED_INPUT: torch.from_numpy(masked)},
             config={NUM_EXAMPLES: update.num_examples},
-            metrics=metrics,
+            metrics=dict(update.metrics),  # the public ones only (ClientSide.run)
         )
 
     def _unmask(self, client_id: ClientId, message: Message) -> Message:

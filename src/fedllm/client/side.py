@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from fedllm.client.budget import client_steps
+from fedllm.client.disclosure import Disclosure, disclosed
 from fedllm.client.hooks import TrainHook
 from fedllm.client.plugin import ClientContext, ClientPlugin
 from fedllm.client.settings import ClientConfig
@@ -52,6 +53,8 @@ class ClientSide:
         plugins: the algorithms' client halves, in order.
         client_halves: the client side of the aggregation pipeline.
         store: where plug-ins keep per-client state (each in its own slot).
+        disclosure: which of the update's metrics the reply may carry
+            (:mod:`fedllm.client.disclosure`).
     """
 
     clients: Mapping[ClientId, ClientData]
@@ -62,6 +65,7 @@ class ClientSide:
     plugins: Sequence[ClientPlugin] = field(default_factory=tuple)
     client_halves: ClientHalves = no_stages
     store: ClientStateStore | None = None
+    disclosure: Disclosure = "all"
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.plugins]
@@ -98,7 +102,13 @@ class ClientSide:
             part = plugin.encode(ctx, update)
             if part:
                 update.parts[plugin.name] = part
-        return self.client_halves(update, message.config)
+        update = self.client_halves(update, message.config)
+        return replace(update, metrics=disclosed(update.metrics, self.disclosure, self.public))
+
+    @property
+    def public(self) -> frozenset[str]:
+        """The plug-ins' public metrics (they travel under every disclosure)."""
+        return frozenset().union(*(p.public_metrics for p in self.plugins))
 
     @staticmethod
     def reply(update: ClientUpdate) -> Message:

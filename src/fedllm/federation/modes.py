@@ -69,6 +69,11 @@ class Mode(Protocol):
         """States to export, lazily: ``("", global)`` or ``(client, state)`` per client."""
         ...
 
+    def charge_replayed(self, rounds: int) -> None:
+        """``rounds`` rounds after the last checkpoint had started before a crash and
+        will be played again: let the plug-ins charge what they released."""
+        ...
+
     def stop_reason(self) -> str | None:
         """Why the run must stop now, or None."""
         ...
@@ -156,6 +161,8 @@ class FederatedMode:
             ws.config.seed,
             counts_bytes,
             composition.exchange,
+            composition.disclosure,
+            composition.public_metrics,
         )
         side = client_side(ws, members.data, client_cfg, composition, store, self.pipeline.client)
         self.side = side
@@ -222,6 +229,10 @@ class FederatedMode:
 
     def transport_times(self) -> dict[str, float]:
         return transport_times(self.engine)
+
+    def charge_replayed(self, rounds: int) -> None:
+        for plugin in self.plugins:
+            plugin.charge_replayed(rounds)
 
     def stop_reason(self) -> str | None:
         for plugin in self.plugins:
@@ -299,6 +310,9 @@ class LocalMode:
     def transport_times(self) -> dict[str, float]:
         return transport_times(self.engine)
 
+    def charge_replayed(self, rounds: int) -> None:
+        pass  # clients alone release nothing to a server
+
     def stop_reason(self) -> str | None:
         return None
 
@@ -326,6 +340,7 @@ def client_side(
         composition.client_plugins,
         client_halves,
         store,
+        composition.disclosure,
     )
 
 

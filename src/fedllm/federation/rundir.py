@@ -5,6 +5,7 @@ Layout::
     config.toml       the resolved configuration
     metrics.jsonl     one JSON line per round (round 0 = before training)
     summary.json      the result, written at the end
+    started_round     the last round that started (a crash inside it is charged on resume)
     checkpoints/      round-NNNNN/ (safetensors + server state + RNG states)
     clients/          per-client persistent state (local mode)
     final/            the trained model in Hugging Face format
@@ -22,6 +23,8 @@ from typing import Any
 from fedllm.config import Config, dump_config, load_config
 
 MARKER = ".fedllm-run"
+STARTED = "started_round"
+"""The last round that started, written before it plays."""
 FLOWER_DONE = ".flower-done"
 """Written by the Flower ServerApp when it is done: the submission's token."""
 
@@ -32,6 +35,7 @@ RUN_ENTRIES = (
     "eval.json",
     "inspect.json",
     "audit.json",
+    STARTED,
     "checkpoints",
     "clients",
     "final",
@@ -134,6 +138,27 @@ class RunDir:
         if not self.config_path.exists():
             raise RunDirError(f"{self.root} is not a fedllm run directory (no config.toml)")
         return load_config(self.config_path, overrides)
+
+    @property
+    def started_path(self) -> Path:
+        return self.root / STARTED
+
+    def mark_started(self, round_num: int) -> None:
+        """Record, durably, that ``round_num`` is about to be played (a crash inside it
+        is then known on resume, see :meth:`started_round`)."""
+        temporary = self.started_path.with_suffix(".tmp")
+        with temporary.open("w") as file:
+            file.write(str(round_num))
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self.started_path)
+
+    def started_round(self) -> int:
+        """The last round that started (0 if none was marked)."""
+        try:
+            return int(self.started_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
 
     def append_metrics(self, line: dict[str, Any]) -> None:
         """Append one round's record and flush it to disk."""

@@ -199,7 +199,10 @@ def _train(
     rounds = config.server.rounds
     efficiency = Efficiency.of(ws)
     reporter.start(first_round, rounds, _header(ws, config))
+    if ckpt is not None:
+        first_round = _check_resumable(mode, rundir, ckpt.round, reporter, first_round, rounds)
     for round_num in range(first_round, rounds + 1):
+        rundir.mark_started(round_num)
         reporter.round_started(round_num, mode.cohort_size)
         round_start = time.perf_counter()
         record = mode.play_round(round_num, reporter.client_done)
@@ -231,6 +234,28 @@ def _train(
     rundir.write_summary(summary)
     reporter.finish(records, summary)
     return RunResult(rundir.root, summary, records)
+
+
+def _check_resumable(
+    mode: Mode, rundir: RunDir, checkpointed: int, reporter: Reporter, first: int, rounds: int
+) -> int:
+    """The first round a resumed run plays: past the last (``rounds + 1``) when a
+    plug-in already says stop, e.g. a budget spent before the crash.
+
+    Rounds that had started after the checkpoint were played in part; what they
+    released before the crash is charged first (:meth:`Mode.charge_replayed`)."""
+    replayed = max(0, rundir.started_round() - checkpointed)
+    if replayed:
+        mode.charge_replayed(replayed)
+        reporter.message(
+            f"round(s) {checkpointed + 1}-{checkpointed + replayed} had started before the "
+            "crash: what they released is charged before they are played again"
+        )
+    stop = mode.stop_reason()
+    if stop is None:
+        return first
+    reporter.message(f"not resuming past round {checkpointed}: {stop}")
+    return rounds + 1
 
 
 def _restore_metrics(rundir: RunDir, ckpt: Checkpoint) -> None:

@@ -57,7 +57,10 @@ def central_dp_stages(config: Config, population: int | None) -> list[Stage]:
         )
     update_noise = plan.update_noise if plan is not None else privacy.noise_multiplier or 0.0
     if config.secagg.enabled:  # the clients add the noise before masking (distributed DP)
-        shares = max(2, config.server.min_clients)  # the fewest sums a round reveals
+        from fedllm.secure.params import noise_shares
+
+        server, colluders = config.server, config.secagg.tolerated_colluders
+        shares = noise_shares(server.min_clients, colluders)  # survives the colluders
         return [ClipStage(clip), DistributedNoiseStage(update_noise, clip, shares)]
     return [
         ClipStage(clip),

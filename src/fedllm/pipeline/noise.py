@@ -107,12 +107,15 @@ class DistributedNoiseStage(GaussianNoiseStage):
     before masking, so the server never sees an update or a sum without noise.
 
     Each of n surviving clients adds N(0, (z C)^2 / m) per entry, m = ``shares`` (the
-    fewest clients a round may aggregate, ``server.min_clients``). Their sum carries
-    noise of std ``z C sqrt(n / m) >= z C`` whenever n >= m: at least the central
-    mechanism's, so the accountant's epsilon for multiplier z holds (rounds with fewer
-    than m survivors are never applied). The price is a std ``sqrt(n / m)`` times the
-    central one. The protocol draws the noise (:meth:`client_std` gives its scale), from
-    a CSPRNG on a distributed engine; this stage's halves pass updates through.
+    fewest inputs a revealed sum may have, ``max(2, server.min_clients)``, less the
+    colluding clients tolerated, ``secagg.tolerated_colluders``: see
+    :func:`fedllm.secure.params.noise_shares`). Their sum carries noise of std
+    ``z C sqrt(n / m) >= z C`` whenever n >= m, and still at least z C once c <= n_min - m
+    colluders subtract their own shares: so the accountant's epsilon for multiplier z
+    holds against them (rounds with too few survivors are never applied). The price is
+    a std ``sqrt(n / m)`` times the central one. The protocol draws the noise
+    (:meth:`client_std` gives its scale), from a CSPRNG on a distributed engine or under
+    ``run.randomness = 'secure'``; this stage's halves pass updates through.
 
     Args:
         noise_multiplier: z >= 0.

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from fedllm.client.disclosure import Disclosure
 from fedllm.client.side import TRAIN
 from fedllm.message import ROUND, Dropped, Message, Reply
 from fedllm.pipeline.stage import Pipeline, RoundReport
@@ -36,6 +37,9 @@ class TrainingSetup:
         counts_bytes: False where nothing crosses a network (pooled data).
         exchange: the round's phases (one ``train`` phase unless an algorithm brings
             its own protocol, e.g. secure aggregation).
+        disclosure: what of the clients' metrics the round's record may keep
+            (:mod:`fedllm.client.disclosure`).
+        public_metrics: the plug-ins' public reply metrics (kept under every disclosure).
     """
 
     pipeline: Pipeline
@@ -46,6 +50,8 @@ class TrainingSetup:
     seed: int = 0
     counts_bytes: bool = True
     exchange: Exchange | None = None
+    disclosure: Disclosure = "all"
+    public_metrics: frozenset[str] = frozenset()
 
 
 Exchange = Callable[[RoundContext, "TrainingSetup", Tally], Sequence[Phase]]
@@ -135,7 +141,7 @@ def run_round(
     ctx = RoundContext(round_num, list(cohort), state.params, seed, record)
     for plugin in setup.plugins:
         plugin.begin_round(ctx)
-    tally = Tally(record, setup.counts_bytes)
+    tally = Tally(record, setup.counts_bytes, setup.disclosure, setup.public_metrics)
     exchange = setup.exchange or plain_exchange
     run_phases(exchange(ctx, setup, tally), engine, tally, on_reply)
 

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Mapping
 
+from fedllm.client.disclosure import Disclosure, kept
 from fedllm.message import Dropped, Message, Reply
 from fedllm.types import ClientId, ClientUpdate, RoundRecord
 from fedllm.wire import message_bytes, try_message_bytes
@@ -22,11 +23,22 @@ class Tally:
         record: the round's record, filled in place.
         counts_bytes: False where nothing crosses a network (a client training alone,
             pooled data training where it lies).
+        disclosure: what of the clients' metrics the record keeps: under a privacy
+            mechanism only the public ones, and no training loss or token counts (the
+            protocol still reads every metric that reached it, e.g. the clip's bits).
+        public: the plug-ins' public metrics.
     """
 
-    def __init__(self, record: RoundRecord, counts_bytes: bool = True) -> None:
+    def __init__(
+        self,
+        record: RoundRecord,
+        counts_bytes: bool = True,
+        disclosure: Disclosure = "all",
+        public: frozenset[str] = frozenset(),
+    ) -> None:
         self.record = record
         self.counts_bytes = counts_bytes
+        self.disclosure, self.public = disclosure, public
         self.client_metrics: dict[str, dict[str, float]] = {}
         self.losses: list[float] = []
         self.counts = dict.fromkeys(COUNTED, 0.0)
@@ -69,9 +81,14 @@ class Tally:
         training time) and client metrics into the record."""
         train_s = time.perf_counter() - self.start
         self.record.time_s["train"] = train_s
+        self.record.extra["client_metrics"] = {
+            client: kept(metrics, self.disclosure, self.public)
+            for client, metrics in self.client_metrics.items()
+        }
+        if self.disclosure != "all":  # statistics of the cohort's data: not released
+            return
         for key, count in self.counts.items():
             self.record.extra[key] = int(count)
             if count > 0 and train_s > 0:
                 self.record.extra[f"{key}_per_s"] = count / train_s
         self.record.train_loss = sum(self.losses) / len(self.losses) if self.losses else None
-        self.record.extra["client_metrics"] = self.client_metrics

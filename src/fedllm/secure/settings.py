@@ -26,8 +26,8 @@ class SecAggConfig(Section):
         0.05,
         gt=0,
         description="Each update entry is clipped to [-clip_range, clip_range] before "
-        "quantisation (the entries' unit, e.g. a LoRA delta); the share clipped is reported "
-        "per client as secagg/clipped_share.",
+        "quantisation (the entries' unit, e.g. a LoRA delta); a client whose entries are "
+        "clipped warns in its own log (the share is a statistic of its update: never sent).",
     )
     degree: int | None = Field(
         None,

@@ -107,6 +107,10 @@ class ServerPlugin:
     def restore(self, tensors: Params, meta: dict[str, Any]) -> None:
         """Continue from what :meth:`state` returned."""
 
+    def charge_replayed(self, rounds: int) -> None:
+        """``rounds`` rounds past the restored checkpoint had started before a crash and
+        will be played again (a privacy ledger charges what they may have released)."""
+
     def stop_reason(self) -> str | None:
         """Why the run must stop after this round, or None to go on."""
         return None

@@ -31,6 +31,7 @@ class DPSGDPlugin(ClientPlugin):
     """
 
     name = "dp_sgd"
+    public_metrics = frozenset({EPSILON_METRIC})  # a function of the config and its steps
     keeps_state = True
 
     def __init__(

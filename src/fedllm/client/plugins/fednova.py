@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedllm.client.fednova import normalize
+from fedllm.client.fednova import NORM_METRIC, normalize
 from fedllm.client.plugin import ClientContext, ClientPlugin
 from fedllm.client.settings import ClientConfig
 from fedllm.types import ClientUpdate
@@ -16,6 +16,7 @@ class FedNovaPlugin(ClientPlugin):
     """
 
     name = "fednova"
+    public_metrics = frozenset({NORM_METRIC})  # a function of the config and the steps
 
     def __init__(self, cfg: ClientConfig) -> None:
         self.cfg = cfg

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fedllm.client.plugin import ClientContext, ClientPlugin
-from fedllm.client.rank import RankPlan
+from fedllm.client.rank import RANK_METRIC, RankPlan
 from fedllm.types import ClientUpdate, Params
 
 
@@ -16,6 +16,7 @@ class RankPlugin(ClientPlugin):
     """
 
     name = "rank"
+    public_metrics = frozenset({RANK_METRIC})  # assigned by the config
 
     def __init__(self, plan: RankPlan) -> None:
         self.plan = plan

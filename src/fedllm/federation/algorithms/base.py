@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
+from fedllm.client.disclosure import Disclosure, strictest
 from fedllm.components import ALGORITHMS, load_builtin
 
 if TYPE_CHECKING:  # an algorithm's declarations are read at config load, without torch
@@ -82,6 +83,10 @@ class Algorithm:
             ``train`` phase, or None.
         client_phases: the client's handlers of that protocol's phases, given the
             client side that trains, or None.
+        disclosure: what clients' replies may say of their training under it, and what
+            the run keeps (:mod:`fedllm.client.disclosure`).
+        public_metrics: reply metrics its client phases add that are no function of
+            the data (seconds, bytes on the wire): the record keeps them.
     """
 
     name: str
@@ -91,6 +96,8 @@ class Algorithm:
     view: ModelView | None = None
     exchange: Exchange | None = None
     client_phases: Callable[[ClientSide], Mapping[str, ClientHandler]] | None = None
+    disclosure: Disclosure = "all"
+    public_metrics: frozenset[str] = frozenset()
 
 
 class AlgorithmFactory(Protocol):
@@ -156,6 +163,17 @@ class Composition:
             if algorithm.client_phases is not None:
                 handlers.update(algorithm.client_phases(side))
         return handlers
+
+    @property
+    def disclosure(self) -> Disclosure:
+        """The strictest disclosure any algorithm asks for."""
+        return strictest(a.disclosure for a in self.algorithms)
+
+    @property
+    def public_metrics(self) -> frozenset[str]:
+        """The reply metrics the algorithms and their client plug-ins declare public."""
+        plugins = (p.public_metrics for p in self.client_plugins)
+        return frozenset().union(*plugins, *(a.public_metrics for a in self.algorithms))
 
     def aggregator(self, configured: AnyAggregator) -> AnyAggregator:
         """The aggregator after every algorithm that replaces it."""

@@ -51,4 +51,5 @@ class CentralDP:
         if config.privacy.dp != "central" or setup.mode != "federated" or setup.partial:
             return None  # a node only clips, with the clip the broadcast carries
         plan = central_plan(config, len(setup.clients))
-        return Algorithm("central_dp", server=PrivacyLedger(plan))
+        ledger = PrivacyLedger(plan, releases_in_round=config.secagg.enabled)
+        return Algorithm("central_dp", server=ledger, disclosure="server")

@@ -74,7 +74,7 @@ class HomomorphicAggregation:
         return None
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
-        from fedllm.client.he import HEClientPhases
+        from fedllm.client.he import CIPHERTEXT_BYTES, ENCRYPT_S, FLOODING_STD, HEClientPhases
         from fedllm.protocol.he import HEExchange
         from fedllm.secure import he
 
@@ -100,7 +100,7 @@ class HomomorphicAggregation:
             return HEClientPhases(side, secret, flooding).handlers()
 
         if setup.partial:  # a Flower node: the client half only
-            return Algorithm("he", client_phases=client_phases)
+            return Algorithm("he", client_phases=client_phases, disclosure="public")
         if public is None:
             assert public_file is not None
             public = read_context(public_file, "he.public_context")
@@ -110,6 +110,8 @@ class HomomorphicAggregation:
             server=flooding_record(flooding, degree, scale),
             exchange=HEExchange(public),
             client_phases=client_phases,
+            disclosure="public",
+            public_metrics=frozenset({ENCRYPT_S, CIPHERTEXT_BYTES, FLOODING_STD}),
         )
 
 

@@ -48,7 +48,7 @@ class LocalDP:
             plans, privacy.clip_norm, client.grad_accum, steps, config.secure_randomness
         )
         ledger = None if setup.partial else LocalLedger(bound, steps, _truncated(setup))
-        return Algorithm("local_dp", client=plugin, server=ledger)
+        return Algorithm("local_dp", client=plugin, server=ledger, disclosure="public")
 
 
 def _truncated(setup: AlgorithmSetup) -> int | None:

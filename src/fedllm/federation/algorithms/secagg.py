@@ -58,7 +58,7 @@ class SecAgg:
             return phases.handlers()
 
         if setup.partial:  # a Flower node: the client half only, keys from the OS CSPRNG
-            return Algorithm("secagg", client_phases=client_phases)
+            return Algorithm("secagg", client_phases=client_phases, disclosure="public")
         settings = SecAggSettings(
             secagg.bits,
             secagg.clip_range,
@@ -67,7 +67,12 @@ class SecAgg:
             secagg.threshold,
             min_sum_inputs(server.min_clients),  # distributed DP's noise shares rest on it
         )
-        return Algorithm("secagg", exchange=SecAggExchange(settings), client_phases=client_phases)
+        return Algorithm(
+            "secagg",
+            exchange=SecAggExchange(settings),
+            client_phases=client_phases,
+            disclosure="public",
+        )
 
 
 def distributed_noise(config: Config) -> NoiseStd | None:

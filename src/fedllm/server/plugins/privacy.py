@@ -26,14 +26,23 @@ class PrivacyLedger(ServerPlugin):
 
     Args:
         plan: the run's mechanism, delta and budget.
+        releases_in_round: the round releases its noisy sum to an untrusted server
+            before the checkpoint (distributed DP under SecAgg): a round that had
+            started before a crash is charged again when it is replayed.
     """
 
     name = "privacy"
 
-    def __init__(self, plan: CentralPlan) -> None:
-        self.plan = plan
+    def __init__(self, plan: CentralPlan, releases_in_round: bool = False) -> None:
+        self.plan, self.releases_in_round = plan, releases_in_round
         self.accountant: PrivacyAccountant = plan.accountant()
         self.spent = 0.0
+        self.replayed = 0
+
+    def charge_replayed(self, rounds: int) -> None:
+        if self.releases_in_round:
+            self.replayed += rounds
+            self.spent = self.accountant.spend(rounds)
 
     def end_round(self, ctx: RoundContext) -> None:
         self.spent = self.accountant.spend()
@@ -54,7 +63,8 @@ class PrivacyLedger(ServerPlugin):
 
     def state(self) -> tuple[Params, dict[str, Any]]:
         multiplier = self.accountant.mechanism.noise_multiplier
-        return {}, {"rounds": self.accountant.rounds, "noise_multiplier": multiplier}
+        meta = {"rounds": self.accountant.rounds, "noise_multiplier": multiplier}
+        return {}, {**meta, "replayed": self.replayed}
 
     def restore(self, tensors: Params, meta: dict[str, Any]) -> None:
         if not meta:
@@ -62,6 +72,7 @@ class PrivacyLedger(ServerPlugin):
         mechanism = replace(self.accountant.mechanism, noise_multiplier=meta["noise_multiplier"])
         self.accountant.mechanism = mechanism
         self.accountant.rounds = int(meta["rounds"])
+        self.replayed = int(meta.get("replayed", 0))
         self.spent = self.accountant.epsilon()
 
     def summary(self) -> dict[str, Any]:
@@ -79,6 +90,7 @@ class PrivacyLedger(ServerPlugin):
             "clients": mechanism.clients,
             "cohort": mechanism.cohort,
             "rounds_charged": self.accountant.rounds,
+            "replayed_rounds_charged": self.replayed,
         }
 
 
@@ -114,6 +126,12 @@ class LocalLedger(ServerPlugin):
     def accept(self, ctx: RoundContext, update: ClientUpdate, weight: float) -> None:
         if LOCAL_EPSILON in update.metrics:
             self.reported[update.client_id] = update.metrics[LOCAL_EPSILON]
+
+    def charge_replayed(self, rounds: int) -> None:
+        """Clients of a half-played round sent noisy updates already: charge every
+        client the round's steps (which ones trained is not known after a crash)."""
+        for client in self.steps:
+            self.steps[client] += rounds * self.steps_per_round[client]
 
     def end_round(self, ctx: RoundContext) -> None:
         trained = [*ctx.record.accepted, *(r["client"] for r in ctx.record.rejected)]
