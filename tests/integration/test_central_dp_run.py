@@ -4,6 +4,7 @@ resume), and FedAvg exactly without noise."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -153,3 +154,49 @@ def test_a_round_interrupted_under_secagg_with_distributed_dp_is_charged_again(
     accountant = PrivacyAccountant(Mechanism(2.0, 4, 4, "fixed"), 1e-5)
     assert ledger["epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)
     assert resumed.records[-1]["epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)
+
+
+def last_pipeline_state(run_dir: Path) -> dict[str, Any]:
+    from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint
+
+    meta = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1]).meta
+    return dict(meta["pipeline"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "grown"),
+    [
+        (
+            (
+                "privacy.noise_multiplier=0.5",
+                "privacy.adaptive_clip=true",
+                "privacy.clip_count_noise=1.0",
+            ),
+            [],
+        ),
+        (("privacy.target_epsilon=60",), ["server.rounds=6"]),
+    ],
+    ids=["adaptive_clip", "derived_multiplier_rounds_grown"],
+)
+def test_resume_restores_the_stages_clip_and_multiplier(
+    tmp_path: Path, settings: tuple[str, ...], grown: list[str]
+) -> None:
+    """Resume equals the uninterrupted run in the stages' own state, not only the
+    ledger's: the adaptive clip moves on from where it was, and a multiplier derived for
+    4 rounds stays the one used even when server.rounds grows (a multiplier derived
+    again for 6 rounds would be smaller: the guarantee silently overstated)."""
+    overrides = (*DP, *settings, "server.rounds=4")
+    whole = run(tiny_config(*overrides), tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptAfter(2))
+    resumed = resume(tmp_path / "cut", grown)
+    assert [r["round"] for r in resumed.records][-1] == 4
+    expected, got = last_pipeline_state(tmp_path / "whole"), last_pipeline_state(tmp_path / "cut")
+    assert got == expected
+    noise = expected["noise"]
+    assert noise["multiplier"] == pytest.approx(whole.summary["privacy"]["update_noise_multiplier"])
+    if "privacy.adaptive_clip=true" in settings:
+        assert expected["clip"]["max_norm"] != pytest.approx(0.05)  # it moved
+    a, b = final_adapter(tmp_path / "whole"), final_adapter(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.summary["privacy"]["epsilon"] == whole.summary["privacy"]["epsilon"]
