@@ -88,6 +88,7 @@ class SecAggClientPhases:
         self.deterministic = deterministic
         self.noise_std = noise_std
         self.rounds: dict[ClientId, SecAggClient] = {}
+        self.warned: set[ClientId] = set()  # clients that said their update was clipped
 
     def handlers(self) -> dict[str, Callable[[ClientId, str, Message], Message]]:
         """Phase name -> handler, for :func:`fedllm.protocol.engine.by_phase`."""
@@ -142,10 +143,11 @@ class SecAggClientPhases:
         if std > 0:
             vector = vector + draws.normal(0.0, std, vector.shape)
         clipped = float(np.mean(np.abs(vector) > spec.clip_range)) if vector.size else 0.0
-        if clipped > 0:  # a statistic of this client's update: said here, never sent
+        if clipped > 0 and client_id not in self.warned:  # said here once, never sent
+            self.warned.add(client_id)
             LOGGER.warning(
                 "client %s: %.3g%% of the update's entries exceed the ring's range %.3g and "
-                "are clipped (raise secagg.clip_range)",
+                "are clipped (raise secagg.clip_range; said once per client)",
                 client_id,
                 100 * clipped,
                 spec.clip_range,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -76,8 +75,10 @@ class RichReporter(Reporter):
     def client_done(self, client_id: ClientId, reply: Reply) -> None:
         if isinstance(reply, Dropped):
             info = f"{client_id}: dropped"
-        else:
-            info = f"{client_id}: loss {reply.metrics.get('train_loss', math.nan):.3f}"
+        elif "train_loss" in reply.metrics:
+            info = f"{client_id}: loss {reply.metrics['train_loss']:.3f}"
+        else:  # a privacy mechanism keeps its loss with the client
+            info = f"{client_id}: replied"
         self.progress.update(self._clients, advance=1, info=info)
 
     def round_done(self, record: RoundRecord) -> None:
