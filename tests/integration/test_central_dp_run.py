@@ -200,3 +200,29 @@ def test_resume_restores_the_stages_clip_and_multiplier(
     a, b = final_adapter(tmp_path / "whole"), final_adapter(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.summary["privacy"]["epsilon"] == whole.summary["privacy"]["epsilon"]
+
+
+def test_every_line_has_epsilon_and_the_planned_end_is_not_a_budget_stop(
+    tmp_path: Path,
+) -> None:
+    """Round 0 says epsilon 0; a run whose derived noise spends its budget in exactly the
+    planned rounds ends without a 'stopped' (issue 26)."""
+    result = run(tiny_config(*DP, "privacy.target_epsilon=20", "server.rounds=2"), tmp_path / "r")
+    assert result.records[0]["round"] == 0 and result.records[0]["epsilon"] == 0.0
+    assert all("epsilon" in r for r in result.records)
+    assert "stopped" not in result.records[-1]
+    assert result.summary["privacy"]["level"] == "user"
+
+
+def test_a_delta_of_one_over_the_clients_or_more_is_refused() -> None:
+    from fedllm.privacy.accountant import PrivacyConfigError
+    from fedllm.privacy.plan import plan_central, plan_local
+    from fedllm.privacy.settings import PrivacyConfig
+
+    central = PrivacyConfig(dp="central", clip_norm=0.1, noise_multiplier=1.0, delta=0.25)
+    with pytest.raises(PrivacyConfigError, match=r"privacy.delta = 0.25 is not below 1 / 4"):
+        plan_central(central, clients=4, cohort=2, sampling="fixed", rounds=3)
+    plan_central(central, clients=3, cohort=2, sampling="fixed", rounds=3)  # 0.25 < 1/3
+    local = PrivacyConfig(dp="local", clip_norm=1.0, noise_multiplier=1.0, delta=0.01)
+    with pytest.raises(PrivacyConfigError, match=r"not below 1 / 100 \(training records"):
+        plan_local(local, examples=100, lot=4, steps_per_round=2, rounds=2)

@@ -69,6 +69,10 @@ class Mode(Protocol):
         """States to export, lazily: ``("", global)`` or ``(client, state)`` per client."""
         ...
 
+    def baseline(self, record: RoundRecord) -> None:
+        """Let the plug-ins add to round 0's record (e.g. epsilon 0)."""
+        ...
+
     def charge_replayed(self, rounds: int) -> None:
         """``rounds`` rounds after the last checkpoint had started before a crash and
         will be played again: let the plug-ins charge what they released."""
@@ -230,6 +234,10 @@ class FederatedMode:
     def transport_times(self) -> dict[str, float]:
         return transport_times(self.engine)
 
+    def baseline(self, record: RoundRecord) -> None:
+        for plugin in self.plugins:
+            plugin.baseline(record)
+
     def charge_replayed(self, rounds: int) -> None:
         for plugin in self.plugins:
             plugin.charge_replayed(rounds)
@@ -310,6 +318,9 @@ class LocalMode:
     def transport_times(self) -> dict[str, float]:
         return transport_times(self.engine)
 
+    def baseline(self, record: RoundRecord) -> None:
+        pass  # nothing is accounted for clients alone
+
     def charge_replayed(self, rounds: int) -> None:
         pass  # clients alone release nothing to a server
 
@@ -351,10 +362,13 @@ def client_handler(ws: Workspace, side: ClientSide, composition: Composition) ->
     return by_phase({**phases, **composition.client_phases(side)})
 
 
-def node_client_side(ws: Workspace, run_root: Path) -> ClientHandler:
+def node_client_side(
+    ws: Workspace, run_root: Path, node: Mapping[str, str] | None = None
+) -> ClientHandler:
     """The client side alone, for the clients whose data ``ws`` holds (a Flower node's):
     training with the algorithms' client halves and the pipeline's client stages, and
-    scoring on held-out data; client state under ``run_root``.
+    scoring on held-out data; client state under ``run_root``; ``node``: the node's
+    config, for the algorithms that read it (SecAgg+'s ``auth-key``).
 
     Raises:
         ModeError: ``federation.mode`` is not 'federated' (nothing to serve remotely).
@@ -368,7 +382,8 @@ def node_client_side(ws: Workspace, run_root: Path) -> ClientHandler:
         )
     store = ClientStateStore(run_root / "clients")
     sizes = Members.held(ws.data.clients).sizes
-    composition = compose(AlgorithmSetup(ws, "federated", sizes, store, ws.initial, True))
+    setup = AlgorithmSetup(ws, "federated", sizes, store, ws.initial, True, dict(node or {}))
+    composition = compose(setup)
     pipeline = build_pipeline(config)
     stages = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
     side = client_side(ws, ws.data.clients, config.client, composition, store, stages.client)

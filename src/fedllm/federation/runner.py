@@ -194,6 +194,7 @@ def _train(
         baseline.time_s = {"setup": eval_start - started, "eval": time.perf_counter() - eval_start}
         baseline.time_s.update(mode.transport_times())
         baseline.peak_rss_mb = peak_rss_mb()
+        mode.baseline(baseline)
         rundir.append_metrics(baseline.to_json())
 
     rounds = config.server.rounds
@@ -207,7 +208,9 @@ def _train(
         round_start = time.perf_counter()
         record = mode.play_round(round_num, reporter.client_done)
         efficiency.annotate(record)
-        stop = mode.stop_reason()  # a plug-in ends the run (e.g. a spent privacy budget)
+        # a plug-in ends the run early (e.g. a spent privacy budget); after the last
+        # planned round nothing is stopped
+        stop = mode.stop_reason() if round_num < rounds else None
         if stop is not None:
             record.extra["stopped"] = stop
         last = round_num == rounds or stop is not None

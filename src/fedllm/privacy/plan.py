@@ -76,6 +76,7 @@ def plan_central(
         PrivacyConfigError: a budget that even one round exceeds, count noise too small
             to share the multiplier, or a mechanism the accountant cannot account.
     """
+    check_delta(privacy.delta, clients, "clients")
     cohort = min(cohort, clients)
     count_noise = 0.0
     if privacy.adaptive_clip:
@@ -117,6 +118,21 @@ def plan_central(
                 "raise privacy.noise_multiplier or the budget"
             )
     return plan
+
+
+def check_delta(delta: float, units: int, what: str) -> None:
+    """Refuse a delta of 1 / ``units`` or more: a mechanism that publishes one unit's
+    data outright with probability delta would satisfy it.
+
+    Raises:
+        PrivacyConfigError: ``delta >= 1 / units``, naming the bound.
+    """
+    if delta >= 1 / units:
+        raise PrivacyConfigError(
+            f"privacy.delta = {delta:g} is not below 1 / {units} ({what}): a mechanism that "
+            f"releases one of them in the clear with probability delta would meet it; set "
+            f"privacy.delta well below {1 / units:.3g}, e.g. {min(1e-5, 0.1 / units):.0e}"
+        )
 
 
 def accounted_sampling(server_sampling: str) -> Sampling:
@@ -226,6 +242,7 @@ def plan_local(
     Raises:
         PrivacyConfigError: a budget that one round's steps already exceed.
     """
+    check_delta(privacy.delta, examples, "training records of the most exposed client")
     lot = min(lot, examples)
     z, derived = privacy.noise_multiplier, False
     if z is None:

@@ -107,6 +107,9 @@ class ServerPlugin:
     def restore(self, tensors: Params, meta: dict[str, Any]) -> None:
         """Continue from what :meth:`state` returned."""
 
+    def baseline(self, record: RoundRecord) -> None:
+        """Add to round 0's record (the model before training), e.g. epsilon 0."""
+
     def charge_replayed(self, rounds: int) -> None:
         """``rounds`` rounds past the restored checkpoint had started before a crash and
         will be played again (a privacy ledger charges what they may have released)."""

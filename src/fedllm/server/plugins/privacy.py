@@ -15,7 +15,7 @@ from typing import Any
 from fedllm.privacy.accountant import PrivacyAccountant
 from fedllm.privacy.plan import CentralPlan, LocalPlan
 from fedllm.server.plugin import RoundContext, ServerPlugin
-from fedllm.types import ClientId, ClientUpdate, Params
+from fedllm.types import ClientId, ClientUpdate, Params, RoundRecord
 
 EPSILON = "epsilon"
 """Record key of the epsilon spent after the round (at the plan's delta)."""
@@ -38,6 +38,9 @@ class PrivacyLedger(ServerPlugin):
         self.accountant: PrivacyAccountant = plan.accountant()
         self.spent = 0.0
         self.replayed = 0
+
+    def baseline(self, record: RoundRecord) -> None:
+        record.extra[EPSILON] = 0.0
 
     def charge_replayed(self, rounds: int) -> None:
         if self.releases_in_round:
@@ -79,6 +82,7 @@ class PrivacyLedger(ServerPlugin):
         mechanism = self.accountant.mechanism
         return {
             EPSILON: self.spent,
+            "level": "user",
             "delta": self.plan.delta,
             "target_epsilon": self.plan.target_epsilon,
             "noise_multiplier": mechanism.noise_multiplier,
@@ -126,6 +130,9 @@ class LocalLedger(ServerPlugin):
     def accept(self, ctx: RoundContext, update: ClientUpdate, weight: float) -> None:
         if LOCAL_EPSILON in update.metrics:
             self.reported[update.client_id] = update.metrics[LOCAL_EPSILON]
+
+    def baseline(self, record: RoundRecord) -> None:
+        record.extra[EPSILON] = 0.0
 
     def charge_replayed(self, rounds: int) -> None:
         """Clients of a half-played round sent noisy updates already: charge every
