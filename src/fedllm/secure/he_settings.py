@@ -16,7 +16,7 @@ class HEConfig(Section):
     secret_context: str | None = Field(
         None,
         description="The clients' TenSEAL context with the secret key (a file from `fedllm "
-        "deploy he-keys`), read on each Flower node; none in the simulator: made per run.",
+        "he-keys`), read on each Flower node; none in the simulator: made per run.",
     )
     public_context: str | None = Field(
         None,

@@ -3,7 +3,7 @@
 The server's half is the encrypted exchange (:mod:`fedllm.protocol.he`), the client's
 the handlers of its two phases (:mod:`fedllm.client.he`). In the simulator the
 federation's keys are made for the run; on Flower the server reads
-``he.public_context`` and every node ``he.secret_context`` (``fedllm deploy he-keys``).
+``he.public_context`` and every node ``he.secret_context`` (``fedllm he-keys``).
 
 The decrypting client floods the sum (:class:`fedllm.secure.he.Flooding`, statistical
 security ``he.flooding_bits``) for ``server.rounds`` decryptions of sums of at most a
@@ -69,7 +69,7 @@ class HomomorphicAggregation:
                 return (
                     f"he.enabled = true on Flower needs {' and '.join(missing)}: the server "
                     "reads the public context, every node the secret one (make both with "
-                    "`fedllm deploy he-keys --out DIR`)"
+                    "`fedllm he-keys DIR`)"
                 )
         return None
 
