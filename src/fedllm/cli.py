@@ -238,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and localhost)",
     )
     p.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    p.add_argument(
+        "--client",
+        action="append",
+        default=None,
+        help="the client id node i answers for (repeat once per node, in node order): also "
+        "write roster.toml, the secagg.roster that makes SecAgg+ sign its keys",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
 
     p = sub.add_parser(
@@ -666,7 +673,14 @@ def _certs(args: argparse.Namespace, console: Console) -> int:
 
     hosts = args.host or ["127.0.0.1", "localhost"]
     try:
-        files = make_certs(args.out, args.nodes, hosts, overwrite=args.overwrite, days=args.days)
+        files = make_certs(
+            args.out,
+            args.nodes,
+            hosts,
+            overwrite=args.overwrite,
+            days=args.days,
+            clients=args.client,
+        )
     except ValueError as err:
         raise ConfigError(str(err)) from None
     except FileExistsError as err:
@@ -675,6 +689,8 @@ def _certs(args: argparse.Namespace, console: Console) -> int:
     say(console, f"wrote the SuperLink's {files.server_cert} and {files.server_key}")
     for key, pub in zip(files.node_keys, files.node_public_keys, strict=True):
         say(console, f"wrote node key {key} (its node's) and {pub} (`flwr supernode register`)")
+    if files.roster is not None:
+        say(console, f"wrote {files.roster} (secagg.roster, for the server and every node)")
     return 0
 
 

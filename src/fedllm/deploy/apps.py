@@ -10,8 +10,10 @@ the run directory on the server's machine (``out``), how many nodes to wait for
 A node's config says whose data it holds: either
 ``partition-id`` (an index into the clients the configuration builds from its
 corpus, for trying it out) or ``data`` (the organisation's own ``.jsonl``/``.txt``
-file, with an optional ``client`` name); and where its client state lives
-(``state-dir``, kept across node restarts). The server learns each node's client
+file, with an optional ``client`` name); where its client state lives
+(``state-dir``, kept across node restarts); and, for SecAgg+ with ``secagg.roster``,
+its authentication private key (``auth-key``: the ``node-<i>.key`` of ``fedllm certs``,
+which signs its advertised keys). The server learns each node's client
 id and training-set size, never its path or text: evaluation is federated too.
 """
 
@@ -156,7 +158,7 @@ def _built(
     ws.public = build_public_data(config, ws.tokenizer)
     state_dir = Path(node_config.get("state-dir", "fedllm-node-state"))
     [(client, held)] = ws.data.clients.items()
-    return client, len(held.train), node_client_side(ws, state_dir)
+    return client, len(held.train), node_client_side(ws, state_dir, node_config)
 
 
 server_app = make_server_app(serve)

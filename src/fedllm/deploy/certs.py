@@ -10,7 +10,10 @@
   ``--ssl-keyfile``;
 - ``node-<i>.key`` / ``node-<i>.pub``: SuperNode ``i``'s authentication key pair (EC
   P-384, OpenSSH format): the private key is its ``--auth-supernode-private-key``, the
-  public key what ``flwr supernode register`` takes.
+  public key what ``flwr supernode register`` takes;
+- ``roster.toml`` (with ``clients``: node ``i`` answers for ``clients[i]``): client id ->
+  node public key, the ``secagg.roster`` that makes SecAgg+ sign its advertised keys
+  (:mod:`fedllm.secure.roster`); give it to the server and every node.
 
 Private keys are unencrypted PEM/OpenSSH files of mode 0o600: keep the folder private,
 and give each node only its own ``node-<i>.key`` and ``ca.crt``.
@@ -31,7 +34,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedllm.secure.roster import roster_toml
+
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
+ROSTER_FILE = "roster.toml"
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DNS_NAME = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*")
@@ -49,6 +55,8 @@ class CertFiles:
         server_key: the SuperLink's private key (PEM, PKCS#8).
         node_keys: node ``i``'s private key (OpenSSH ECDSA) at index ``i``.
         node_public_keys: node ``i``'s public key (OpenSSH ``ecdsa-sha2-nistp384``).
+        roster: the SecAgg+ roster (client id -> node public key), or None when no
+            client names were given.
     """
 
     folder: Path
@@ -58,10 +66,12 @@ class CertFiles:
     server_key: Path
     node_keys: tuple[Path, ...]
     node_public_keys: tuple[Path, ...]
+    roster: Path | None = None
 
     @classmethod
-    def at(cls, folder: Path, nodes: int) -> CertFiles:
-        """The file names ``make_certs(folder, nodes)`` writes (nothing is read or written)."""
+    def at(cls, folder: Path, nodes: int, roster: bool = False) -> CertFiles:
+        """The file names ``make_certs(folder, nodes)`` writes (nothing is read or written);
+        ``roster``: with client names, so ``roster.toml`` too."""
         return cls(
             folder=folder,
             ca_cert=folder / "ca.crt",
@@ -70,6 +80,7 @@ class CertFiles:
             server_key=folder / "superlink.key",
             node_keys=tuple(folder / f"node-{i}.key" for i in range(nodes)),
             node_public_keys=tuple(folder / f"node-{i}.pub" for i in range(nodes)),
+            roster=folder / ROSTER_FILE if roster else None,
         )
 
     @property
@@ -80,7 +91,9 @@ class CertFiles:
     @property
     def paths(self) -> tuple[Path, ...]:
         """Every file, certificates and public keys included."""
-        return (self.ca_cert, self.server_cert, *self.node_public_keys, *self.private_keys)
+        roster = () if self.roster is None else (self.roster,)
+        public = (self.ca_cert, self.server_cert, *self.node_public_keys, *roster)
+        return (*public, *self.private_keys)
 
 
 def make_certs(
@@ -89,8 +102,10 @@ def make_certs(
     hosts: Sequence[str] = DEFAULT_HOSTS,
     overwrite: bool = False,
     days: int = 365,
+    clients: Sequence[str] | None = None,
 ) -> CertFiles:
-    """Write a CA, the SuperLink's certificate for ``hosts`` and ``nodes`` node key pairs.
+    """Write a CA, the SuperLink's certificate for ``hosts`` and ``nodes`` node key pairs
+    (and, with ``clients``, the SecAgg+ roster of their public keys).
 
     Args:
         out: the folder to write into (created, mode 0o700, if missing).
@@ -101,12 +116,16 @@ def make_certs(
         overwrite: replace files a previous call wrote (node keys beyond ``nodes`` are
             deleted); without it an existing file is an error and nothing is written.
         days: how long the certificates are valid, from now (days, at least 1).
+        clients: the client node ``i`` answers for, at index ``i`` (one per node):
+            ``roster.toml`` maps each to its node's public key; None: no roster (an
+            earlier one is deleted with ``overwrite``: its keys are gone).
 
     Returns:
         The paths written.
 
     Raises:
-        ValueError: ``nodes``, ``hosts`` or ``days`` is not valid (the message says what is).
+        ValueError: ``nodes``, ``hosts``, ``days`` or ``clients`` is not valid (the
+            message says what is).
         FileExistsError: a file to write exists and ``overwrite`` is False.
     """
     sans = subject_alt_names(hosts)
@@ -114,7 +133,9 @@ def make_certs(
         raise ValueError(f"nodes = {nodes!r}: need a whole number of SuperNodes, at least 1")
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ValueError(f"days = {days!r}: need a whole number of days, at least 1")
-    files = CertFiles.at(out, nodes)
+    if clients is not None:
+        check_roster_clients(clients, nodes)
+    files = CertFiles.at(out, nodes, roster=clients is not None)
     if not overwrite:
         for path in files.paths:
             if path.exists():
@@ -132,14 +153,37 @@ def make_certs(
     write_key_file(files.ca_key, _pkcs8(ca_key), private=True, overwrite=overwrite)
     write_key_file(files.server_cert, _pem(server_cert), private=False, overwrite=overwrite)
     write_key_file(files.server_key, _pkcs8(server_key), private=True, overwrite=overwrite)
+    publics: list[bytes] = []
     for i, (key_path, pub_path) in enumerate(
         zip(files.node_keys, files.node_public_keys, strict=True)
     ):
         private, public = node_key_pair(f"fedllm-node-{i}")
         write_key_file(key_path, private, private=True, overwrite=overwrite)
         write_key_file(pub_path, public, private=False, overwrite=overwrite)
+        publics.append(public)
     _remove_stale_node_keys(out, nodes)
+    if files.roster is not None and clients is not None:
+        text = roster_toml(dict(zip(clients, publics, strict=True)))
+        write_key_file(files.roster, text.encode(), private=False, overwrite=overwrite)
+    elif overwrite:
+        (out / ROSTER_FILE).unlink(missing_ok=True)  # it names keys that no longer exist
     return files
+
+
+def check_roster_clients(clients: Sequence[str], nodes: int) -> None:
+    """Refuse client names that cannot make a roster of ``nodes`` nodes.
+
+    Raises:
+        ValueError: not one distinct, non-empty name per node.
+    """
+    if isinstance(clients, str):
+        raise ValueError(f"clients = {clients!r}: need a sequence of names, e.g. ({clients!r},)")
+    names = [str(c) for c in clients]
+    if len(names) != nodes or len(set(names)) != len(names) or not all(names):
+        raise ValueError(
+            f"clients = {names}: need one distinct client id per node ({nodes}), in node "
+            "order (node i answers for the i-th)"
+        )
 
 
 def _remove_stale_node_keys(out: Path, nodes: int) -> None:

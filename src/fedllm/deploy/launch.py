@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedllm.config import Config
-from fedllm.deploy.local import local_deployment, remote_deployment, submit
+from fedllm.deploy.local import DeployError, local_deployment, remote_deployment, submit
 from fedllm.federation.rundir import RunDir
 from fedllm.federation.runner import RunResult
 from fedllm.report.progress import Reporter, SilentReporter
@@ -57,6 +57,13 @@ def run_on_flower(
     reporter = reporter or SilentReporter()
     rundir = RunDir(out)
     superlink = config.runtime.superlink
+    if superlink is None and config.secagg.roster is not None:
+        raise DeployError(
+            "secagg.roster makes every node sign with its authentication key (auth-key in "
+            "its node config), but the loopback deployment `fedllm run` starts has no node "
+            "keys: run on your SuperLink (runtime.superlink) with nodes started with "
+            "`fedllm certs` keys (docs/deploy.md), or remove secagg.roster"
+        )
     if resume_rounds is None and superlink is None:
         rundir.create(config, overwrite)  # before the nodes write their state in it
         shutil.rmtree(rundir.root / NODES, ignore_errors=True)  # an earlier run's nodes

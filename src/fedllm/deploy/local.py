@@ -8,7 +8,9 @@ of the configuration (sorted ids) and keeps its client state in its own folder.
 ``secure=True`` starts the same deployment with TLS and SuperNode authentication:
 certificates and node keys made in the deployment's folder (``certs/``, see
 ``fedllm.deploy.certs``), every node's public key registered with the SuperLink before
-the node starts, and the deployment handed over only once every node is online.
+the node starts, and the deployment handed over only once every node is online. Each
+node's config names its key (``auth-key``), which SecAgg+ signs with where the run has
+a roster (``clients`` writes one: ``certs/roster.toml``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,11 +157,12 @@ class LocalDeployment:
             index: the node's partition id; its state lives in ``node-<index>`` under
                 ``state_root`` (or ``home``).
             key: its authentication private key (secure only); default: ``node-<index>``'s
-                key from ``certs``.
+                key from ``certs``. Its node config names it too (``auth-key``).
         """
         if self.certs is not None and key is None:
             key = self.certs.node_keys[index]
         state = (self.state_root or self.home) / f"node-{index}"
+        auth = "" if key is None else f" auth-key='{key}'"
         return self.start(
             [
                 "flower-supernode",
@@ -169,7 +172,7 @@ class LocalDeployment:
                 "--port",
                 str(free_port()),
                 "--node-config",
-                f"partition-id={index} state-dir='{state}'",
+                f"partition-id={index} state-dir='{state}'{auth}",
             ],
             f"supernode-{index}.log",
         )
@@ -213,7 +216,11 @@ class LocalDeployment:
 
 @contextmanager
 def local_deployment(
-    nodes: int, home: Path | None = None, secure: bool = False, state_root: Path | None = None
+    nodes: int,
+    home: Path | None = None,
+    secure: bool = False,
+    state_root: Path | None = None,
+    clients: Sequence[str] | None = None,
 ) -> Iterator[LocalDeployment]:
     """A running SuperLink with ``nodes`` SuperNodes; all stopped on exit.
 
@@ -225,15 +232,21 @@ def local_deployment(
             returns once every node is online. Default: plaintext, no authentication,
             returns once the SuperLink listens.
         state_root: where the nodes keep their client state; default: ``home``.
+        clients: (secure only) the client node ``i`` answers for, at index ``i``: the
+            SecAgg+ roster of the node keys is written to ``certs/roster.toml`` (set
+            ``secagg.roster`` to it to sign).
 
     Raises:
+        ValueError: ``clients`` without ``secure``, or not one distinct name per node.
         DeployError: the SuperLink, a registration or (secure) a SuperNode failed to
             start; the message ends with the log or output tail.
     """
+    if clients is not None and not secure:
+        raise ValueError("a roster of clients needs node keys: pass secure=True")
     folder = Path(tempfile.mkdtemp(prefix="fedllm-flower-")) if home is None else home
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    certs = make_certs(folder / "certs", nodes, overwrite=True) if secure else None
+    certs = make_certs(folder / "certs", nodes, overwrite=True, clients=clients) if secure else None
     deployment = LocalDeployment(folder, f"127.0.0.1:{port}", certs=certs, state_root=state_root)
     (folder / "config.toml").write_text(connection_toml(deployment))
     try:

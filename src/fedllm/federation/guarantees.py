@@ -29,9 +29,10 @@ def privacy_banner(config: Config) -> str:
     elif privacy.dp == "local":
         parts.append("record-level DP-SGD in every client")
     if config.secagg.enabled:
-        from fedllm.secure.params import THREAT_MODEL, collusion_statement
+        from fedllm.secure.params import collusion_statement, threat_model
 
-        parts.append(THREAT_MODEL)
+        # a roster (Flower only) makes every node sign its keys and verify its neighbours'
+        parts.append(threat_model(signed=config.secagg.roster is not None))
         if privacy.dp == "central":
             colluders = config.secagg.tolerated_colluders
             parts.append(collusion_statement(config.server.min_clients, colluders))

@@ -207,8 +207,11 @@ class _Advertise:
         )
 
     def finish(self) -> None:
-        if self.state.server is not None:
-            self.state.close("advertised", set(self.state.server.keys))
+        server = self.state.server
+        if server is not None:
+            self.state.close("advertised", set(server.keys))
+            if server.roster is not None:  # whose keys carried their node's signature
+                self.state.counts["signed"] = len(server.signatures)
 
 
 class _Share:

@@ -245,12 +245,15 @@ def load_node_key(data: bytes) -> ec.EllipticCurvePrivateKey:
 
 
 def load_node_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
-    """A node's authentication public key (``node-<i>.pub``: an OpenSSH line).
+    """A node's authentication public key (``node-<i>.pub``: an OpenSSH line, or PEM).
 
     Raises:
         ValueError: not an elliptic-curve public key.
     """
-    key = serialization.load_ssh_public_key(data)
+    if data.lstrip().startswith(b"-----BEGIN"):
+        key = serialization.load_pem_public_key(data)
+    else:
+        key = serialization.load_ssh_public_key(data)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ValueError(f"a node key must be an elliptic-curve key, not {type(key).__name__}")
     return key

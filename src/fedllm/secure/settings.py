@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fedllm.settings import Section
 
@@ -49,3 +49,21 @@ class SecAggConfig(Section):
         "still holding. Each client adds std z C / sqrt(m), m = max(2, server.min_clients) "
         "- tolerated_colluders (>= 1): more colluders tolerated, more noise.",
     )
+    roster: str | None = Field(
+        None,
+        description="On Flower: a roster file (TOML, [clients] client id = its node's "
+        "authentication public key, OpenSSH or PEM; `fedllm certs --client` writes "
+        "roster.toml) read by the server and every node. Each node then signs its advertised "
+        "keys with its own key (auth-key=PATH in its node config) and every party verifies "
+        "them against the roster, so a server cannot substitute keys; none: unsigned "
+        "(secure against an honest-but-curious server only).",
+    )
+
+    @model_validator(mode="after")
+    def _check_roster(self) -> SecAggConfig:
+        if self.roster is not None and not self.enabled:
+            raise ValueError(
+                "secagg.roster signs the keys of secure aggregation, which is off: set "
+                "secagg.enabled = true, or remove secagg.roster"
+            )
+        return self

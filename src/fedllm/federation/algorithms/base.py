@@ -59,6 +59,8 @@ class AlgorithmSetup:
             :class:`ModelView` leave shared).
         partial: ``clients`` are only those whose data this process holds (a Flower
             node's own): checks against the whole federation are the server's.
+        node: on a Flower node, its node config (``--node-config``: e.g. ``auth-key``,
+            the node's authentication key that SecAgg+ signs with); empty elsewhere.
     """
 
     ws: Workspace
@@ -67,6 +69,7 @@ class AlgorithmSetup:
     store: ClientStateStore
     shared: Params
     partial: bool = False
+    node: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

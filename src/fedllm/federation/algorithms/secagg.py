@@ -4,19 +4,40 @@ The server's half is the four-phase exchange (:mod:`fedllm.protocol.secagg`); th
 client's, the handlers of those phases around its training
 (:mod:`fedllm.client.secagg`). With ``privacy.dp = 'central'`` the noise moves to the
 clients (distributed DP, :class:`fedllm.pipeline.noise.DistributedNoiseStage`).
+
+With ``secagg.roster`` (Flower only) the advertised keys are signed: each node signs
+with its authentication private key (``auth-key`` in its node config) and the server
+and every node verify them against the roster of node public keys (Bell et al.'s
+malicious-server variant, without the consistency check round).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedllm.components import AGGREGATORS, ALGORITHMS
-from fedllm.config import Config
+from fedllm.config import Config, ConfigError
 from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from fedllm.client.secagg import NoiseStd
+    from fedllm.secure.keys import Roster
+
+LOGGER = logging.getLogger(__name__)
+
+AUTH_KEY = "auth-key"
+"""The node-config entry naming the node's authentication private key (its
+``node-<i>.key`` from ``fedllm certs``, the SuperNode's ``--auth-supernode-private-key``)."""
+
+ROSTER_FIX = (
+    "give the server and every node the same roster file (`fedllm certs OUT --nodes N "
+    "--client NAME ...` writes OUT/roster.toml from the node keys it makes)"
+)
 
 MIN_COHORT = 3
 """The fewest clients a SecAgg+ round can have (a neighbour graph of even degree >= 2)."""
@@ -51,14 +72,26 @@ class SecAgg:
             return None
         secagg, server = config.secagg, config.server
         noise_std = distributed_noise(config)
+        roster = None if secagg.roster is None else read_roster(secagg.roster)
+        signer = node_signer(setup, roster) if setup.partial else None
 
         def client_phases(side: ClientSide) -> Mapping[str, ClientHandler]:
             deterministic = not setup.partial and not config.secure_randomness
-            phases = SecAggClientPhases(side, config.seed, deterministic, noise_std)
+            phases = SecAggClientPhases(
+                side, config.seed, deterministic, noise_std, signer=signer, roster=roster
+            )
             return phases.handlers()
 
         if setup.partial:  # a Flower node: the client half only, keys from the OS CSPRNG
             return Algorithm("secagg", client_phases=client_phases, disclosure="public")
+        if roster is not None:
+            unlisted = sorted(set(setup.clients) - set(roster))
+            if unlisted:
+                raise ConfigError(
+                    f"secagg.roster = {secagg.roster!r} has no key for client(s) {unlisted}, "
+                    "whose advertised keys could then not be verified: add each client's "
+                    f"node public key to its [clients] table; {ROSTER_FIX}"
+                )
         settings = SecAggSettings(
             secagg.bits,
             secagg.clip_range,
@@ -66,6 +99,7 @@ class SecAgg:
             secagg.degree,
             secagg.threshold,
             min_sum_inputs(server.min_clients),  # distributed DP's noise shares rest on it
+            roster,
         )
         return Algorithm(
             "secagg",
@@ -73,6 +107,67 @@ class SecAgg:
             client_phases=client_phases,
             disclosure="public",
         )
+
+
+def read_roster(path: str) -> Roster:
+    """The roster file of ``secagg.roster``: client id -> its node's public key.
+
+    Raises:
+        ConfigError: the file cannot be read or is not a roster, with the fix.
+    """
+    from fedllm.secure.roster import load_roster
+
+    try:
+        return load_roster(Path(path).expanduser())
+    except OSError as error:
+        raise ConfigError(
+            f"secagg.roster = {path!r} cannot be read ({error.strerror}): {ROSTER_FIX}"
+        ) from None
+    except ValueError as error:
+        raise ConfigError(f"secagg.roster: {error}") from None
+
+
+def node_signer(setup: AlgorithmSetup, roster: Roster | None) -> ec.EllipticCurvePrivateKey | None:
+    """The key this node signs its advertised keys with: its ``auth-key`` where the run
+    has a roster; None without one (unsigned).
+
+    A key that is not the roster's for the node's client is only warned about here: its
+    keys are refused by the server and its neighbours, and the round says so.
+
+    Raises:
+        ConfigError: a roster but no ``auth-key``, or one that cannot be read.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    from fedllm.secure.keys import load_node_key
+
+    if roster is None:
+        return None
+    path = setup.node.get(AUTH_KEY)
+    if path is None:
+        raise ConfigError(
+            "secagg.roster is set, so each node signs its SecAgg+ keys, but this node's "
+            f"config has no {AUTH_KEY}: start flower-supernode with --node-config "
+            f"\"... {AUTH_KEY}='/path/node-<i>.key'\" (its --auth-supernode-private-key)"
+        )
+    try:
+        signer = load_node_key(Path(path).expanduser().read_bytes())
+    except OSError as error:
+        raise ConfigError(f"node {AUTH_KEY} = {path!r} cannot be read ({error.strerror})") from None
+    except ValueError as error:
+        raise ConfigError(f"node {AUTH_KEY} = {path!r} is not a node key: {error}") from None
+    ssh = serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    mine = signer.public_key().public_bytes(*ssh)
+    for client in setup.clients:
+        listed = roster.get(client)
+        if listed is None or listed.public_bytes(*ssh) != mine:
+            LOGGER.warning(
+                "this node's %s is not the roster's key for client %r: the server and its "
+                "neighbours will refuse its SecAgg+ keys",
+                AUTH_KEY,
+                client,
+            )
+    return signer
 
 
 def distributed_noise(config: Config) -> NoiseStd | None:
@@ -131,6 +226,12 @@ def secagg_problem(config: Config) -> str | None:
     if not secagg.enabled:
         return None
     cohort = server.clients_per_round
+    if secagg.roster is not None and config.runtime.engine != "flower":
+        return (
+            "secagg.roster signs the advertised keys with the Flower nodes' authentication "
+            "keys; the simulator's clients hold none: set runtime.engine = 'flower', or "
+            "remove secagg.roster"
+        )
     if server.weighting != "uniform":
         return (
             "secagg.enabled = true sums equally weighted updates (a weight per client would "
