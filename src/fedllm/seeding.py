@@ -25,7 +25,10 @@ def secret_seed() -> int:
     return secrets.randbits(63)
 
 
-def privacy_seed(seed: int, secure: bool) -> int:
-    """The base seed of privacy draws: the run seed (reproducible: anyone who knows the
-    config can recompute them), or :func:`secret_seed` when ``secure``."""
-    return secret_seed() if secure else seed
+def privacy_seed(seed: int, *keys: object, secure: bool) -> int:
+    """The seed of a draw a privacy guarantee rests on: :func:`secret_seed` when
+    ``secure``; else reproducible (anyone who knows the config can recompute it): the
+    run seed itself, or :func:`derive_seed` of it and ``keys``."""
+    if secure:
+        return secret_seed()
+    return derive_seed(seed, *keys) if keys else seed

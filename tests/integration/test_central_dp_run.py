@@ -131,11 +131,9 @@ def test_a_crash_after_the_stopping_round_s_checkpoint_does_not_play_past_the_bu
     assert resumed.summary["privacy"]["epsilon"] <= target
 
 
-def test_a_round_interrupted_under_secagg_with_distributed_dp_is_charged_again(
-    tmp_path: Path,
-) -> None:
-    """The server saw round 2's noisy sum (or may have) before the crash; the replay
-    releases another: 3 rounds played, 4 charged."""
+def test_every_start_of_an_interrupted_secagg_round_is_charged(tmp_path: Path) -> None:
+    """The server saw round 2's noisy sum (or may have) before each crash; every replay
+    releases another: round 2 cut twice, then played: 3 rounds played, 5 charged."""
     overrides = (
         *DP,
         "privacy.noise_multiplier=2.0",
@@ -147,13 +145,27 @@ def test_a_round_interrupted_under_secagg_with_distributed_dp_is_charged_again(
     )
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptDuring(2, replies=14))
+    with pytest.raises(KeyboardInterrupt):  # the same round dies again
+        resume(tmp_path / "cut", reporter=InterruptDuring(2, replies=6))
     resumed = resume(tmp_path / "cut")
     ledger = resumed.summary["privacy"]
     assert [r["round"] for r in resumed.records if r["round"] > 0] == [1, 2, 3]
-    assert ledger["rounds_charged"] == 4 and ledger["replayed_rounds_charged"] == 1
+    assert ledger["rounds_charged"] == 5 and ledger["replayed_rounds_charged"] == 2
     accountant = PrivacyAccountant(Mechanism(2.0, 4, 4, "fixed"), 1e-5)
-    assert ledger["epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)
-    assert resumed.records[-1]["epsilon"] == pytest.approx(accountant.epsilon(4), rel=1e-9)
+    assert ledger["epsilon"] == pytest.approx(accountant.epsilon(5), rel=1e-9)
+    assert resumed.records[-1]["epsilon"] == pytest.approx(accountant.epsilon(5), rel=1e-9)
+
+
+def test_a_crash_before_any_checkpoint_is_charged_on_resume(tmp_path: Path) -> None:
+    """Central DP, no SecAgg: round 1's broadcast may have gone out before the crash;
+    the resumed run starts over from round 1 and charges that start."""
+    overrides = (*DP, "privacy.noise_multiplier=2.0", "server.rounds=2")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptDuring(1, replies=1))
+    resumed = resume(tmp_path / "cut")
+    ledger = resumed.summary["privacy"]
+    assert [r["round"] for r in resumed.records if r["round"] > 0] == [1, 2]
+    assert ledger["rounds_charged"] == 3 and ledger["replayed_rounds_charged"] == 1
 
 
 def last_pipeline_state(run_dir: Path) -> dict[str, Any]:

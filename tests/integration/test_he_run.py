@@ -93,6 +93,15 @@ def test_a_decrypting_client_that_drops_leaves_the_model_unchanged(tmp_path: Pat
         ),
         (("runtime.engine='flower'",), "needs he.public_context and he.secret_context"),
         (("client.drift_correction='scaffold'",), "control variates"),
+        (
+            (
+                "privacy.dp='central'",
+                "privacy.clip_norm=0.1",
+                "privacy.noise_multiplier=1.0",
+                "server.weighting='uniform'",
+            ),
+            "the decrypting client would see the cohort's clipped sum before",
+        ),
     ],
 )
 def test_bad_homomorphic_settings_are_refused_at_load(

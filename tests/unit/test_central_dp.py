@@ -339,3 +339,12 @@ def test_the_noisy_fraction_under_poisson_is_centred_then_shifted_back() -> None
     report = RoundReport(1, 2, metrics, 2.0, seed=0)
     fraction = (2 * 0.5) / 4.0 + 0.5  # 0.75, where the uncentred count gave 0.5
     assert clip.next(1.0, report) == pytest.approx(math.exp(-1.0 * (fraction - 0.5)))
+
+
+def test_adaptive_clipping_refuses_replies_without_their_clipped_bit() -> None:
+    """A protocol that keeps the bit from the server must not count the client as
+    unclipped (the clip would shrink every round whatever the data)."""
+    clip = QuantileClip(1.0, 0.5, 0.2, count_noise=0.0)
+    report = RoundReport(1, 2, [{CLIPPED_METRIC: 1.0}, {"steps": 3.0}], 2.0, seed=0)
+    with pytest.raises(ValueError, match="1 of 2 replies lack it"):
+        clip.next(1.0, report)

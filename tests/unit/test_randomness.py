@@ -103,3 +103,46 @@ def test_the_banner_says_which_randomness_a_private_run_uses() -> None:
     assert "randomness secure (OS CSPRNG)" in privacy_banner(
         tiny_config(*DP, "run.randomness='secure'")
     )
+
+
+def test_a_flower_node_draws_dp_sgd_noise_from_the_csprng_whatever_the_config_says() -> None:
+    """The config a node trains with comes from the server: a node never lets it choose
+    reproducible noise for DP-SGD."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from fedllm.federation.algorithms.base import AlgorithmSetup
+    from fedllm.federation.algorithms.local_dp import LocalDP
+
+    config = tiny_config(
+        "privacy.dp='local'", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0"
+    )
+    assert config.randomness == "reproducible"
+    ws = cast(Any, SimpleNamespace(config=config, data=None))
+
+    def plugin_secure(partial: bool) -> bool:
+        setup = AlgorithmSetup(ws, "federated", {"a": 40, "b": 30}, cast(Any, None), {}, partial)
+        algorithm = LocalDP().build(setup)
+        assert algorithm is not None and algorithm.client is not None
+        return bool(algorithm.client.secure)
+
+    assert plugin_secure(partial=True) and not plugin_secure(partial=False)
+
+
+def test_the_secagg_graph_is_secret_in_secure_mode() -> None:
+    from fedllm.protocol.secagg import SecAggExchange, SecAggSettings
+    from fedllm.server.plugin import RoundContext
+    from fedllm.types import RoundRecord
+
+    cohort = [f"c{i}" for i in range(12)]
+
+    def graph(secure: bool) -> dict[str, tuple[str, ...]]:
+        settings = SecAggSettings(31, 0.05, 12, 4, None, 2, None, secure)
+        ctx = RoundContext(1, cohort, {"w": torch.zeros(8)}, 5, RoundRecord(round=1))
+        server = SecAggExchange(settings)._server(ctx)
+        assert not isinstance(server, str)
+        return {c: tuple(sorted(server.graph[c])) for c in cohort}
+
+    assert graph(False) == graph(False)  # anyone with the config knows the neighbours
+    secret = [graph(True) for _ in range(3)]
+    assert any(g != graph(False) for g in secret) and len({str(g) for g in secret}) > 1

@@ -25,7 +25,7 @@ import torch
 
 from fedllm.client.hooks import TrainHook
 from fedllm.data import Example
-from fedllm.seeding import derive_seed, secret_seed
+from fedllm.seeding import privacy_seed
 
 LossOf = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """The trainer's forward pass: a collated batch -> its loss (autocast and loss hooks in)."""
@@ -62,7 +62,7 @@ class DPSGDHook(TrainHook):
         self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
         self.lot, self.micro_batches = lot, micro_batches
         self.secure = secure
-        noise_seed = secret_seed() if secure else derive_seed(seed, "dp-sgd-noise")
+        noise_seed = privacy_seed(seed, "dp-sgd-noise", secure=secure)
         self.noise = torch.Generator().manual_seed(noise_seed)
         self.clipped = self.examples = 0
         self._sums: list[torch.Tensor] = []
@@ -83,9 +83,7 @@ class DPSGDHook(TrainHook):
         return self._lots(examples, seed)
 
     def _lots(self, examples: Sequence[Example], seed: int) -> Iterator[list[Example]]:
-        rng = np.random.default_rng(
-            secret_seed() if self.secure else derive_seed(seed, "dp-sgd-lots")
-        )
+        rng = np.random.default_rng(privacy_seed(seed, "dp-sgd-lots", secure=self.secure))
         lot = min(self.lot, len(examples))
         while True:
             chosen = rng.choice(len(examples), size=lot, replace=False).tolist()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedllm.components import ALGORITHMS, load_builtin
 from fedllm.config import RANDOMNESS_MEANING, Config
 
 
@@ -15,29 +16,21 @@ def randomness_summary(config: Config) -> dict[str, Any]:
 
 
 def privacy_banner(config: Config) -> str:
-    """The banner's privacy line (empty without a privacy mechanism): the mechanisms,
-    their threat model, and where their randomness comes from."""
+    """The banner's privacy line (empty without a privacy mechanism): what each
+    algorithm the config turns on guarantees, against whom (its ``guarantee(config)``),
+    and where the randomness comes from."""
     if not config.guards_privacy:
         return ""
+    load_builtin()
     parts: list[str] = []
-    privacy = config.privacy
-    if privacy.dp == "central":
-        parts.append(
-            "user-level DP-FedAvg (central noise"
-            + (", added by the clients under SecAgg)" if config.secagg.enabled else ")")
-        )
-    elif privacy.dp == "local":
-        parts.append("record-level DP-SGD in every client")
-    if config.secagg.enabled:
-        from fedllm.secure.params import collusion_statement, threat_model
-
-        # a roster (Flower only) makes every node sign its keys and verify its neighbours'
-        parts.append(threat_model(signed=config.secagg.roster is not None))
-        if privacy.dp == "central":
-            colluders = config.secagg.tolerated_colluders
-            parts.append(collusion_statement(config.server.min_clients, colluders))
-    if config.he.enabled:
-        parts.append("CKKS aggregation (the server adds ciphertexts; a client decrypts)")
+    for name in ALGORITHMS.names():
+        factory = ALGORITHMS.get(name)()
+        describe = getattr(factory, "guarantee", None)
+        if describe is None or factory.setting(config) is None:
+            continue
+        line = describe(config)
+        if line:
+            parts.append(line)
     mode = config.randomness
     source = "OS CSPRNG" if mode == "secure" else "derived from the seed: recomputable"
     parts.append(f"randomness {mode} ({source})")

@@ -153,7 +153,7 @@ class FederatedMode:
         self.state = ServerState(0, params, optimizer.initial_state(params))
         self.cohort_size = min(server_cfg.clients_per_round, len(members.sizes))
         # cohorts are a privacy draw (amplification by sampling): a secret seed when secure
-        sample_seed = privacy_seed(ws.config.seed, ws.config.secure_randomness)
+        sample_seed = privacy_seed(ws.config.seed, secure=ws.config.secure_randomness)
         self.sampler = build_sampler(server_cfg, members.sizes, sample_seed)
         self.pipeline = Pipeline(pipeline.stages, composition.aggregator(pipeline.aggregator))
         self.setup = TrainingSetup(
@@ -278,7 +278,7 @@ class LocalMode:
         self.cohort_size = min(cfg.server.clients_per_round, len(self.clients))
         sizes = Members.held(self.clients).sizes
         self.sampler = build_sampler(
-            cfg.server, sizes, privacy_seed(cfg.seed, cfg.secure_randomness)
+            cfg.server, sizes, privacy_seed(cfg.seed, secure=cfg.secure_randomness)
         )
         side = client_side(ws, self.clients, cfg.client, composition, store)
         self.side = side

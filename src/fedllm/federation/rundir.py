@@ -5,7 +5,8 @@ Layout::
     config.toml       the resolved configuration
     metrics.jsonl     one JSON line per round (round 0 = before training)
     summary.json      the result, written at the end
-    started_round     the last round that started (a crash inside it is charged on resume)
+    started_rounds    one line per round start (starts after the last checkpoint are
+                      charged again on resume)
     checkpoints/      round-NNNNN/ (safetensors + server state + RNG states)
     clients/          per-client persistent state (local mode)
     final/            the trained model in Hugging Face format
@@ -23,8 +24,8 @@ from typing import Any
 from fedllm.config import Config, dump_config, load_config
 
 MARKER = ".fedllm-run"
-STARTED = "started_round"
-"""The last round that started, written before it plays."""
+STARTED = "started_rounds"
+"""One line per round start, appended before the round plays."""
 FLOWER_DONE = ".flower-done"
 """Written by the Flower ServerApp when it is done: the submission's token."""
 
@@ -144,21 +145,21 @@ class RunDir:
         return self.root / STARTED
 
     def mark_started(self, round_num: int) -> None:
-        """Record, durably, that ``round_num`` is about to be played (a crash inside it
-        is then known on resume, see :meth:`started_round`)."""
-        temporary = self.started_path.with_suffix(".tmp")
-        with temporary.open("w") as file:
-            file.write(str(round_num))
+        """Record, durably, that ``round_num`` is about to be played: one line per start,
+        never rewritten, so every attempt at a round that crashed is known on resume
+        (:meth:`started_rounds`)."""
+        with self.started_path.open("a") as file:
+            file.write(f"{round_num}\n")
             file.flush()
             os.fsync(file.fileno())
-        temporary.replace(self.started_path)
 
-    def started_round(self) -> int:
-        """The last round that started (0 if none was marked)."""
+    def started_rounds(self) -> list[int]:
+        """Every round start recorded so far, in order (a torn last line is skipped)."""
         try:
-            return int(self.started_path.read_text())
-        except (FileNotFoundError, ValueError):
-            return 0
+            lines = self.started_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [int(line) for line in lines if line.strip().isdigit()]
 
     def append_metrics(self, line: dict[str, Any]) -> None:
         """Append one round's record and flush it to disk."""

@@ -200,8 +200,9 @@ def _train(
     rounds = config.server.rounds
     efficiency = Efficiency.of(ws)
     reporter.start(first_round, rounds, _header(ws, config))
+    _charge_replayed(mode, rundir, ckpt.round if ckpt else 0, reporter)
     if ckpt is not None:
-        first_round = _check_resumable(mode, rundir, ckpt.round, reporter, first_round, rounds)
+        first_round = _check_resumable(mode, ckpt.round, reporter, first_round, rounds)
     for round_num in range(first_round, rounds + 1):
         rundir.mark_started(round_num)
         reporter.round_started(round_num, mode.cohort_size)
@@ -239,21 +240,24 @@ def _train(
     return RunResult(rundir.root, summary, records)
 
 
-def _check_resumable(
-    mode: Mode, rundir: RunDir, checkpointed: int, reporter: Reporter, first: int, rounds: int
-) -> int:
-    """The first round a resumed run plays: past the last (``rounds + 1``) when a
-    plug-in already says stop, e.g. a budget spent before the crash.
-
-    Rounds that had started after the checkpoint were played in part; what they
-    released before the crash is charged first (:meth:`Mode.charge_replayed`)."""
-    replayed = max(0, rundir.started_round() - checkpointed)
+def _charge_replayed(mode: Mode, rundir: RunDir, checkpointed: int, reporter: Reporter) -> None:
+    """Charge every start of a round after the checkpoint (each attempt, also of a run
+    resumed without any checkpoint): it was played in part and may have released
+    something before the crash (:meth:`Mode.charge_replayed`). A fresh run has none."""
+    replayed = sum(1 for round_num in rundir.started_rounds() if round_num > checkpointed)
     if replayed:
         mode.charge_replayed(replayed)
         reporter.message(
-            f"round(s) {checkpointed + 1}-{checkpointed + replayed} had started before the "
-            "crash: what they released is charged before they are played again"
+            f"{replayed} start(s) of rounds after round {checkpointed} came before a crash: "
+            "what they released is charged before those rounds are played again"
         )
+
+
+def _check_resumable(
+    mode: Mode, checkpointed: int, reporter: Reporter, first: int, rounds: int
+) -> int:
+    """The first round a resumed run plays: past the last (``rounds + 1``) when a
+    plug-in already says stop, e.g. a budget spent before the crash."""
     stop = mode.stop_reason()
     if stop is None:
         return first

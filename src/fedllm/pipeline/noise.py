@@ -23,7 +23,7 @@ from fedllm.pipeline.stage import (
     RoundReport,
     StageState,
 )
-from fedllm.seeding import secret_seed
+from fedllm.seeding import privacy_seed
 from fedllm.types import Params
 
 UNIFORM_TOLERANCE = 1e-9
@@ -83,8 +83,7 @@ class GaussianNoiseStage:
         divisor = accepted if self.expected is None else self.expected
         scale = accepted / divisor  # the mean -> the sum / divisor
         std = noise_std(multiplier, state["clip"], divisor)
-        seed = secret_seed() if self.secure else report.seed
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(privacy_seed(report.seed, secure=self.secure))
         noised: Params = {}
         for key in sorted(combined):  # a fixed order: the same seed, the same noise
             value = combined[key]

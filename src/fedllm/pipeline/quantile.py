@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from fedllm.pipeline.stage import RoundReport
-from fedllm.seeding import derive_seed, secret_seed
+from fedllm.seeding import privacy_seed
 
 CLIPPED_METRIC = "clip/clipped"
 """The clip stage's report, per client: 1 if its update was scaled down, else 0."""
@@ -61,7 +61,7 @@ class QuantileClip:
             return value
         centred = centred_count(report.client_metrics)
         if self.count_noise > 0:
-            seed = secret_seed() if self.secure else derive_seed(report.seed, "clip-count")
+            seed = privacy_seed(report.seed, "clip-count", secure=self.secure)
             generator = torch.Generator().manual_seed(seed)
             centred += self.count_noise * float(
                 torch.randn((), generator=generator, dtype=torch.float64)
@@ -73,5 +73,16 @@ class QuantileClip:
 
 def centred_count(client_metrics: Sequence[Mapping[str, float]]) -> float:
     """The statistic the count noise is added to: the sum over clients of
-    ``unclipped - 1/2`` (each term in [-1/2, 1/2])."""
-    return sum((1.0 - m.get(CLIPPED_METRIC, 0.0)) - 0.5 for m in client_metrics)
+    ``unclipped - 1/2`` (each term in [-1/2, 1/2]).
+
+    Raises:
+        ValueError: a client's metrics lack its clipped bit (a protocol that keeps
+            client metrics from the server cannot run adaptive clipping).
+    """
+    missing = sum(CLIPPED_METRIC not in m for m in client_metrics)
+    if missing:
+        raise ValueError(
+            f"adaptive clipping needs every accepted client's {CLIPPED_METRIC!r} bit; "
+            f"{missing} of {len(client_metrics)} replies lack it"
+        )
+    return sum((1.0 - m[CLIPPED_METRIC]) - 0.5 for m in client_metrics)

@@ -47,7 +47,7 @@ from fedllm.secure.messages import encode_ids, pack_map, unpack_keys, unpack_map
 from fedllm.secure.params import RoundParams, default_threshold
 from fedllm.secure.ring import RingSpec, dequantise_sum
 from fedllm.secure.server_round import SecAggServer
-from fedllm.seeding import derive_seed
+from fedllm.seeding import privacy_seed
 from fedllm.server.plugin import RoundContext
 from fedllm.types import ClientId
 
@@ -70,6 +70,9 @@ class SecAggSettings:
         min_survivors: the fewest masked inputs whose sum may be revealed (>= 2).
         roster: every client's node public key where the clients sign their advertised
             keys (the server drops a client whose signature fails); None: unsigned.
+        secure: draw each round's neighbour graph from the OS CSPRNG
+            (``run.randomness = 'secure'``), so no one can place colluders around a
+            target before the round.
     """
 
     bits: int
@@ -79,6 +82,7 @@ class SecAggSettings:
     threshold: int | None
     min_survivors: int
     roster: Roster | None = None
+    secure: bool = False
 
 
 class SecAggExchange:
@@ -104,7 +108,7 @@ class SecAggExchange:
             threshold = s.threshold
         size = sum(t.numel() for t in ctx.params.values())
         params = RoundParams(self.spec, threshold, ctx.round)
-        graph_seed = derive_seed(ctx.seed, "secagg-graph")
+        graph_seed = privacy_seed(ctx.seed, "secagg-graph", secure=s.secure)
         return SecAggServer(params, ctx.cohort, degree, graph_seed, size, s.min_survivors, s.roster)
 
 

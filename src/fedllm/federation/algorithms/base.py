@@ -113,7 +113,8 @@ class AlgorithmFactory(Protocol):
     names it: an algorithm without a config section of its own, e.g. one a user
     registers), ``modes`` and ``modes_why`` (the federation modes it applies to,
     default all), ``refuses(config)`` (``(other algorithm, why)`` pairs it cannot
-    run with), ``problem(config)`` (a check of its own settings).
+    run with), ``problem(config)`` (a check of its own settings), ``guarantee(config)``
+    (what it promises and against whom, for the start banner's privacy line).
 
     Attributes:
         order: where its hooks run among the others (lower first).

@@ -24,6 +24,11 @@ class CentralDP:
     def setting(self, config: Config) -> str | None:
         return "privacy.dp = 'central'" if config.privacy.dp == "central" else None
 
+    def guarantee(self, config: Config) -> str:
+        if config.secagg.enabled:
+            return "user-level DP-FedAvg, the clients adding the noise under SecAgg+"
+        return "user-level DP-FedAvg (the server, trusted with the clipped updates, adds the noise)"
+
     def refuses(self, config: Config) -> list[tuple[str, str]]:
         refused = [
             ("scaffold", "its control variates reach the server unclipped and without noise"),
@@ -51,5 +56,4 @@ class CentralDP:
         if config.privacy.dp != "central" or setup.mode != "federated" or setup.partial:
             return None  # a node only clips, with the clip the broadcast carries
         plan = central_plan(config, len(setup.clients))
-        ledger = PrivacyLedger(plan, releases_in_round=config.secagg.enabled)
-        return Algorithm("central_dp", server=ledger, disclosure="server")
+        return Algorithm("central_dp", server=PrivacyLedger(plan), disclosure="server")

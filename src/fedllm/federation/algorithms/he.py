@@ -47,6 +47,12 @@ class HomomorphicAggregation:
     def setting(self, config: Config) -> str | None:
         return "he.enabled = true" if config.he.enabled else None
 
+    def guarantee(self, config: Config) -> str:
+        return (
+            "CKKS aggregation: the server adds ciphertexts it cannot read; one client "
+            f"decrypts the sum and floods it (he.flooding_bits = {config.he.flooding_bits})"
+        )
+
     def refuses(self, config: Config) -> list[tuple[str, str]]:
         one_protocol = ("secagg", "a round has one protocol: choose secure aggregation or CKKS")
         return [one_protocol, *sum_only_refusals("encrypted")]
@@ -59,6 +65,14 @@ class HomomorphicAggregation:
         problem = sum_only_problem("he.enabled = true", config.server.aggregator)
         if problem is not None:
             return problem
+        if config.privacy.dp == "central":
+            return (
+                "he.enabled = true with privacy.dp = 'central': the decrypting client would see "
+                "the cohort's clipped sum before the server adds the noise (and a client in a "
+                "cohort of 3 could subtract its own update); use secagg.enabled = true with "
+                "privacy.dp = 'central' (distributed DP: the clients add the noise), or "
+                "privacy.dp = 'local'"
+            )
         if config.runtime.engine == "flower":
             missing = [
                 f"he.{key}"

@@ -20,6 +20,9 @@ class LocalDP:
     def setting(self, config: Config) -> str | None:
         return "privacy.dp = 'local'" if config.privacy.dp == "local" else None
 
+    def guarantee(self, config: Config) -> str:
+        return "record-level DP-SGD in every client (the server sees only noisy updates)"
+
     def refuses(self, config: Config) -> list[tuple[str, str]]:
         return [("public_mix", "DP-SGD draws each step's lot from the client's own data")]
 
@@ -45,7 +48,12 @@ class LocalDP:
         bound = plan_local(privacy, sizes[exposed], lot, max(steps.values()), config.server.rounds)
         plans = {cid: bound.for_client(n, lot) for cid, n in sizes.items()}
         plugin = DPSGDPlugin(
-            plans, privacy.clip_norm, client.grad_accum, steps, config.secure_randomness
+            plans,
+            privacy.clip_norm,
+            client.grad_accum,
+            steps,
+            # a node never trusts the config it is sent for its noise: always the CSPRNG
+            config.secure_randomness or setup.partial,
         )
         ledger = None if setup.partial else LocalLedger(bound, steps, _truncated(setup))
         return Algorithm("local_dp", client=plugin, server=ledger, disclosure="public")

@@ -54,6 +54,16 @@ class SecAgg:
     def setting(self, config: Config) -> str | None:
         return "secagg.enabled = true" if config.secagg.enabled else None
 
+    def guarantee(self, config: Config) -> str:
+        from fedllm.secure.params import collusion_statement, threat_model
+
+        # a roster (Flower only) makes every node sign its keys and verify its neighbours'
+        parts = [threat_model(signed=config.secagg.roster is not None)]
+        if config.privacy.dp == "central":
+            colluders = config.secagg.tolerated_colluders
+            parts.append(collusion_statement(config.server.min_clients, colluders))
+        return "; ".join(parts)
+
     def refuses(self, config: Config) -> list[tuple[str, str]]:
         return sum_only_refusals("masked")
 
@@ -100,6 +110,7 @@ class SecAgg:
             secagg.threshold,
             min_sum_inputs(server.min_clients),  # distributed DP's noise shares rest on it
             roster,
+            config.secure_randomness,
         )
         return Algorithm(
             "secagg",

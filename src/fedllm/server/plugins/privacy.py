@@ -26,15 +26,16 @@ class PrivacyLedger(ServerPlugin):
 
     Args:
         plan: the run's mechanism, delta and budget.
-        releases_in_round: the round releases its noisy sum to an untrusted server
-            before the checkpoint (distributed DP under SecAgg): a round that had
-            started before a crash is charged again when it is replayed.
+    Every start of a round is charged, finished or not: a round that a crash cut
+    short may have released its noisy sum (to the server under SecAgg, to the eval
+    clients and the next cohorts through the broadcast), and its replay releases
+    another under secure randomness.
     """
 
     name = "privacy"
 
-    def __init__(self, plan: CentralPlan, releases_in_round: bool = False) -> None:
-        self.plan, self.releases_in_round = plan, releases_in_round
+    def __init__(self, plan: CentralPlan) -> None:
+        self.plan = plan
         self.accountant: PrivacyAccountant = plan.accountant()
         self.spent = 0.0
         self.replayed = 0
@@ -43,9 +44,8 @@ class PrivacyLedger(ServerPlugin):
         record.extra[EPSILON] = 0.0
 
     def charge_replayed(self, rounds: int) -> None:
-        if self.releases_in_round:
-            self.replayed += rounds
-            self.spent = self.accountant.spend(rounds)
+        self.replayed += rounds
+        self.spent = self.accountant.spend(rounds)
 
     def end_round(self, ctx: RoundContext) -> None:
         self.spent = self.accountant.spend()
