@@ -246,6 +246,18 @@ def central(**server: object) -> dict[str, object]:
             {"privacy": {**LOCAL, "accountant": "pld"}},
             "only the RDP accountant",
         ),
+        (  # the same check as a run's, at load (`fedllm config` said nothing before)
+            {
+                **central(),
+                "privacy": {
+                    "dp": "central",
+                    "clip_norm": 0.1,
+                    "noise_multiplier": 1.0,
+                    "accountant": "pld",
+                },
+            },
+            "cannot account fixed-size cohorts",
+        ),
         (
             {"privacy": LOCAL, "client": {"fp16": True}, "run": {"device": "cuda"}},
             "set client.fp16 = false",

@@ -29,6 +29,17 @@ class CentralDP:
             return "user-level DP-FedAvg, the clients adding the noise under SecAgg+"
         return "user-level DP-FedAvg (the server, trusted with the clipped updates, adds the noise)"
 
+    def problem(self, config: Config) -> str | None:
+        privacy, server = config.privacy, config.server
+        partial = server.clients_per_round < config.data.num_clients
+        if privacy.accountant == "pld" and server.sampling == "uniform" and partial:
+            return (
+                "privacy.accountant = 'pld' cannot account fixed-size cohorts (sampling "
+                f"{server.clients_per_round} of up to {config.data.num_clients} clients without "
+                "replacement); use privacy.accountant = 'rdp', or server.sampling = 'poisson'"
+            )
+        return None
+
     def refuses(self, config: Config) -> list[tuple[str, str]]:
         refused = [
             ("scaffold", "its control variates reach the server unclipped and without noise"),
