@@ -255,3 +255,9 @@ def test_poisson_epsilon_at_the_example_that_broke_the_never_below_claim() -> No
         reference = theirs.get_epsilon(1e-5, alphas=list(RDP_ORDERS))
     ours = PrivacyAccountant(Mechanism(4.0, 64, 1, "poisson"), 1e-5).epsilon(1)
     assert ours == pytest.approx(reference, rel=1e-6)
+
+
+def test_an_unreachable_budget_says_what_is_reachable_instead_of_a_solver_error() -> None:
+    accountant = PrivacyAccountant(Mechanism(1.0, 8, 4, "fixed"), 1e-4)
+    with pytest.raises(PrivacyConfigError, match=r"out of reach: even noise multiplier 1000"):
+        accountant.noise_for(0.01, 1)

@@ -46,6 +46,10 @@ RDP_ORDERS: tuple[float, ...] = (
 """The Renyi orders tried (Opacus's defaults, plus three large ones for tiny epsilons)."""
 
 
+NOISE_BRACKET = (1e-3, 1e3)
+"""The noise multipliers a budget is calibrated within (larger: the update is all noise)."""
+
+
 class PrivacyConfigError(ValueError):
     """A mechanism or budget the accountant cannot account (with what would be valid)."""
 
@@ -210,13 +214,22 @@ class PrivacyAccountant:
         def event(z: float) -> dp_accounting.DpEvent:
             return Mechanism(z, base.clients, base.cohort, base.sampling).rounds_event(rounds)
 
+        low, high = NOISE_BRACKET
         with _quiet_absl():
+            floor = self.epsilon(rounds, Mechanism(high, base.clients, base.cohort, base.sampling))
+            if floor > target_epsilon:
+                raise PrivacyConfigError(
+                    f"privacy.target_epsilon = {target_epsilon:g} is out of reach: even noise "
+                    f"multiplier {high:g} spends epsilon {floor:.4g} in {rounds} round(s) with "
+                    f"{base.cohort} of {base.clients} per round at delta {self.delta:g}; raise "
+                    "the budget or privacy.delta, or plan fewer rounds (server.rounds)"
+                )
             z = dp_accounting.calibrate_dp_mechanism(
                 lambda: self._fresh(base),
                 event,
                 target_epsilon,
                 self.delta,
-                bracket_interval=dp_accounting.ExplicitBracketInterval(1e-3, 1e3),
+                bracket_interval=dp_accounting.ExplicitBracketInterval(low, high),
                 tol=1e-4,
             )
         return float(z)
