@@ -301,8 +301,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {text}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted: the last checkpoint is kept; continue with `fedllm resume`")
+        console.print(interrupted_message(args), soft_wrap=True)
         return 130
+
+
+def interrupted_message(args: argparse.Namespace) -> str:
+    """What an interrupted command leaves: a training run's last checkpoint (and how to
+    continue), or that none was written yet."""
+    if args.command == "run":
+        run_dir = args.out or Path("runs") / args.config.stem
+    elif args.command == "resume":
+        run_dir = args.run_dir
+    else:
+        return "interrupted"
+    from fedllm.federation.checkpoint import list_checkpoints
+
+    saved = list_checkpoints(Path(run_dir) / "checkpoints")
+    if not saved:
+        return (
+            f"interrupted before the first checkpoint: nothing of {run_dir} to continue; "
+            "start the run again"
+        )
+    last = saved[-1].name.removeprefix("round-").lstrip("0") or "0"
+    return (
+        f"interrupted: the checkpoint of round {last} is kept; continue with "
+        f"`fedllm resume {run_dir}`"
+    )
 
 
 @contextmanager

@@ -126,6 +126,19 @@ def test_errors_are_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "nowhere is not a folder; give a run directory" in capsys.readouterr().err
 
 
+def test_an_interrupt_says_what_it_leaves(tmp_path: Path) -> None:
+    """Before the first checkpoint there is nothing to continue (issue 26)."""
+    from fedllm.cli import build_parser, interrupted_message
+
+    out = tmp_path / "run"
+    args = build_parser().parse_args(["run", str(TINY), "--out", str(out)])
+    assert "before the first checkpoint: nothing" in interrupted_message(args)
+    (out / "checkpoints" / "round-00003").mkdir(parents=True)
+    (out / "checkpoints" / "round-00003" / "state.json").write_text("{}")
+    said = interrupted_message(build_parser().parse_args(["resume", str(out)]))
+    assert "checkpoint of round 3 is kept" in said and f"fedllm resume {out}" in said
+
+
 def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_its_checkpoint(tmp_path: Path) -> None:
     """`kill` (what a service manager sends) ends `fedllm run` as Ctrl-C does: the last
     checkpoint is kept and the message says how to continue; the handler is put back."""
@@ -142,7 +155,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_its_checkpoint(tmp_path: Path
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    assert "interrupted: the last checkpoint is kept" in err
+    assert "interrupted: the checkpoint of round" in err and "fedllm resume" in err
     assert any((out / "checkpoints").iterdir())
     before = signal.getsignal(signal.SIGTERM)
     with terminate_as_interrupt():
