@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from fedllm.federation.runner import resume, run
 from fedllm.privacy.accountant import Mechanism, PrivacyAccountant
+from fedllm.report.progress import SilentReporter
 from tests.support.runs import InterruptAfter, InterruptDuring, stable, tiny_config
 
 DP = (
@@ -238,3 +239,32 @@ def test_a_delta_of_one_over_the_clients_or_more_is_refused() -> None:
     local = PrivacyConfig(dp="local", clip_norm=1.0, noise_multiplier=1.0, delta=0.01)
     with pytest.raises(PrivacyConfigError, match=r"not below 1 / 100 \(training records"):
         plan_local(local, examples=100, lot=4, steps_per_round=2, rounds=2)
+
+
+class Header(SilentReporter):
+    """Keeps the start banner."""
+
+    text = ""
+
+    def start(self, first_round: int, rounds: int, header: str) -> None:
+        Header.text = header
+
+
+def test_the_banner_says_the_mechanism_its_accounting_and_randomness(tmp_path: Path) -> None:
+    run(
+        tiny_config(*DP, "privacy.target_epsilon=30", "server.rounds=1"),
+        tmp_path / "r",
+        reporter=Header(),
+    )
+    banner = Header.text
+    assert "user-level DP-FedAvg" in banner and "randomness reproducible" in banner
+    assert "(derived from the budget)" in banner and "delta 1e-05" in banner
+    assert "2 of 4 clients per round (fixed size, replace-one neighbours" in banner
+    run(
+        tiny_config(
+            *DP, "privacy.noise_multiplier=1.0", "server.sampling='poisson'", "server.rounds=1"
+        ),
+        tmp_path / "p",
+        reporter=Header(),
+    )
+    assert "about 2 of 4 clients per round (Poisson, add-or-remove" in Header.text

@@ -35,3 +35,36 @@ def privacy_banner(config: Config) -> str:
     source = "OS CSPRNG" if mode == "secure" else "derived from the seed: recomputable"
     parts.append(f"randomness {mode} ({source})")
     return "privacy: " + "; ".join(parts)
+
+
+def accounting_line(ledger: dict[str, Any]) -> str:
+    """The banner's accounting line from a privacy ledger's summary: the noise
+    multiplier (and whether it was derived), delta, the accountant, and the sampling
+    with its neighbouring relation; empty without a ledger."""
+    if not ledger:
+        return ""
+    z = ledger["noise_multiplier"]
+    derived = " (derived from the budget)" if ledger.get("noise_multiplier_derived") else ""
+    budget = ledger.get("target_epsilon")
+    parts = [
+        f"{ledger.get('level', 'user')}-level",
+        f"noise multiplier {z:.4g}{derived}",
+        f"delta {ledger['delta']:g}",
+        f"accountant {ledger['accountant'].upper()}",
+    ]
+    if budget is not None:
+        parts.append(f"budget epsilon {budget:g}")
+    sampling = ledger["sampling"]
+    if sampling == "poisson":
+        parts.append(
+            f"about {ledger['cohort']} of {ledger['clients']} clients per round (Poisson, "
+            "add-or-remove neighbours)"
+        )
+    elif sampling == "fixed":
+        parts.append(
+            f"{ledger['cohort']} of {ledger['clients']} clients per round (fixed size, "
+            "replace-one neighbours: sensitivity 2C)"
+        )
+    else:
+        parts.append(f"{sampling} (replace-one neighbours)")
+    return "accounting: " + ", ".join(parts)

@@ -23,7 +23,7 @@ from fedllm.federation.checkpoint import (
 from fedllm.federation.early import RunData
 from fedllm.federation.efficiency import Efficiency
 from fedllm.federation.export import export_states
-from fedllm.federation.guarantees import privacy_banner, randomness_summary
+from fedllm.federation.guarantees import accounting_line, privacy_banner, randomness_summary
 from fedllm.federation.modes import Mode, build_mode
 from fedllm.federation.rundir import RunDir, RunDirError, check_writable
 from fedllm.federation.setup import Workspace, prepare
@@ -199,7 +199,11 @@ def _train(
 
     rounds = config.server.rounds
     efficiency = Efficiency.of(ws)
-    reporter.start(first_round, rounds, _header(ws, config))
+    ledger = mode.summary().get("privacy", {})
+    accounting = accounting_line(ledger) if "noise_multiplier" in ledger else ""
+    reporter.start(
+        first_round, rounds, _header(ws, config) + (f"\n{accounting}" if accounting else "")
+    )
     _charge_replayed(mode, rundir, ckpt.round if ckpt else 0, reporter)
     if ckpt is not None:
         first_round = _check_resumable(mode, ckpt.round, reporter, first_round, rounds)
