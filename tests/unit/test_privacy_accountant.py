@@ -261,3 +261,24 @@ def test_an_unreachable_budget_says_what_is_reachable_instead_of_a_solver_error(
     accountant = PrivacyAccountant(Mechanism(1.0, 8, 4, "fixed"), 1e-4)
     with pytest.raises(PrivacyConfigError, match=r"out of reach: even noise multiplier 1000"):
         accountant.noise_for(0.01, 1)
+
+
+def test_pld_calibration_stays_small_and_spends_the_target() -> None:
+    """4 of 8 clients by Poisson, 3 rounds, epsilon 8: calibrating from the bracket
+    [0.001, 1000] allocated 38 GiB for z = 0.001's PLD. Now the bracket comes from RDP's
+    answer (an upper bound on PLD's) and a coarser grid; memory is measured, not timed."""
+    import tracemalloc
+
+    mechanism = Mechanism(1.0, 8, 4, "poisson")
+    accountant = PrivacyAccountant(mechanism, 1e-5, "pld")
+    tracemalloc.start()
+    try:
+        z = accountant.noise_for(8.0, 3)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 300e6
+    spent = accountant.epsilon(3, Mechanism(z, 8, 4, "poisson"))
+    assert spent <= 8.0 and spent == pytest.approx(8.0, rel=0.01)
+    rdp = PrivacyAccountant(mechanism, 1e-5, "rdp").noise_for(8.0, 3)
+    assert z <= rdp  # PLD is the tighter accountant: it needs no more noise

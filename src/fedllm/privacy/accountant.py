@@ -147,6 +147,7 @@ class PrivacyAccountant:
         delta: float,
         kind: AccountantKind = "rdp",
         orders: tuple[float, ...] = RDP_ORDERS,
+        pld_interval: float = 1e-4,
     ) -> None:
         if not 0 < delta < 1:
             raise PrivacyConfigError(f"delta = {delta}: must be in (0, 1), e.g. 1e-5")
@@ -159,12 +160,15 @@ class PrivacyAccountant:
                 "replacement); use accountant = 'rdp', or sampling = 'poisson'"
             )
         self.mechanism, self.delta, self.kind, self.orders = mechanism, delta, kind, orders
+        self.pld_interval = pld_interval
         self.rounds = 0
 
     def _fresh(self, mechanism: Mechanism) -> dp_accounting.PrivacyAccountant:
         relation = mechanism.relation
         if self.kind == "pld":
-            return pld.PLDAccountant(neighboring_relation=relation)
+            return pld.PLDAccountant(
+                neighboring_relation=relation, value_discretization_interval=self.pld_interval
+            )
         return rdp.RdpAccountant(orders=list(self.orders), neighboring_relation=relation)
 
     def epsilon(self, rounds: int | None = None, mechanism: Mechanism | None = None) -> float:
@@ -197,6 +201,9 @@ class PrivacyAccountant:
                 high = middle - 1
         return low
 
+    def _pld_bracket(self, target_epsilon: float, rounds: int) -> tuple[float, float]:
+        return _pld_bracket_of(self, target_epsilon, rounds)
+
     def noise_for(self, target_epsilon: float, rounds: int) -> float:
         """The smallest noise multiplier whose ``rounds`` rounds spend at most
         ``target_epsilon`` (dp-accounting's calibration).
@@ -215,6 +222,15 @@ class PrivacyAccountant:
             return Mechanism(z, base.clients, base.cohort, base.sampling).rounds_event(rounds)
 
         low, high = NOISE_BRACKET
+        if self.kind == "pld" and self.pld_interval < PLD_CALIBRATION_INTERVAL:
+            # calibrate on a coarser grid: its pessimistic PLD bounds the finer one's, so
+            # the z it finds spends at most the target here too, ten times faster
+            coarse = PrivacyAccountant(
+                base, self.delta, "pld", self.orders, PLD_CALIBRATION_INTERVAL
+            )
+            return coarse.noise_for(target_epsilon, rounds)
+        if self.kind == "pld":  # tiny noise would need a PLD of tens of GiB: bracket first
+            low, high = self._pld_bracket(target_epsilon, rounds)
         with _quiet_absl():
             floor = self.epsilon(rounds, Mechanism(high, base.clients, base.cohort, base.sampling))
             if floor > target_epsilon:
@@ -233,6 +249,33 @@ class PrivacyAccountant:
                 tol=1e-4,
             )
         return float(z)
+
+
+PLD_CALIBRATION_INTERVAL = 1e-3
+"""The privacy-loss grid a PLD calibration uses (reports use dp-accounting's 1e-4)."""
+
+PLD_FLOOR = 0.1
+"""The smallest noise multiplier a PLD calibration tries (below, its discretised
+privacy-loss distribution outgrows memory)."""
+
+
+def _pld_bracket_of(
+    accountant: PrivacyAccountant, target: float, rounds: int
+) -> tuple[float, float]:
+    """Noise multipliers around the PLD solution without evaluating tiny ones: RDP's
+    calibrated z spends at most the target under PLD too (PLD is the tighter bound),
+    so it is the top; the bottom halves from there while PLD still stays within."""
+    base = accountant.mechanism
+    rdp = PrivacyAccountant(base, accountant.delta, "rdp", accountant.orders)  # no PLD grid
+    high = rdp.noise_for(target, rounds)
+    low = high / 2
+    while (
+        low > PLD_FLOOR
+        and accountant.epsilon(rounds, Mechanism(low, base.clients, base.cohort, base.sampling))
+        <= target
+    ):
+        low /= 2
+    return max(low, PLD_FLOOR), high
 
 
 class _quiet_absl:
