@@ -4,7 +4,7 @@ Same model, data, seed and step budget; each mode in its own process. Records
 held-out perplexity by round (client mean, worst client, test split), bytes,
 wall time and peak memory into benchmarks/results/demo.json.
 
-Usage: python benchmarks/demo_result.py [--set section.key=value ...]
+Usage: python -m benchmarks.demo_result [--set section.key=value ...]
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ With ``--device cpu`` (no GPU) the CUDA-only options must be refused with a
 DeviceError naming them; those checks pass when they are. Writes
 benchmarks/results/gpu_check.json (or ``--out``); exits 1 if a check failed.
 
-Usage: python benchmarks/gpu_check.py [--device cuda] [--out PATH]
+Usage: python -m benchmarks.gpu_check [--device cuda] [--out PATH]
 """
 
 from __future__ import annotations

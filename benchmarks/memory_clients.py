@@ -6,7 +6,7 @@ client count must not change memory beyond the clients' persistent state.
 Measured for federated mode and for local mode (which keeps one state per
 client, on disk). Target: peak(100) / peak(10) <= 1.10.
 
-Usage: python benchmarks/memory_clients.py [--clients 10 100]
+Usage: python -m benchmarks.memory_clients [--clients 10 100]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ perplexity, wall time per round and peak memory into
 benchmarks/results/methods.json: how much communication PEFT saves against
 full fine-tuning, and at what quality cost.
 
-Usage: python benchmarks/methods.py [--methods lora full ...] [--rounds 3] [--steps 5]
+Usage: python -m benchmarks.methods [--methods lora full ...] [--rounds 3] [--steps 5]
 """
 
 from __future__ import annotations

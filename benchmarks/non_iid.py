@@ -12,7 +12,7 @@ of where FedAvg ends on that partition), bytes per round and the partition's
 heterogeneity (label distribution per client). Writes
 benchmarks/results/non_iid.json and non_iid.png.
 
-Usage: python benchmarks/non_iid.py [--model smollm2-135m] [--rounds 6] [--steps 5]
+Usage: python -m benchmarks.non_iid [--model smollm2-135m] [--rounds 6] [--steps 5]
        [--work DIR]  (keep the runs; a second call reuses the finished ones)
 """
 

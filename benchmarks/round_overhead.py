@@ -6,7 +6,7 @@ whole federated round (broadcast, local training, validation, byte counting,
 aggregation, server step); evaluation and checkpoints are left out of both.
 Target: simulator / plain <= 1.05.
 
-Usage: python benchmarks/round_overhead.py [--model smollm2-135m|tiny] [--steps 10] [--reps 3]
+Usage: python -m benchmarks.round_overhead [--model smollm2-135m|tiny] [--steps 10] [--reps 3]
 """
 
 from __future__ import annotations
