@@ -262,6 +262,14 @@ class Config(Section):
                 f"{self.federation.mode!r} (it needs every client's data in one place): "
                 "use runtime.engine = 'simulation' for it"
             )
+        loopback_nodes = runtime.nodes if runtime.superlink is None else None
+        if loopback_nodes is not None and loopback_nodes != self.data.num_clients:
+            raise ValueError(
+                f"runtime.nodes = {loopback_nodes} with data.num_clients = "
+                f"{self.data.num_clients}: a loopback deployment starts one SuperNode per "
+                "client, and a client without one would never train nor be evaluated; "
+                f"set runtime.nodes = {self.data.num_clients} (or remove it)"
+            )
         if runtime.root_certificates is not None and runtime.superlink is None:
             raise ValueError(
                 "runtime.root_certificates is for a remote runtime.superlink; a loopback "

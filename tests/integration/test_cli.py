@@ -180,3 +180,14 @@ def test_he_keys_writes_a_private_secret_and_refuses_to_overwrite(
     assert main(["he-keys", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert secret.read_bytes() == before
+
+
+def test_a_loopback_deployment_with_fewer_nodes_than_clients_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One SuperNode per client on loopback: with --nodes 1 for 2 clients the other one
+    never trained while the banner and summary said 2 (issue 26)."""
+    argv = ["deploy", "local", str(TINY), "--set", "data.num_clients=2", "--nodes", "1"]
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    assert "set runtime.nodes = 2" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
