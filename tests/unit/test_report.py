@@ -144,3 +144,18 @@ def test_live_messages_print_brackets_as_written() -> None:
     assert "skipped: client [red]a[/red] dropped" in text
     assert "valid keys in [server]: rounds" in text
     assert "warning: skipped checkpoint [round-00002]" in text
+
+
+def test_a_private_run_shows_its_mechanism_epsilon_and_a_plot_of_it(tmp_path: Path) -> None:
+    """Two runs under central and local DP were both titled 'federated · lora' with no
+    epsilon anywhere (issue 26)."""
+    records = [{**r, "epsilon": [0.0, 1.25, 2.5, 3.75][r["round"]]} for r in RECORDS]
+    about = {**SUMMARY, "privacy": {"epsilon": 3.75, "level": "record"}}
+    title = run_title("dp-run", about)
+    assert title == "dp-run · federated · lora · record-level DP, epsilon 3.75"
+    text = render(result_table(records, title=title))
+    assert_fits(text, "epsilon", "3.750", "1.250")
+    plots = plot_run(records, tmp_path, title="dp-run")
+    spent = next(p for p in plots if p.path is not None and p.path.name == "epsilon.png")
+    assert spent.series["epsilon"] == [(0.0, 0.0), (1.0, 1.25), (2.0, 2.5), (3.0, 3.75)]
+    assert "epsilon" not in render(result_table(RECORDS, title="plain"))

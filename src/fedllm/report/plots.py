@@ -27,8 +27,9 @@ class Plot:
 
 
 def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[Plot]:
-    """Write ``perplexity.png`` (held-out, by round), ``train_loss.png`` and
-    ``communication.png`` (MB per round; skipped when nothing was sent) into ``out_dir``."""
+    """Write ``perplexity.png`` (held-out, by round), ``train_loss.png``, ``epsilon.png``
+    (the privacy spent, when the run accounts it) and ``communication.png`` (MB per round;
+    skipped when nothing was sent) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluated = [r for r in records if r.get("eval")]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -50,6 +51,13 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
     ax.plot(rounds, losses, marker="o", label="train loss")
     ax.set(xlabel="round", ylabel="mean client train loss (nats/token)", title=title)
     plots.append(save_rounds_figure(fig, ax, out_dir / "train_loss.png"))
+
+    spent = [(r["round"], r["epsilon"]) for r in records if "epsilon" in r]
+    if spent:  # a privacy ledger ran: the budget it spent, round by round
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*spent, strict=True), marker="o", label="epsilon")
+        ax.set(xlabel="round", ylabel="epsilon spent (at the run's delta)", title=title)
+        plots.append(save_rounds_figure(fig, ax, out_dir / "epsilon.png"))
 
     sent = [r for r in records if r.get("bytes_up", 0) or r.get("bytes_down", 0)]
     if not sent:  # local mode: an empty chart would only mislead

@@ -133,12 +133,16 @@ def _privacy(summary: dict[str, Any]) -> str:
 
 def result_table(records: list[dict[str, Any]], title: str = "fedllm run") -> Group:
     """Per round, two tables that fit 80 columns: held-out quality (clients accepted of
-    sampled, train loss, perplexities), then cost (MB up and down, tokens/s, seconds)."""
+    sampled, train loss, perplexities), then cost (MB up and down, tokens/s, seconds,
+    and the epsilon spent so far when the run accounts privacy)."""
     quality = Table(title=title)
     cost = Table(title=f"{title}: cost")
+    private = any("epsilon" in rec for rec in records)
     number_columns(quality, "round", "clients", "train loss", "eval ppl (mean)")
     number_columns(quality, "eval ppl (worst)", "test ppl")
-    number_columns(cost, "round", "MB up", "MB down", "tok/s", "s")
+    number_columns(
+        cost, "round", "MB up", "MB down", "tok/s", "s", *(["epsilon"] if private else [])
+    )
     for rec in records:
         ev = rec.get("eval", {})
         quality.add_row(
@@ -155,6 +159,7 @@ def result_table(records: list[dict[str, Any]], title: str = "fedllm run") -> Gr
             f"{rec.get('bytes_down', 0) / 1e6:.2f}",
             fmt(rec.get("tokens_per_s"), 0),
             f"{_seconds(rec.get('time_s', {})):.1f}",
+            *([fmt(rec.get("epsilon"), 3)] if private else []),
         )
     return Group(quality, cost)
 
@@ -167,9 +172,13 @@ def number_columns(table: Table, *headers: str) -> None:
 
 
 def run_title(name: str, about: dict[str, Any], sep: str = " · ") -> str:
-    """``name · mode · method`` (what summary.json or the config says), markup-escaped."""
-    facts = " · ".join(str(about[k]) for k in ("mode", "method") if k in about)
-    return escape(sep.join(part for part in (name, facts) if part))
+    """``name · mode · method`` (what summary.json or the config says), and its privacy
+    (``user-level DP, epsilon 10.7``) when it had any, markup-escaped."""
+    facts = [str(about[k]) for k in ("mode", "method") if k in about]
+    privacy = about.get("privacy") or {}
+    if "epsilon" in privacy:
+        facts.append(f"{privacy.get('level', 'user')}-level DP, epsilon {privacy['epsilon']:.3g}")
+    return escape(sep.join(part for part in (name, " · ".join(facts)) if part))
 
 
 def _seconds(times: dict[str, float]) -> float:
