@@ -159,3 +159,25 @@ def test_a_private_run_shows_its_mechanism_epsilon_and_a_plot_of_it(tmp_path: Pa
     spent = next(p for p in plots if p.path is not None and p.path.name == "epsilon.png")
     assert spent.series["epsilon"] == [(0.0, 0.0), (1.0, 1.25), (2.0, 2.5), (3.0, 3.75)]
     assert "epsilon" not in render(result_table(RECORDS, title="plain"))
+
+
+def test_the_clients_bar_counts_clients_per_phase_not_replies() -> None:
+    """SecAgg+'s four phases once showed 19/5 on the clients bar (issue 26)."""
+    from fedllm.message import Dropped, Message
+
+    reporter = RichReporter(Console(file=StringIO(), width=120))
+    reporter.start(1, 1, "header")
+    reporter.round_started(1, 5)
+    task = reporter.progress.tasks[reporter._clients]
+    for phase in range(1, 5):
+        for client in "abcde":
+            reply = Dropped("gone") if (phase, client) == (3, "e") else Message()
+            if phase == 4 and client == "e":
+                continue  # dropped: no reply in the last phase
+            reporter.client_done(client, reply)
+            assert task.completed <= 5
+        label = "clients" if phase == 1 else f"phase {phase}"
+        assert task.description == label
+    assert task.completed == 4  # the four survivors answered phase 4
+    assert "replied" in str(task.fields["info"])  # no 'loss nan' for a phase without one
+    reporter.progress.stop()

@@ -63,6 +63,7 @@ class RichReporter(Reporter):
         )
         self._rounds = self.progress.add_task("rounds ", total=1, info="", visible=False)
         self._clients = self.progress.add_task("clients", total=1, info="", visible=False)
+        self._replies: dict[ClientId, int] = {}  # this round's replies per client
 
     def start(self, first_round: int, rounds: int, header: str) -> None:
         self.console.print(header, markup=False, highlight=False)
@@ -70,16 +71,30 @@ class RichReporter(Reporter):
         self.progress.start()
 
     def round_started(self, round_num: int, cohort_size: int) -> None:
-        self.progress.update(self._clients, total=cohort_size, completed=0, visible=True, info="")
+        self._replies = {}
+        self.progress.update(
+            self._clients,
+            description="clients",
+            total=cohort_size,
+            completed=0,
+            visible=True,
+            info="",
+        )
 
     def client_done(self, client_id: ClientId, reply: Reply) -> None:
+        """Count clients, not replies: a protocol of several phases (SecAgg+'s four, CKKS's
+        two) gets a reply from each client per phase; the bar shows the current phase's."""
+        self._replies[client_id] = self._replies.get(client_id, 0) + 1
+        phase = max(self._replies.values())
+        done = sum(1 for n in self._replies.values() if n == phase)
         if isinstance(reply, Dropped):
             info = f"{client_id}: dropped"
         elif "train_loss" in reply.metrics:
             info = f"{client_id}: loss {reply.metrics['train_loss']:.3f}"
-        else:  # a privacy mechanism keeps its loss with the client
+        else:  # a phase without training, or a loss kept by a privacy mechanism
             info = f"{client_id}: replied"
-        self.progress.update(self._clients, advance=1, info=info)
+        label = "clients" if phase == 1 else f"phase {phase}"
+        self.progress.update(self._clients, description=label, completed=done, info=info)
 
     def round_done(self, record: RoundRecord) -> None:
         parts = [f"round {record.round}"]
