@@ -45,7 +45,11 @@ def test_a_supernode_killed_mid_run_is_dropped_and_the_round_completes(tmp_path:
         os.killpg(victim.pid, signal.SIGKILL)
         worker.join(timeout=900)
         assert not worker.is_alive()
+        port = deployment.superlink.rsplit(":", 1)[1]
+        assert processes_mentioning(port)  # the SuperLink and its apps name its port
     assert process_groups_alive(groups) == []
+    # right away, also the groups their children made (flwr-serverapp, flower-superexec)
+    assert processes_mentioning(port) == []
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     assert last["round"] == 2 and last["skipped"] is None

@@ -87,7 +87,11 @@ def run_on_flower(
         )
         return None
     with local_deployment(nodes, state_root=out.resolve() / "nodes") as local:
-        _follow(lambda: submit(local, config, settings, RUN_TIMEOUT_S), rundir, reporter)
+        try:
+            _follow(lambda: submit(local, config, settings, RUN_TIMEOUT_S), rundir, reporter)
+        except KeyboardInterrupt:  # leaving the block stops every process it started
+            reporter.message("stopping the deployment (SuperLink, SuperNodes, their apps)...")
+            raise
     records = rundir.read_metrics()
     summary = rundir.read_summary()
     reporter.finish(records, summary)

@@ -194,24 +194,33 @@ class LocalDeployment:
         )
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM every process group started, then SIGKILL what is left after ``grace_s``.
+        """SIGTERM every process group started and every group their descendants made
+        (Flower's ``flwr-serverapp`` and ``flower-superexec`` start sessions of their
+        own, and outlive their parent as orphans), then SIGKILL what is left after
+        ``grace_s``; return once none of them runs.
 
         A group whose first process has already exited is stopped too: a SuperNode that
         exits at start (an unregistered key) leaves its SuperExec child running a while.
         """
-        for process in reversed(self.processes):
+        groups = {process.pid for process in self.processes}
+        groups |= descendant_groups(groups)  # before anyone dies: orphans lose their parent
+        for group in groups:
             with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+                os.killpg(group, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
-        for process in self.processes:
-            with suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            while group_alive(process.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if group_alive(process.pid):
+        while time.monotonic() < deadline:
+            groups |= descendant_groups(groups)  # whatever they spawned meanwhile
+            if not any(group_alive(group) for group in groups):
+                break
+            time.sleep(0.1)
+        for group in groups:
+            if group_alive(group):
                 with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
+                    os.killpg(group, signal.SIGKILL)
+        for process in self.processes:
             process.wait()
+        while any(group_alive(group) for group in groups):  # SIGKILL takes effect at once
+            time.sleep(0.05)
 
 
 @contextmanager
@@ -445,6 +454,32 @@ def submit(
             f"say it was done in {done_file}); "
             f"its log ends:\n{tail(log.read_text(errors='replace'), 3000)}"
         )
+
+
+def descendant_groups(groups: set[int]) -> set[int]:
+    """The process groups of every live descendant of a live process in ``groups``
+    (from /proc; empty where there is none)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return set()
+    parent_of: dict[int, int] = {}
+    group_of: dict[int, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if fields[0] != "Z":
+            pid = int(entry.name)
+            parent_of[pid], group_of[pid] = int(fields[1]), int(fields[2])
+    found = {pid for pid, group in group_of.items() if group in groups}
+    frontier = set(found)
+    while frontier:
+        frontier = {pid for pid, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return {group_of[pid] for pid in found} - {0, 1}
 
 
 def group_alive(pgid: int) -> bool:
