@@ -156,3 +156,27 @@ def test_homomorphic_aggregation_on_flower_with_key_files(tmp_path: Path) -> Non
     a = load_file(tmp_path / "sim" / "final" / "adapter_model.safetensors")
     b = load_file(out / "final" / "adapter_model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_ctrl_c_on_a_flower_run_says_so_and_leaves_no_process(tmp_path: Path) -> None:
+    """SIGINT during `fedllm run --set runtime.engine=flower`: it says it is stopping the
+    deployment, exits 130, and right then nothing it started runs (issue 26: 16 s of
+    silence, then orphans for 15-30 s)."""
+    import subprocess
+    import sys
+
+    from tests.support.runs import TINY
+
+    out = tmp_path / "flower"
+    command = [sys.executable, "-m", "fedllm.cli", "run", str(TINY), "--out", str(out)]
+    command += ["--set", 'runtime.engine="flower"', "--set", "server.rounds=50", "--quiet"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not processes_mentioning(str(out / "nodes")):
+        time.sleep(0.2)  # the SuperNodes are up (their node config names the folder)
+    assert processes_mentioning(str(out / "nodes"))
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "stopping the deployment" in err
+    assert processes_mentioning(str(out)) == []

@@ -90,7 +90,7 @@ def run_on_flower(
         try:
             _follow(lambda: submit(local, config, settings, RUN_TIMEOUT_S), rundir, reporter)
         except KeyboardInterrupt:  # leaving the block stops every process it started
-            reporter.message("stopping the deployment (SuperLink, SuperNodes, their apps)...")
+            reporter.warn("interrupted: stopping the deployment (SuperLink, SuperNodes, apps)...")
             raise
     records = rundir.read_metrics()
     summary = rundir.read_summary()
