@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default: runs/<config name>-prompt)"
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier selection in --out (never a training run)",
+    )
+    p.add_argument(
         "--run",
         type=Path,
         default=None,
@@ -280,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="output folder (default: runs/partition-<config name>)",
+    )
+    q.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier partition.json in --out"
     )
     return parser
 
@@ -605,7 +613,9 @@ def _select_prompt(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config, args.overrides)
     out = args.out or Path("runs") / f"{args.config.stem}-prompt"
-    done = run_selection(config, out, args.run, log=lambda line: say(console, line))
+    done = run_selection(
+        config, out, args.run, log=lambda line: say(console, line), overwrite=args.overwrite
+    )
     stdout = Console()
     title = escape(f"hard prompt selection · {out}")
     stdout.print(selection_table(done.selection, title=title))
@@ -660,6 +670,11 @@ def _data(args: argparse.Namespace, console: Console) -> int:
     config = load_config(args.config, args.overrides)
     out: Path = args.out or Path("runs") / f"partition-{args.config.stem}"
     check_writable(out, "--out")
+    if (out / "partition.json").exists() and not args.overwrite:
+        raise ConfigError(
+            f"{out} holds an earlier partition.json; pass --overwrite to replace it, or "
+            "choose another --out"
+        )
     tokenizer = load_tokenizer(config.model)
     stats = survey_partition(config.data, tokenizer, config.seed, config.privacy.per_record())
     title = f"{args.config.name} · data.partition = {config.data.partition!r}"

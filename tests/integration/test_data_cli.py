@@ -47,6 +47,10 @@ def test_topic_partition_of_tiny_labels_clients_by_topic(tmp_path: Path) -> None
     assert 1 <= len(stats["labels"]) <= 4
     assert all(name.startswith("t") for name in stats["labels"])
     assert (out / "heatmap.png").read_bytes().startswith(PNG_MAGIC)
+    # an earlier result is replaced only on request (as fedllm run --overwrite)
+    assert main(["data", "partition", str(TINY), *overrides, "--out", str(out)]) == 2
+    again = ["data", "partition", str(TINY), *overrides, "--out", str(out), "--overwrite"]
+    assert main(again) == 0
 
 
 def test_impossible_partition_is_one_line_and_exit_2(

@@ -77,8 +77,12 @@ def test_select_prompt_writes_the_choice_and_the_score_table(
         assert counts["bytes_up"] == sum(message_bytes(Message(config={SCORES: t})) for t in tables)
         assert 0 < sum(len(table) for table in tables) < 300
     assert all(math.isfinite(r["loss"]) for r in result["candidates"])
-    # the same selection again overwrites the result; a training run is never written into
-    assert main(_select(out)) == 0
+    # the same selection again is refused, then replaces the result with --overwrite; a
+    # training run is never written into
+    capsys.readouterr()
+    assert main(_select(out)) == 2
+    assert "pass --overwrite to replace it" in " ".join(capsys.readouterr().err.split())
+    assert main(_select(out, "--overwrite")) == 0
     assert json.loads((out / "hard_prompt.json").read_text())["candidates"] == result["candidates"]
     RunDir(tmp_path / "a-run").create(tiny_config())
     capsys.readouterr()

@@ -51,15 +51,18 @@ def run_selection(
     out: str | Path,
     run_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> SelectionRun:
     """Select an instruction for ``config``'s federation and write the result to ``out``.
 
     Args:
         config: the configuration; ``[hard_prompt]`` drives the selection.
-        out: output folder; must be new, empty, or an earlier selection's.
+        out: output folder; must be new, empty, or (with ``overwrite``) an earlier
+            selection's, which is then replaced.
         run_dir: score with this trained run's latest model instead of the base
             model; the run's seed, model, method and data then replace ``config``'s.
         log: receives one progress line per step.
+        overwrite: replace an earlier selection in ``out`` (as ``fedllm run --overwrite``).
 
     Raises:
         SelectionError: an unusable output folder, no scorable client, a bad reply.
@@ -68,7 +71,7 @@ def run_selection(
     started = time.perf_counter()
     say = log or (lambda _: None)
     out = Path(out)
-    check_out_dir(out)
+    check_out_dir(out, overwrite)
     load_builtin()
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
@@ -169,8 +172,9 @@ def trained_scorer(config: Config, run_dir: Path) -> tuple[PreTrainedTokenizerBa
     return ws.tokenizer, score_fn, trained.round
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse a folder holding a training run or anything but an earlier selection.
+def check_out_dir(out: Path, overwrite: bool = False) -> None:
+    """Refuse a folder holding a training run or anything but an earlier selection, and
+    an earlier selection unless ``overwrite``.
 
     Raises:
         SelectionError: naming the folder and what to do.
@@ -187,4 +191,9 @@ def check_out_dir(out: Path) -> None:
     if not (out / RESULT_FILE).exists():
         raise SelectionError(
             f"{out} is not empty and holds no earlier prompt selection; choose another --out"
+        )
+    if not overwrite:
+        raise SelectionError(
+            f"{out} holds an earlier prompt selection; pass --overwrite to replace it, or "
+            "choose another --out"
         )
