@@ -84,3 +84,56 @@ def test_refuses_empty_or_non_finite() -> None:
         auc([1.0], [math.nan])
     with pytest.raises(ValueError, match="fpr"):
         tpr_at_fpr([1.0], [0.0], 1.5)
+
+
+def test_the_auc_interval_covers_the_true_auc_95_percent_of_the_time() -> None:
+    """Scores N(d, 1) for members and N(0, 1) for non-members have AUC Phi(d / sqrt 2);
+    over 2,000 draws of 40 + 30 scores the interval holds it about 95% of the time."""
+    from scipy.stats import norm
+
+    from fedllm.privacy.audit.metrics import auc_interval
+
+    rng = np.random.default_rng(0)
+    shift = 0.8
+    truth = float(norm.cdf(shift / math.sqrt(2)))
+    covered = 0
+    for _ in range(2000):
+        members, nonmembers = rng.normal(shift, 1, 40), rng.normal(0, 1, 30)
+        low, high = auc_interval(auc(members, nonmembers), 40, 30)
+        covered += low <= truth <= high
+    assert 0.92 <= covered / 2000 <= 0.975
+
+
+def test_tpr_at_an_fpr_the_held_out_count_cannot_resolve_is_not_reported() -> None:
+    """8 members against 4 held-out records printed 'TPR@1%FPR 0.500' (issue 26): with
+    fewer than 100 non-members a 1% FPR is no false positive at all."""
+    small = attack([5.0, 4.0, 1.0, 3.0], [4.0, 0.0, 2.0, 1.0])
+    assert small.tpr_at_low_fpr is None and small.to_json()["tpr_at_low_fpr"] is None
+    big = attack([150.5, 97.5], [float(n) for n in range(100)])
+    assert big.tpr_at_low_fpr == pytest.approx(0.5)  # one false positive allowed: 99
+
+
+def test_the_membership_table_keeps_names_whole_at_80_columns() -> None:
+    from io import StringIO
+
+    from rich.console import Console
+
+    from fedllm.privacy.audit.table import membership_table
+
+    row = {
+        "members": 8,
+        "nonmembers": 4,
+        **{
+            name: attack([5.0, 4.0, 1.0, 3.0], [4.0, 0.0, 2.0, 1.0]).to_json()
+            for name in ("loss", "reference")
+        },
+    }
+    name = "a-rather-long-client-name"
+    out = StringIO()
+    Console(file=out, width=80).print(
+        membership_table({"clients": {name: row}, "all": row}, "audit")
+    )
+    text = out.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert text.count("TPR@1%") == 2 and text.count("n/a") == 4 and "±" in text
+    assert name in text

@@ -3,8 +3,10 @@ rate. A higher score means "member"."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,26 +20,50 @@ class AttackResult:
 
     Attributes:
         auc: ROC AUC (0.5: chance; ties count one half).
-        tpr_at_low_fpr: the largest TPR of a threshold whose FPR is at most ``fpr``.
+        auc_interval: its 95% confidence interval (:func:`auc_interval`).
+        tpr_at_low_fpr: the largest TPR of a threshold whose FPR is at most ``fpr``;
+            None when the non-members are too few to resolve that FPR (fewer than
+            ``1 / fpr``: "1%" would mean no false positive at all).
         fpr: that FPR bound.
         members: member scores used.
         nonmembers: non-member scores used.
     """
 
     auc: float
-    tpr_at_low_fpr: float
+    auc_interval: tuple[float, float]
+    tpr_at_low_fpr: float | None
     fpr: float
     members: int
     nonmembers: int
 
-    def to_json(self) -> dict[str, float | int]:
+    def to_json(self) -> dict[str, Any]:
         return {
             "auc": self.auc,
+            "auc_interval": list(self.auc_interval),
             "tpr_at_low_fpr": self.tpr_at_low_fpr,
             "fpr": self.fpr,
             "members": self.members,
             "nonmembers": self.nonmembers,
         }
+
+
+def auc_interval(value: float, members: int, nonmembers: int) -> tuple[float, float]:
+    """A 95% confidence interval of an AUC from ``members`` and ``nonmembers`` scores:
+    Hanley and McNeil's (1982) standard error, value +- 1.96 SE, clipped to [0, 1].
+
+    SE^2 = (A(1 - A) + (m - 1)(Q1 - A^2) + (n - 1)(Q2 - A^2)) / (m n), with
+    Q1 = A / (2 - A) and Q2 = 2 A^2 / (1 + A).
+    """
+    a, m, n = value, members, nonmembers
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    variance = (a * (1 - a) + (m - 1) * (q1 - a * a) + (n - 1) * (q2 - a * a)) / (m * n)
+    half = 1.96 * math.sqrt(max(variance, 0.0))
+    return max(0.0, a - half), min(1.0, a + half)
+
+
+def resolvable(nonmembers: int, fpr: float) -> bool:
+    """Whether ``nonmembers`` scores can tell an FPR of ``fpr`` from zero."""
+    return fpr > 0 and nonmembers * fpr >= 1 - 1e-9
 
 
 def auc(members: Sequence[float] | np.ndarray, nonmembers: Sequence[float] | np.ndarray) -> float:
@@ -88,10 +114,14 @@ def attack(
     nonmembers: Sequence[float] | np.ndarray,
     fpr: float = LOW_FPR,
 ) -> AttackResult:
-    """:func:`auc` and :func:`tpr_at_fpr` of one attack's scores."""
+    """:func:`auc` with its interval, and :func:`tpr_at_fpr` where the non-members can
+    resolve ``fpr`` (else None) of one attack's scores."""
+    value = auc(members, nonmembers)
+    tpr = tpr_at_fpr(members, nonmembers, fpr) if resolvable(len(nonmembers), fpr) else None
     return AttackResult(
-        auc=auc(members, nonmembers),
-        tpr_at_low_fpr=tpr_at_fpr(members, nonmembers, fpr),
+        auc=value,
+        auc_interval=auc_interval(value, len(members), len(nonmembers)),
+        tpr_at_low_fpr=tpr,
         fpr=fpr,
         members=len(members),
         nonmembers=len(nonmembers),
