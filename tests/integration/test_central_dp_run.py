@@ -210,6 +210,9 @@ def test_resume_restores_the_stages_clip_and_multiplier(
     assert noise["multiplier"] == pytest.approx(whole.summary["privacy"]["update_noise_multiplier"])
     if "privacy.adaptive_clip=true" in settings:
         assert expected["clip"]["max_norm"] != pytest.approx(0.05)  # it moved
+        # every line says where the clip went (fedllm report plots it)
+        estimates = resumed.records[-1]["estimates"]
+        assert estimates["clip.max_norm"] == pytest.approx(expected["clip"]["max_norm"])
     a, b = final_adapter(tmp_path / "whole"), final_adapter(tmp_path / "cut")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.summary["privacy"]["epsilon"] == whole.summary["privacy"]["epsilon"]

@@ -6,6 +6,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import pytest
 from rich.console import Console, RenderableType
 
 from fedllm.report.compare import comparison_table, plot_comparison
@@ -159,6 +160,9 @@ def test_a_private_run_shows_its_mechanism_epsilon_and_a_plot_of_it(tmp_path: Pa
     spent = next(p for p in plots if p.path is not None and p.path.name == "epsilon.png")
     assert spent.series["epsilon"] == [(0.0, 0.0), (1.0, 1.25), (2.0, 2.5), (3.0, 3.75)]
     assert "epsilon" not in render(result_table(RECORDS, title="plain"))
+    moving = [{**r, "estimates": {"clip.max_norm": 0.1 * (r["round"] + 1)}} for r in RECORDS]
+    clip = next(p for p in plot_run(moving, tmp_path, "c") if p.path and p.path.name == "clip.png")
+    assert [y for _, y in clip.series["clip norm"]] == pytest.approx([0.1, 0.2, 0.3, 0.4])
 
 
 def test_the_clients_bar_counts_clients_per_phase_not_replies() -> None:

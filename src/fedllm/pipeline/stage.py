@@ -279,6 +279,16 @@ class Pipeline:
         for stage in self.stages:
             self.states[stage.name] = stage.next_state(self.states[stage.name], report)
 
+    def estimates(self) -> dict[str, float]:
+        """The stage parameters an estimator has moved from their start, as
+        ``stage.key`` -> value (adaptive clipping's norm); empty when all are constant."""
+        return {
+            f"{stage.name}.{key}": float(value)
+            for stage in self.stages
+            for key, value in self.states[stage.name].items()
+            if isinstance(value, int | float) and value != stage.initial_state().get(key)
+        }
+
 
 def stage_state(stage: Stage, config: Mapping[str, ConfigValue]) -> StageState:
     """A stage's state as the broadcast carries it.

@@ -152,6 +152,9 @@ def run_round(
     accepted = [tally.client_metrics[c] for c in record.accepted]
     report = RoundReport(round_num, len(accepted), accepted, ctx.accepted_weight, seed)
     setup.pipeline.end_round(report)
+    moved = setup.pipeline.estimates()
+    if moved:  # an adaptive parameter: its value for the next round, in the record
+        record.extra["estimates"] = moved
     record.time_s["aggregate"] = time.perf_counter() - start
     state.round = round_num
     return record

@@ -28,8 +28,9 @@ class Plot:
 
 def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[Plot]:
     """Write ``perplexity.png`` (held-out, by round), ``train_loss.png``, ``epsilon.png``
-    (the privacy spent, when the run accounts it) and ``communication.png`` (MB per round;
-    skipped when nothing was sent) into ``out_dir``."""
+    (the privacy spent, when the run accounts it), ``clip.png`` (an adaptive clip's norm)
+    and ``communication.png`` (MB per round; skipped when nothing was sent) into
+    ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluated = [r for r in records if r.get("eval")]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -58,6 +59,17 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
         ax.plot(*zip(*spent, strict=True), marker="o", label="epsilon")
         ax.set(xlabel="round", ylabel="epsilon spent (at the run's delta)", title=title)
         plots.append(save_rounds_figure(fig, ax, out_dir / "epsilon.png"))
+
+    clip = [
+        (r["round"], r["estimates"]["clip.max_norm"])
+        for r in records
+        if "clip.max_norm" in r.get("estimates", {})
+    ]
+    if clip:  # adaptive clipping: the norm the next round clips to
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(*zip(*clip, strict=True), marker="o", label="clip norm")
+        ax.set(xlabel="round", ylabel="clip norm after the round (adaptive)", title=title)
+        plots.append(save_rounds_figure(fig, ax, out_dir / "clip.png"))
 
     sent = [r for r in records if r.get("bytes_up", 0) or r.get("bytes_down", 0)]
     if not sent:  # local mode: an empty chart would only mislead
