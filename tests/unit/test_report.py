@@ -142,7 +142,7 @@ def test_live_messages_print_brackets_as_written() -> None:
     reporter.progress.stop()
     text = out.getvalue()
     assert "models/[tiny]" in text
-    assert "skipped: client [red]a[/red] dropped" in text
+    assert "round 1: client [red]a[/red] dropped" in text  # its own line, as written
     assert "valid keys in [server]: rounds" in text
     assert "warning: skipped checkpoint [round-00002]" in text
 
@@ -185,3 +185,27 @@ def test_the_clients_bar_counts_clients_per_phase_not_replies() -> None:
     assert task.completed == 4  # the four survivors answered phase 4
     assert "replied" in str(task.fields["info"])  # no 'loss nan' for a phase without one
     reporter.progress.stop()
+
+
+def test_skipped_rounds_and_budget_stops_are_marked_everywhere(tmp_path: Path) -> None:
+    """An aborted SecAgg round showed as '3/5' in the table, not at all in the final
+    line, and its reason was cut off the live line (issue 26)."""
+    from fedllm.types import RoundRecord
+
+    out = StringIO()
+    reporter = RichReporter(Console(file=out, width=80))
+    reporter.start(1, 2, "header")
+    aborted = "secure aggregation aborted: 2 of 5 survived (threshold 3); global model unchanged"
+    reporter.round_done(RoundRecord(round=1, skipped=aborted, extra={"epsilon": 3.9012}))
+    stop = RoundRecord(round=2, extra={"epsilon": 5.5, "stopped": "privacy: budget spent"})
+    reporter.round_done(stop)
+    skipped = [{**r, "skipped": aborted if r["round"] == 2 else None} for r in RECORDS]
+    summary = {**SUMMARY, "skipped_rounds": [2], "privacy": {"epsilon": 5.5, "delta": 1e-5}}
+    reporter.finish(skipped, summary)
+    text = out.getvalue()
+    assert f"round 1: {aborted}" in text.replace("\n", " ").replace("  ", " ")
+    assert "round 2: privacy: budget spent" in text
+    assert "97/100 skip" in text and "1 round(s) skipped (2)" in text
+    assert "epsilon 3.9" in text
+    drawn = plot_run(skipped, tmp_path, title="run")[0]
+    assert drawn.series["skipped"] == [(2.0, 49792.123)]

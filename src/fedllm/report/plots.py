@@ -42,6 +42,13 @@ def plot_run(records: list[dict[str, Any]], out_dir: Path, title: str) -> list[P
         points = [(r["round"], r["eval"][key]) for r in evaluated if key in r["eval"]]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    skipped = [
+        (r["round"], r["eval"]["clients_ppl_mean"])
+        for r in evaluated
+        if r.get("skipped") and "clients_ppl_mean" in r["eval"]
+    ]
+    if skipped:  # an aborted or skipped round left the model as it was: say which
+        ax.plot(*zip(*skipped, strict=True), "x", color="red", markersize=10, label="skipped")
     ax.set(xlabel="round", ylabel="held-out perplexity", title=title)
     ax.legend()
     plots = [save_rounds_figure(fig, ax, out_dir / "perplexity.png")]

@@ -98,6 +98,8 @@ class RichReporter(Reporter):
 
     def round_done(self, record: RoundRecord) -> None:
         parts = [f"round {record.round}"]
+        if "epsilon" in record.extra:  # first: a narrow terminal cuts the line's end
+            parts.append(f"epsilon {record.extra['epsilon']:.3g}")
         if record.train_loss is not None:
             parts.append(f"train loss {record.train_loss:.3f}")
         if "clients_ppl_mean" in record.eval:
@@ -106,15 +108,17 @@ class RichReporter(Reporter):
             parts.append(f"{record.extra['tokens_per_s']:,.0f} tok/s")
         if "mfu" in record.extra:
             parts.append(f"MFU {100 * record.extra['mfu']:.1f}%")
-        if "epsilon" in record.extra:
-            parts.append(f"epsilon {record.extra['epsilon']:.3g}")
-        if record.skipped:
-            parts.append(f"skipped: {record.skipped}")
         if record.rejected:
             parts.append(f"{len(record.rejected)} rejected")
         self.progress.update(self._rounds, advance=1, info=" · ".join(parts))
         if not self.console.is_terminal:  # logs and CI: no live display, one line per round
             self.console.print(" · ".join(parts), markup=False, highlight=False)
+        # an aborted or skipped round and a budget stop get a line of their own, whole
+        for event in (record.skipped, record.extra.get("stopped")):
+            if event:
+                self.progress.console.print(
+                    f"round {record.round}: {event}", markup=False, highlight=False, soft_wrap=True
+                )
 
     def message(self, text: str) -> None:
         self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -133,9 +137,17 @@ class RichReporter(Reporter):
             f"{fmt(summary.get('final', {}).get('clients_ppl_mean'))} (client mean), "
             f"{fmt(summary.get('final', {}).get('test_ppl'))} on the test split; "
             f"{summary['bytes_up'] / 1e6:.2f} MB up, {summary['bytes_down'] / 1e6:.2f} MB down; "
-            f"{_privacy(summary)}{summary['wall_s']:.0f} s. "
+            f"{_privacy(summary)}{_skipped(summary)}{summary['wall_s']:.0f} s. "
             f"Results in {escape(str(summary['run_dir']))}"
         )
+
+
+def _skipped(summary: dict[str, Any]) -> str:
+    """``N round(s) skipped (R, ...); `` when some round left the model unchanged."""
+    skipped = summary.get("skipped_rounds") or []
+    if not skipped:
+        return ""
+    return f"{len(skipped)} round(s) skipped ({', '.join(map(str, skipped))}); "
 
 
 def _privacy(summary: dict[str, Any]) -> str:
@@ -160,9 +172,10 @@ def result_table(records: list[dict[str, Any]], title: str = "fedllm run") -> Gr
     )
     for rec in records:
         ev = rec.get("eval", {})
+        clients = f"{len(rec.get('accepted', []))}/{len(rec.get('sampled', []))}"
         quality.add_row(
             str(rec["round"]),
-            f"{len(rec.get('accepted', []))}/{len(rec.get('sampled', []))}",
+            clients + (" skip" if rec.get("skipped") else ""),
             fmt(rec.get("train_loss"), 3),
             fmt(ev.get("clients_ppl_mean")),
             fmt(ev.get("clients_ppl_worst")),
