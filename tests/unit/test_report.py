@@ -209,3 +209,18 @@ def test_skipped_rounds_and_budget_stops_are_marked_everywhere(tmp_path: Path) -
     assert "epsilon 3.9" in text
     drawn = plot_run(skipped, tmp_path, title="run")[0]
     assert drawn.series["skipped"] == [(2.0, 49792.123)]
+
+
+def test_the_bar_labels_stay_whole_in_a_narrow_terminal() -> None:
+    from fedllm.types import RoundRecord
+
+    out = StringIO()
+    reporter = RichReporter(Console(file=out, width=60))
+    reporter.start(1, 1, "header")
+    reporter.round_started(1, 5)
+    record = RoundRecord(round=1, train_loss=2.345, extra={"epsilon": 3.9012})
+    record.extra["tokens_per_s"] = 12345.0
+    reporter.round_done(record)
+    reporter.progress.stop()
+    text = out.getvalue()
+    assert "rounds" in text and "clients" in text and "…" not in text.split("header")[1]

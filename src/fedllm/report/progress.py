@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from fedllm.message import Dropped, Reply
 from fedllm.types import ClientId, RoundRecord
@@ -54,7 +54,8 @@ class RichReporter(Reporter):
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("{task.description}"),
+            # labels stay whole in a narrow terminal ('roun…' once); the info text folds
+            TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=7)),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
