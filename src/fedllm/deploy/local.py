@@ -456,14 +456,13 @@ def submit(
         )
 
 
-def descendant_groups(groups: set[int]) -> set[int]:
-    """The process groups of every live descendant of a live process in ``groups``
-    (from /proc; empty where there is none)."""
+def live_processes() -> dict[int, tuple[int, int]] | None:
+    """Every live process (zombies excluded) as pid -> (parent pid, process group), read
+    from /proc; None where there is no /proc."""
     proc = Path("/proc")
     if not proc.is_dir():
-        return set()
-    parent_of: dict[int, int] = {}
-    group_of: dict[int, int] = {}
+        return None
+    live: dict[int, tuple[int, int]] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -472,14 +471,20 @@ def descendant_groups(groups: set[int]) -> set[int]:
         except OSError:  # the process ended meanwhile
             continue
         if fields[0] != "Z":
-            pid = int(entry.name)
-            parent_of[pid], group_of[pid] = int(fields[1]), int(fields[2])
-    found = {pid for pid, group in group_of.items() if group in groups}
+            live[int(entry.name)] = (int(fields[1]), int(fields[2]))
+    return live
+
+
+def descendant_groups(groups: set[int]) -> set[int]:
+    """The process groups of every live descendant of a live process in ``groups``
+    (from /proc; empty where there is none)."""
+    live = live_processes() or {}
+    found = {pid for pid, (_, group) in live.items() if group in groups}
     frontier = set(found)
     while frontier:
-        frontier = {pid for pid, parent in parent_of.items() if parent in frontier} - found
+        frontier = {pid for pid, (parent, _) in live.items() if parent in frontier} - found
         found |= frontier
-    return {group_of[pid] for pid in found} - {0, 1}
+    return {live[pid][1] for pid in found} - {0, 1}
 
 
 def group_alive(pgid: int) -> bool:
@@ -490,19 +495,8 @@ def group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return True
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    live = live_processes()
+    return live is None or any(group == pgid for _, group in live.values())
 
 
 def free_port() -> int:
