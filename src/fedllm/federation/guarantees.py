@@ -40,8 +40,8 @@ def privacy_banner(config: Config) -> str:
 def accounting_line(ledger: dict[str, Any]) -> str:
     """The banner's accounting line from a privacy ledger's summary: the noise
     multiplier (and whether it was derived), delta, the accountant, and the sampling
-    with its neighbouring relation; empty without a ledger."""
-    if not ledger:
+    with its neighbouring relation; empty without a central-DP or DP-SGD ledger."""
+    if "noise_multiplier" not in ledger:
         return ""
     z = ledger["noise_multiplier"]
     derived = " (derived from the budget)" if ledger.get("noise_multiplier_derived") else ""

@@ -199,11 +199,7 @@ def _train(
 
     rounds = config.server.rounds
     efficiency = Efficiency.of(ws)
-    ledger = mode.summary().get("privacy", {})
-    accounting = accounting_line(ledger) if "noise_multiplier" in ledger else ""
-    reporter.start(
-        first_round, rounds, _header(ws, config) + (f"\n{accounting}" if accounting else "")
-    )
+    reporter.start(first_round, rounds, _header(ws, config, mode.summary().get("privacy", {})))
     _charge_replayed(mode, rundir, ckpt.round if ckpt else 0, reporter)
     if ckpt is not None:
         first_round = _check_resumable(mode, ckpt.round, reporter, first_round, rounds)
@@ -361,19 +357,21 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _header(ws: Workspace, config: Config) -> str:
+def _header(ws: Workspace, config: Config, ledger: dict[str, Any]) -> str:
+    """The start banner: the run's shape, then (with a privacy mechanism) what it
+    guarantees and, with a privacy ledger, how it is accounted."""
     total, trainable = count_parameters(ws.model)
     clients = len(ws.data.clients) if ws.data else 0
     flops = describe_flops(ws.model, config.data.seq_len, config.method.kind != "full")
     devices = ", ".join(str(d) for d in model_devices(ws.model))
     precision = precision_label(config.client.bf16, input_device(ws.model))
     precision += f", {config.model.dtype} base"
-    privacy = privacy_banner(config)
+    lines = [privacy_banner(config), accounting_line(ledger)]
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "
         f"{payload_bytes(ws.initial) / 1e6:.2f} MB per payload{', ' + flops if flops else ''}) "
         f"· {clients} clients, "
         f"{config.server.clients_per_round} per round · {config.server.rounds} rounds "
-        f"· on {devices}, {precision}" + (f"\n{privacy}" if privacy else "")
+        f"· on {devices}, {precision}" + "".join(f"\n{line}" for line in lines if line)
     )
