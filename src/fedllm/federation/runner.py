@@ -357,7 +357,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _header(ws: Workspace, config: Config, ledger: dict[str, Any]) -> str:
+def _header(ws: Workspace, config: Config, ledger: dict[str, Any] | None = None) -> str:
     """The start banner: the run's shape, then (with a privacy mechanism) what it
     guarantees and, with a privacy ledger, how it is accounted."""
     total, trainable = count_parameters(ws.model)
@@ -366,7 +366,7 @@ def _header(ws: Workspace, config: Config, ledger: dict[str, Any]) -> str:
     devices = ", ".join(str(d) for d in model_devices(ws.model))
     precision = precision_label(config.client.bf16, input_device(ws.model))
     precision += f", {config.model.dtype} base"
-    lines = [privacy_banner(config), accounting_line(ledger)]
+    lines = [privacy_banner(config), accounting_line(ledger or {})]
     return (
         f"fedllm · {config.federation.mode} · {config.model.name} + {config.method.kind} "
         f"({trainable:,} of {total:,} parameters trainable, "
