@@ -20,6 +20,7 @@ from fedllm.cli import main
 from fedllm.config import dump_config
 from fedllm.deploy.local import local_deployment, submit
 from fedllm.federation.runner import run
+from tests.support.flower import SECAGG_THREE_NODES
 from tests.support.processes import process_groups_alive, processes_mentioning
 from tests.support.runs import stable, tiny_config
 
@@ -101,16 +102,7 @@ def test_secure_aggregation_on_flower_gives_the_simulators_model(tmp_path: Path)
 
     from fedllm.secure.ring import RingSpec
 
-    overrides = (
-        "data.num_clients=3",
-        "data.partition='iid'",
-        "server.clients_per_round=3",
-        "server.weighting='uniform'",
-        "server.rounds=1",
-        "secagg.enabled=true",
-        "secagg.bits=48",
-        "secagg.clip_range=0.5",
-    )
+    overrides = SECAGG_THREE_NODES
     simulated = run(tiny_config(*overrides), tmp_path / "sim")
     config = tmp_path / "secagg.toml"
     config.write_text(dump_config(tiny_config(*overrides)))

@@ -32,7 +32,7 @@ from fedllm.secure.messages import pack_keys, unpack_signed_keys
 from fedllm.secure.ring import RingSpec
 from fedllm.secure.roster import roster_toml
 from fedllm.secure.server_round import SecAggServer
-from tests.support.flower import InProcessGrid
+from tests.support.flower import SECAGG_THREE_NODES, InProcessGrid
 from tests.support.processes import process_groups_alive
 from tests.support.runs import tiny_config
 
@@ -142,16 +142,7 @@ def test_signed_secure_aggregation_over_a_superlink_and_supernodes(tmp_path: Pat
     `fedllm certs` made, with their roster: the round is signed and gives the unsigned
     simulator's model; with a roster naming another key for one client, that client's
     keys are refused and the round says why. No process outlives the deployment."""
-    overrides = (
-        "data.num_clients=3",
-        "data.partition='iid'",
-        "server.clients_per_round=3",
-        "server.weighting='uniform'",
-        "server.rounds=1",
-        "secagg.enabled=true",
-        "secagg.bits=48",
-        "secagg.clip_range=0.5",
-    )
+    overrides = SECAGG_THREE_NODES
     simulated = run(tiny_config(*overrides), tmp_path / "sim")
     clients = sorted(simulated.records[-1]["sampled"])
     home = tmp_path / "home"

@@ -16,6 +16,20 @@ from flwr.supercore.task_identity import TaskIdentity
 NodeApp = Callable[[Message], Message]
 
 
+SECAGG_THREE_NODES = (
+    "data.num_clients=3",
+    "data.partition='iid'",
+    "server.clients_per_round=3",
+    "server.weighting='uniform'",
+    "server.rounds=1",
+    "secagg.enabled=true",
+    "secagg.bits=48",
+    "secagg.clip_range=0.5",
+)
+"""One round of SecAgg+ among three clients (a 48-bit ring, a wide clip range): the
+federation the loopback SecAgg tests deploy and compare with the simulator."""
+
+
 def over_the_wire(message: Message) -> Message:
     return serde.message_from_proto(serde.message_to_proto(message))
 
