@@ -22,6 +22,17 @@ CENTRAL = ("privacy.dp='central'", "privacy.clip_norm=1", "privacy.noise_multipl
 FOUR = ("server.weighting='uniform'", "server.clients_per_round=4")
 
 
+FIVE_CLIENTS = (
+    "secagg.enabled=true",
+    "server.weighting='uniform'",
+    "data.num_clients=5",
+    "data.partition='iid'",
+    "server.clients_per_round=5",
+    "server.rounds=1",
+)
+"""One SecAgg+ round among 5 clients (tiny has 4: split one more): degree 4, threshold 3."""
+
+
 def final_adapter(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "final" / "adapter_model.safetensors")
 
@@ -55,12 +66,7 @@ def test_a_dropout_at_any_phase_is_tolerated(tmp_path: Path, phase: str) -> None
     # 5 clients (tiny has 4: split one more), degree 4, threshold 3: one dropout tolerated;
     # the default 31-bit ring (masked entries travel as int32)
     config = tiny_config(
-        "secagg.enabled=true",
-        "server.weighting='uniform'",
-        "data.num_clients=5",
-        "data.partition='iid'",
-        "server.clients_per_round=5",
-        "server.rounds=1",
+        *FIVE_CLIENTS,
         "server.dropout_trace={'1' = ['client-001']}",
         f"server.dropout_phases=['{phase}']",
     )
@@ -125,14 +131,7 @@ def test_a_malformed_share_outvoted_by_the_others_drops_its_sender(
 ) -> None:
     # 5 clients, degree 4, threshold 3: each secret has 4 shares, the forged one is told
     _forge_a_share(monkeypatch, "client-001")
-    config = tiny_config(
-        "secagg.enabled=true",
-        "server.weighting='uniform'",
-        "data.num_clients=5",
-        "data.partition='iid'",
-        "server.clients_per_round=5",
-        "server.rounds=1",
-    )
+    config = tiny_config(*FIVE_CLIENTS)
     record = run(config, tmp_path / "run").records[-1]
     assert record["skipped"] is None, record["skipped"]
     assert list(record["secagg"]["dropped"]) == ["client-001"]
