@@ -101,6 +101,9 @@ class LocalDeployment:
         certs: the TLS certificates and node keys; None for an insecure deployment.
         node_ids: the SuperLink's id for each node registered (secure only), node order.
         state_root: where node ``i`` keeps its client state (``node-<i>``); None: ``home``.
+        fleet: host:port the SuperNodes connect to: the fleet gateway (secure: only the
+            Fleet API; the SuperLink itself listens on 127.0.0.1) or the SuperLink.
+        supernodes: the SuperNode processes, node order.
     """
 
     home: Path
@@ -110,6 +113,8 @@ class LocalDeployment:
     certs: CertFiles | None = None
     node_ids: list[int] = field(default_factory=list)
     state_root: Path | None = None
+    fleet: str = ""
+    supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
@@ -136,7 +141,11 @@ class LocalDeployment:
         return process
 
     def start_superlink(self, port: int) -> subprocess.Popen[bytes]:
-        """The SuperLink on 127.0.0.1:``port`` (all its APIs), logging to superlink.log."""
+        """The SuperLink on 127.0.0.1:``port`` (all its APIs), logging to superlink.log.
+
+        It runs its ServerApps in ``process`` isolation: only the SuperExec started with
+        :meth:`start_superexec` and the SuperLink's secret may take their tasks.
+        """
         return self.start(
             [
                 "flower-superlink",
@@ -146,36 +155,94 @@ class LocalDeployment:
                 "--port",
                 str(port),
                 "--disable-runtime-dependency-installation",
+                *isolation_flags(self.secret("superlink")),
             ],
             "superlink.log",
         )
 
+    def start_superexec(
+        self, runtime_port: int, name: str, parent: subprocess.Popen[bytes], tls: bool
+    ) -> subprocess.Popen[bytes]:
+        """The SuperExec that runs the apps of ``parent`` (a SuperLink or SuperNode whose
+        Runtime API is on 127.0.0.1:``runtime_port``), authenticated by ``name``'s secret;
+        it exits with its parent. ``tls``: the Runtime API serves the CA's certificate."""
+        ca = ["--root-certificates", str(self.certs.ca_cert)] if tls and self.certs else []
+        return self.start(
+            [
+                "flower-superexec",
+                "--runtime-api-address",
+                f"127.0.0.1:{runtime_port}",
+                *(ca or ["--insecure"]),
+                "--superexec-auth-secret-file",
+                str(self.secret(name)),
+                "--parent-pid",
+                str(parent.pid),
+            ],
+            f"{name}-superexec.log",
+        )
+
+    def start_gateway(self, port: int, superlink_port: int) -> subprocess.Popen[bytes]:
+        """The fleet gateway on 127.0.0.1:``port`` in front of the SuperLink (TLS with its
+        certificate where the deployment has certificates), logging to gateway.log."""
+        mode = ["--insecure"] if self.certs is None else ["--certs", str(self.certs.folder)]
+        return self.start(
+            [
+                sys.executable,
+                "-m",
+                "fedllm.deploy.gateway",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--superlink-port",
+                str(superlink_port),
+                *mode,
+            ],
+            "gateway.log",
+        )
+
+    def secret(self, name: str) -> Path:
+        """The SuperExec secret of process ``name`` (32 random bytes, mode 0600, in the
+        deployment's private ``secrets/``), made on first use."""
+        folder = private_folder(self.home / "secrets")
+        path = folder / f"{name}.secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as sink:
+                sink.write(secrets.token_bytes(32))
+        return path
+
     def start_supernode(self, index: int, key: Path | None = None) -> subprocess.Popen[bytes]:
-        """SuperNode ``index`` (``partition-id``), logging to supernode-<index>.log.
+        """SuperNode ``index`` (``partition-id``) and its SuperExec, logging to
+        supernode-<index>.log and node-<index>-superexec.log.
 
         Args:
-            index: the node's partition id; its state lives in ``node-<index>`` under
-                ``state_root`` (or ``home``).
+            index: the node's partition id; its state lives in ``node-<index>`` (mode
+                0700) under ``state_root`` (or ``home``).
             key: its authentication private key (secure only); default: ``node-<index>``'s
                 key from ``certs``. Its node config names it too (``auth-key``).
         """
         if self.certs is not None and key is None:
             key = self.certs.node_keys[index]
-        state = (self.state_root or self.home) / f"node-{index}"
+        state = private_folder((self.state_root or self.home) / f"node-{index}")
         auth = "" if key is None else f" auth-key='{key}'"
-        return self.start(
+        runtime_port = free_port()
+        node = self.start(
             [
                 "flower-supernode",
                 *security_flags("supernode", self.certs, key),
                 "--superlink",
-                self.superlink,
+                self.fleet or self.superlink,
                 "--port",
-                str(free_port()),
+                str(runtime_port),
+                *isolation_flags(self.secret(f"node-{index}")),
                 "--node-config",
                 f"partition-id={index} state-dir='{state}'{auth}",
             ],
             f"supernode-{index}.log",
         )
+        self.supernodes.append(node)
+        if listening(runtime_port, node, timeout_s=60.0):  # else it exited: the caller sees
+            self.start_superexec(runtime_port, f"node-{index}", node, tls=False)
+        return node
 
     def log_tail(self, process: subprocess.Popen[bytes], chars: int = 2000) -> str:
         """The last ``chars`` characters of ``process``'s log."""
@@ -253,15 +320,20 @@ def local_deployment(
     if clients is not None and not secure:
         raise ValueError("a roster of clients needs node keys: pass secure=True")
     folder = Path(tempfile.mkdtemp(prefix="fedllm-flower-")) if home is None else home
-    folder.mkdir(parents=True, exist_ok=True)
+    private_folder(folder)
     port = free_port()
     certs = make_certs(folder / "certs", nodes, overwrite=True, clients=clients) if secure else None
     deployment = LocalDeployment(folder, f"127.0.0.1:{port}", certs=certs, state_root=state_root)
     (folder / "config.toml").write_text(connection_toml(deployment))
     try:
-        deployment.start_superlink(port)
+        superlink = deployment.start_superlink(port)
         wait_for_port(port, deployment, timeout_s=60.0)
+        deployment.start_superexec(port, "superlink", superlink, tls=certs is not None)
         if certs is not None:
+            gateway = free_port()
+            deployment.fleet = f"127.0.0.1:{gateway}"
+            deployment.start_gateway(gateway, port)
+            wait_for_port(gateway, deployment, timeout_s=60.0, process=deployment.processes[-1])
             deployment.node_ids = [register_node(deployment, pub) for pub in certs.node_public_keys]
         for i in range(nodes):
             deployment.start_supernode(i)
@@ -272,6 +344,27 @@ def local_deployment(
         deployment.stop()
         if home is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (mode 0700 whatever the umask;
+    an existing one is tightened).
+
+    Raises:
+        DeployError: ``path`` is a symlink or not a folder.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise DeployError(f"{path} must be a folder of this user's, not a link or a file")
+    path.chmod(0o700)
+    return path
+
+
+def isolation_flags(secret: Path) -> list[str]:
+    """A SuperLink's or SuperNode's flags to run apps only through a SuperExec holding
+    ``secret``: without them any local process may take the apps' tasks (messages,
+    contexts) from the Runtime API on 127.0.0.1."""
+    return ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
 
 
 def connection_toml(deployment: LocalDeployment) -> str:
@@ -383,7 +476,7 @@ def wait_for_nodes(deployment: LocalDeployment, node_ids: list[int], timeout_s: 
     deadline = time.monotonic() + timeout_s
     status: dict[int, str] = {}
     while time.monotonic() < deadline:
-        for process in deployment.processes[1:]:
+        for process in deployment.supernodes:
             if process.poll() is not None:
                 raise DeployError(
                     f"a SuperNode exited at start (exit {process.returncode}); its log ends:"
@@ -395,7 +488,7 @@ def wait_for_nodes(deployment: LocalDeployment, node_ids: list[int], timeout_s: 
         time.sleep(1.0)
     raise DeployError(
         f"not every SuperNode was online within {timeout_s:.0f} s: {status}; the last "
-        f"node's log ends:\n{deployment.log_tail(deployment.processes[-1])}"
+        f"node's log ends:\n{deployment.log_tail(deployment.supernodes[-1])}"
     )
 
 
@@ -499,6 +592,18 @@ def group_alive(pgid: int) -> bool:
     return live is None or any(group == pgid for _, group in live.values())
 
 
+def listening(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether ``process`` listens on 127.0.0.1:``port`` within ``timeout_s`` (False
+    once it has exited)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as probe:
@@ -506,19 +611,27 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(port: int, deployment: LocalDeployment, timeout_s: float) -> None:
-    """Return once something accepts connections on ``port``.
+def wait_for_port(
+    port: int,
+    deployment: LocalDeployment,
+    timeout_s: float,
+    process: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Return once something accepts connections on ``port`` (opened by ``process``;
+    default: the SuperLink).
 
     Raises:
-        DeployError: the SuperLink exited or did not listen within ``timeout_s``.
+        DeployError: the process exited or nothing listened within ``timeout_s``.
     """
+    process = process or deployment.processes[0]
+    name = Path(process.args[0] if isinstance(process.args, list) else "").name
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if deployment.processes[0].poll() is not None:
-            log = deployment.log_tail(deployment.processes[0])
-            raise DeployError(f"the SuperLink exited at start; its log ends:\n{log}")
+        if process.poll() is not None:
+            log = deployment.log_tail(process)
+            raise DeployError(f"{name} exited at start; its log ends:\n{log}")
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise DeployError(f"the SuperLink did not listen on port {port} within {timeout_s:.0f} s")
+    raise DeployError(f"{name} did not listen on port {port} within {timeout_s:.0f} s")
