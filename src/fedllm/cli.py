@@ -226,31 +226,68 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "certs",
-        help="make a CA, the SuperLink's TLS certificate and node authentication keys",
-        description="Write into OUT a self-signed CA (ca.crt, ca.key), the SuperLink's "
-        "certificate and key signed by it (superlink.crt, superlink.key; valid for every "
-        "--host) and one OpenSSH ECDSA key pair per node (node-<i>.key, node-<i>.pub) for "
-        "Flower's node authentication. Private keys are written with mode 0600. See "
-        "docs/deploy.md for where each file goes.",
+        help="TLS certificates and node keys for a deployment across machines",
+        description="Each party makes its own keys and only public files travel: the "
+        "operator makes the CA and the SuperLink's certificate (certs superlink), each "
+        "organisation makes its node's key pair on the node's machine (certs node) and "
+        "sends the operator only the public key, and the operator makes the SecAgg+ roster "
+        "from those public keys (certs roster). See docs/deploy.md for where each file goes.",
     )
-    p.add_argument("out", type=Path, help="folder to write the files into")
-    p.add_argument("--nodes", type=int, required=True, help="node key pairs to make")
-    p.add_argument(
+    certs_sub = p.add_subparsers(dest="certs_command", required=True, metavar="CERTS_COMMAND")
+    q = certs_sub.add_parser(
+        "superlink",
+        help="on the SuperLink's machine: a CA and the SuperLink's TLS certificate",
+        description="Write into OUT a self-signed CA (ca.crt, ca.key) and the SuperLink's "
+        "certificate and key signed by it (superlink.crt, superlink.key), valid for every "
+        "--host and always for 127.0.0.1 (the SuperLink's own SuperExec and a fleet gateway "
+        "reach it there). No node key is made. Private keys are mode 0600, OUT mode 0700.",
+    )
+    q.add_argument("out", type=Path, metavar="OUT", help="folder to write the files into")
+    q.add_argument(
         "--host",
         action="append",
         default=None,
         help="a name or IP the SuperLink is reached at (repeatable; default: 127.0.0.1 "
         "and localhost)",
     )
-    p.add_argument("--days", type=int, default=365, help="validity of the certificates")
-    p.add_argument(
+    q.add_argument(
+        "--days", type=int, default=365, help="validity of the certificates (at most ten years)"
+    )
+    q.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
+    q = certs_sub.add_parser(
+        "node",
+        help="on a node's machine: the node's authentication key pair",
+        description="Write into OUT the node's OpenSSH ECDSA key pair for Flower's node "
+        "authentication: NAME.key (mode 0600; flower-supernode --auth-supernode-private-key "
+        "and the node's auth-key; it never leaves this machine) and NAME.pub, the only file "
+        "sent to the operator.",
+    )
+    q.add_argument("out", type=Path, metavar="OUT", help="folder to write the key pair into")
+    q.add_argument(
+        "--name",
+        default="node",
+        help="the files' name, e.g. the client's (default: node, so node.key and node.pub)",
+    )
+    q.add_argument("--overwrite", action="store_true", help="replace an earlier pair of NAME")
+    q = certs_sub.add_parser(
+        "roster",
+        help="the SecAgg+ roster from the nodes' public keys",
+        description="Write OUT_FILE, the secagg.roster (client id -> its node's public key) "
+        "that makes SecAgg+ sign its keys, from the public key files the organisations sent "
+        "(NAME.pub of `fedllm certs node`, or PEM). A private key, a non-EC key or one key "
+        "given to two clients is refused.",
+    )
+    q.add_argument(
+        "out_file", type=Path, metavar="OUT_FILE", help="the roster file to write, e.g. roster.toml"
+    )
+    q.add_argument(
         "--client",
         action="append",
-        default=None,
-        help="the client id node i answers for (repeat once per node, in node order): also "
-        "write roster.toml, the secagg.roster that makes SecAgg+ sign its keys",
+        required=True,
+        metavar="NAME=PUBKEY_FILE",
+        help="a client id and its node's public key file (repeat once per client)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing OUT_FILE")
 
     p = sub.add_parser(
         "he-keys",
@@ -708,28 +745,69 @@ def _deploy(args: argparse.Namespace, console: Console) -> int:
 
 
 def _certs(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.deploy.certs import make_certs
-
-    hosts = args.host or ["127.0.0.1", "localhost"]
+    """``fedllm certs superlink | node | roster``: bad input is a ConfigError saying what
+    would be valid."""
+    handler = {
+        "superlink": _certs_superlink,
+        "node": _certs_node,
+        "roster": _certs_roster,
+    }[args.certs_command]
     try:
-        files = make_certs(
-            args.out,
-            args.nodes,
-            hosts,
-            overwrite=args.overwrite,
-            days=args.days,
-            clients=args.client,
-        )
+        return handler(args, console)
+    except FileExistsError as err:
+        raise ConfigError(f"{err}; pass --overwrite to replace it") from None
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    except FileExistsError as err:
-        raise ConfigError(f"{err}; pass --overwrite to replace the files in {args.out}") from None
-    say(console, f"wrote the CA {files.ca_cert} (give it to every node and to `flwr`)")
-    say(console, f"wrote the SuperLink's {files.server_cert} and {files.server_key}")
-    for key, pub in zip(files.node_keys, files.node_public_keys, strict=True):
-        say(console, f"wrote node key {key} (its node's) and {pub} (`flwr supernode register`)")
-    if files.roster is not None:
-        say(console, f"wrote {files.roster} (secagg.roster, for the server and every node)")
+
+
+def _certs_superlink(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.deploy.certs import DEFAULT_HOSTS, make_superlink_certs, superlink_hosts
+
+    hosts = args.host or list(DEFAULT_HOSTS)
+    files = make_superlink_certs(args.out, hosts, overwrite=args.overwrite, days=args.days)
+    say(
+        console,
+        f"wrote the CA certificate {files.ca_cert}: give it to every node "
+        "(--root-certificates) and to `flwr` (root-certificates in FLWR_HOME/config.toml)",
+    )
+    say(console, f"wrote the CA key {files.ca_key}: it only signs; keep it offline")
+    say(
+        console,
+        f"wrote the SuperLink's {files.server_cert} and {files.server_key} (for "
+        f"{', '.join(superlink_hosts(hosts))}): they stay on this machine "
+        "(--ssl-certfile, --ssl-keyfile)",
+    )
+    return 0
+
+
+def _certs_node(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.deploy.certs import make_node_key
+
+    files = make_node_key(args.out, args.name, overwrite=args.overwrite)
+    say(
+        console,
+        f"wrote {files.private}: this node's private key (--auth-supernode-private-key, "
+        "auth-key in --node-config); it never leaves this machine",
+    )
+    say(
+        console,
+        f"wrote {files.public}: only this file leaves this machine, to the operator, who "
+        f"registers it (`flwr supernode register {files.public.name} CONNECTION`) and puts "
+        f"it in the roster (`fedllm certs roster roster.toml --client NAME={files.public.name}`)",
+    )
+    return 0
+
+
+def _certs_roster(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.deploy.certs import client_key_files, write_roster
+
+    keys = client_key_files(args.client)
+    path = write_roster(args.out_file, keys, overwrite=args.overwrite)
+    say(
+        console,
+        f"wrote {path} ({len(keys)} clients): the secagg.roster; give the same file to the "
+        "server and every node",
+    )
     return 0
 
 
@@ -739,7 +817,7 @@ def _he_keys(args: argparse.Namespace, console: Console) -> int:
 
     try:
         files = make_he_keys(args.out, overwrite=args.overwrite)
-    except HEUnavailable as err:
+    except (HEUnavailable, ValueError) as err:  # ValueError: a link or non-file in the way
         raise ConfigError(str(err)) from None
     except FileExistsError as err:
         raise ConfigError(f"{err}; pass --overwrite to replace the files in {args.out}") from None

@@ -86,16 +86,21 @@ def _client_phases(algorithm: Algorithm, recorded: list[Recorded]) -> Recorded:
     return recorded[-1]
 
 
-def test_fedllm_certs_writes_the_roster_of_the_node_keys(tmp_path: Path) -> None:
+def test_fedllm_certs_roster_holds_the_keys_the_nodes_made(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes"  # each client's node makes its own pair; only .pub travels
+    for client in CLIENTS:
+        assert main(["certs", "node", str(nodes / client), "--name", client]) == 0
     out = tmp_path / "certs"
-    names = [arg for c in CLIENTS for arg in ("--client", c)]
-    assert main(["certs", str(out), "--nodes", str(len(CLIENTS)), *names]) == 0
+    names = [arg for c in CLIENTS for arg in ("--client", f"{c}={nodes / c / c}.pub")]
+    assert main(["certs", "roster", str(out / "roster.toml"), *names]) == 0
     roster = load_roster(out / "roster.toml")
     assert list(roster) == sorted(CLIENTS)
-    for i, client in enumerate(CLIENTS):  # node i's public key answers for client i
-        node_key = load_node_key((out / f"node-{i}.key").read_bytes())
+    for client in CLIENTS:  # a node's key answers for its client
+        node_key = load_node_key((nodes / client / f"{client}.key").read_bytes())
         assert _ssh(roster[client]) == _ssh(node_key.public_key())
     assert oct((out / "roster.toml").stat().st_mode & 0o777) == "0o644"
+    make_certs(out, len(CLIENTS), clients=CLIENTS, overwrite=True)
+    assert (out / "roster.toml").exists()
     # new keys without names: the old roster, naming keys that are gone, goes too
     make_certs(out, 2, overwrite=True)
     assert not (out / "roster.toml").exists()

@@ -1,12 +1,12 @@
 """The roster of a signed SecAgg+ deployment: client id -> its node's public key.
 
-Where nodes hold authentication keys (``fedllm certs``), the operator gives the server
-and every node the same roster file (``secagg.roster``): a TOML table ``[clients]``
+Where nodes hold authentication keys (``fedllm certs node``), the operator gives the
+server and every node the same roster file (``secagg.roster``): a TOML table ``[clients]``
 mapping each client id to the public key of the node that answers for it, an OpenSSH
-line (``node-<i>.pub``) or a PEM block. A node signs its advertised keys with its own
+line (``<name>.pub``) or a PEM block. A node signs its advertised keys with its own
 private key; every party checks a client's keys against the roster's entry for it
-(:func:`fedllm.secure.keys.verify_advertised`). ``fedllm certs --client NAME`` writes
-``roster.toml`` from the node keys it makes.
+(:func:`fedllm.secure.keys.verify_advertised`). ``fedllm certs roster OUT_FILE --client
+NAME=PUBKEY_FILE ...`` writes it from the public keys the nodes sent.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def parse_roster(text: str, source: str = "the roster") -> dict[str, ec.Elliptic
     if not isinstance(table, dict) or not table:
         raise ValueError(
             f"{source} has no [{TABLE}] table of client id = node public key "
-            "(`fedllm certs OUT --nodes N --client NAME ...` writes one)"
+            "(`fedllm certs roster OUT_FILE --client NAME=PUBKEY_FILE ...` writes one from "
+            "the public keys `fedllm certs node` made on each node)"
         )
     roster: dict[str, ec.EllipticCurvePublicKey] = {}
     for client, value in table.items():
