@@ -142,8 +142,29 @@ class RuntimeConfig(Section):
     root_certificates: str | None = Field(
         None,
         description="With runtime.superlink: the CA certificate (PEM) the SuperLink's TLS "
-        "certificate is checked against (`fedllm certs` makes one); none: plaintext, for "
-        "loopback and trusted networks only.",
+        "certificate is checked against (`fedllm certs superlink` makes one); none: "
+        "plaintext, which needs runtime.insecure = true unless the SuperLink is on loopback.",
+    )
+    insecure: bool = Field(
+        False,
+        description="With runtime.superlink and no root_certificates: say so to talk to a "
+        "SuperLink on another machine in plaintext (anyone on the path reads and alters "
+        "every model and update); without it such a run is refused.",
+    )
+    roster: str | None = Field(
+        None,
+        description="With engine = 'flower': the federation's members, a TOML file of "
+        "[clients] client id = its node's public key (`fedllm certs roster`). The "
+        "ServerApp admits only these clients, each node proving it holds its key (a "
+        "signature over a fresh challenge with its auth-key); any other node is refused "
+        "and reported. Needs each node's auth-key in its node config.",
+    )
+    clients: list[str] = Field(
+        default_factory=list,
+        description="With engine = 'flower' and no roster: the federation's members by "
+        "name only (not proven: a node may claim any name); other nodes are refused. "
+        "Empty and no roster: every node that answers, up to runtime.nodes (loopback "
+        "trials; a remote runtime.superlink needs a roster or clients).",
     )
 
 
@@ -247,6 +268,9 @@ class Config(Section):
                     ("superlink", runtime.superlink),
                     ("nodes", runtime.nodes),
                     ("root_certificates", runtime.root_certificates),
+                    ("roster", runtime.roster),
+                    ("clients", runtime.clients or None),
+                    ("insecure", runtime.insecure or None),
                 )
                 if value is not None
             ]
@@ -275,6 +299,18 @@ class Config(Section):
                 "runtime.root_certificates is for a remote runtime.superlink; a loopback "
                 "deployment makes its own: set runtime.superlink = 'host:port', or remove it"
             )
+        if runtime.roster is not None and runtime.clients:
+            raise ValueError(
+                "runtime.roster and runtime.clients both name the federation's members: the "
+                "roster's clients are the members (proven by their keys); remove "
+                "runtime.clients"
+            )
+        if len(set(runtime.clients)) != len(runtime.clients) or not all(runtime.clients):
+            raise ValueError(
+                f"runtime.clients = {runtime.clients}: need distinct, non-empty client names"
+            )
+        if runtime.superlink is not None:
+            _check_remote_superlink(runtime)
         return self
 
     @property
@@ -427,6 +463,34 @@ def _none_to_word(tree: dict[str, Any]) -> dict[str, Any]:
         k: _none_to_word(v) if isinstance(v, dict) else (NONE if v is None else v)
         for k, v in tree.items()
     }
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+"""Hosts a plaintext SuperLink may be reached at without runtime.insecure."""
+
+
+def _check_remote_superlink(runtime: RuntimeConfig) -> None:
+    """A run on another machine's SuperLink names its members and speaks TLS, or says
+    it is insecure on purpose.
+
+    Raises:
+        ValueError: naming what is missing and how to give it.
+    """
+    host = str(runtime.superlink).rpartition(":")[0] or str(runtime.superlink)
+    if runtime.root_certificates is None and host not in LOOPBACK_HOSTS and not runtime.insecure:
+        raise ValueError(
+            f"runtime.superlink = {runtime.superlink!r} without runtime.root_certificates "
+            "would send every model and update in plaintext across the network: give the "
+            "CA certificate (`fedllm certs superlink`), or set runtime.insecure = true to "
+            "accept that on a network you trust"
+        )
+    if runtime.roster is None and not runtime.clients:
+        raise ValueError(
+            f"runtime.superlink = {runtime.superlink!r}: say who the federation's members "
+            "are, or any node that reaches the SuperLink joins: runtime.roster = 'roster."
+            "toml' (client id = node public key, `fedllm certs roster`; recommended) or "
+            "runtime.clients = ['org-a', 'org-b'] (names only)"
+        )
 
 
 def _check_components(config: Config) -> None:

@@ -55,6 +55,9 @@ class InProcessGrid:
         # Message constructor: this run, the SuperLink's node id and the app's task.
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
 
+    def get_node_ids(self) -> list[int]:
+        return sorted(self.apps)
+
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:

@@ -175,7 +175,7 @@ def test_a_missing_roster_key_or_client_is_refused_at_run_start(
     assert certs.roster is not None
     missing = _signed_config(tmp_path / "nowhere.toml")
     for partial in (True, False):
-        with pytest.raises(ConfigError, match=r"cannot be read .*fedllm certs OUT"):
+        with pytest.raises(ConfigError, match=r"cannot be read .*fedllm certs roster"):
             _build(missing, {"ana": 10}, partial, {"auth-key": str(certs.node_keys[0])})
     config = _signed_config(certs.roster)
     with pytest.raises(ConfigError, match="no auth-key: start flower-supernode"):

@@ -62,7 +62,7 @@ def run_on_flower(
             "secagg.roster makes every node sign with its authentication key (auth-key in "
             "its node config), but the loopback deployment `fedllm run` starts has no node "
             "keys: run on your SuperLink (runtime.superlink) with nodes started with "
-            "`fedllm certs` keys (docs/deploy.md), or remove secagg.roster"
+            "`fedllm certs node` keys (docs/deploy.md), or remove secagg.roster"
         )
     if resume_rounds is None and superlink is None:
         rundir.create(config, overwrite)  # before the nodes write their state in it

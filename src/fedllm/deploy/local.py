@@ -398,7 +398,8 @@ def remote_deployment(address: str, root_certificates: str | None) -> Iterator[L
     if ca is not None and not ca.is_file():
         raise DeployError(
             f"runtime.root_certificates = {root_certificates!r} is not a file; give the CA "
-            "certificate (PEM) the SuperLink's certificate was signed with (`fedllm certs`)"
+            "certificate (PEM) the SuperLink's certificate was signed with "
+            "(`fedllm certs superlink`)"
         )
     folder = Path(tempfile.mkdtemp(prefix="fedllm-flower-"))
     try:

@@ -42,6 +42,7 @@ RUN_ENTRIES = (
     "final",
     "report",
     FLOWER_DONE,
+    "admission.json",
     MARKER,
 )
 """Everything a run writes; --overwrite removes these and nothing else."""

@@ -52,8 +52,8 @@ class SecAggConfig(Section):
     roster: str | None = Field(
         None,
         description="On Flower: a roster file (TOML, [clients] client id = its node's "
-        "authentication public key, OpenSSH or PEM; `fedllm certs --client` writes "
-        "roster.toml) read by the server and every node. Each node then signs its advertised "
+        "authentication public key, OpenSSH or PEM; `fedllm certs roster` writes "
+        "one) read by the server and every node. Each node then signs its advertised "
         "keys with its own key (auth-key=PATH in its node config) and every party verifies "
         "them against the roster, so a server cannot substitute keys; none: unsigned "
         "(secure against an honest-but-curious server only).",

@@ -32,11 +32,12 @@ LOGGER = logging.getLogger(__name__)
 
 AUTH_KEY = "auth-key"
 """The node-config entry naming the node's authentication private key (its
-``node-<i>.key`` from ``fedllm certs``, the SuperNode's ``--auth-supernode-private-key``)."""
+``node.key`` from ``fedllm certs node``, the SuperNode's ``--auth-supernode-private-key``)."""
 
 ROSTER_FIX = (
-    "give the server and every node the same roster file (`fedllm certs OUT --nodes N "
-    "--client NAME ...` writes OUT/roster.toml from the node keys it makes)"
+    "give the server and every node the same roster file (`fedllm certs roster OUT_FILE "
+    "--client NAME=PUBKEY_FILE ...` writes one from the public keys the nodes made with "
+    "`fedllm certs node`)"
 )
 
 MIN_COHORT = 3

@@ -7,17 +7,30 @@ over the grid. The nodes' ClientApp is :mod:`~fedllm.runtime.flower.light`'s.
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedllm.runtime.flower.chunks import IDENTITY
+from fedllm.runtime.flower.chunks import CHALLENGE, IDENTITY
 from fedllm.runtime.flower.light import Settings
-from fedllm.types import ClientId
 
-__all__ = ["IDENTITY", "Grid", "Serve", "Settings", "make_server_app", "node_clients"]
+__all__ = [
+    "CHALLENGE",
+    "CHALLENGE_BYTES",
+    "IDENTITY",
+    "Grid",
+    "Identity",
+    "Serve",
+    "Settings",
+    "make_server_app",
+    "node_identities",
+]
+
+CHALLENGE_BYTES = 32
+"""Length of the random challenge each node signs with its identity (bytes)."""
 
 Serve = Callable[[Grid, Settings], None]
 
@@ -33,11 +46,16 @@ def make_server_app(serve: Serve) -> ServerApp:
     return app
 
 
-def node_clients(
+Identity = Mapping[str, object]
+"""A node's answer to the identity question (its ``IDENTITY`` config record)."""
+
+
+def node_identities(
     grid: Grid, expected: int, timeout_s: float, answer_s: float | None = None
-) -> dict[ClientId, tuple[int, int]]:
-    """Wait for ``expected`` nodes and ask each who it is: client id -> (node id,
-    training examples).
+) -> list[tuple[int, bytes, Identity]]:
+    """Wait for ``expected`` nodes, then ask every connected node who it is, each with a
+    fresh random challenge: (node id, the challenge sent, its answer) per node that
+    answered without an error.
 
     Args:
         timeout_s: how long the nodes may take to connect (seconds).
@@ -45,8 +63,7 @@ def node_clients(
             side to answer: the model loads); default: what is left of ``timeout_s``.
 
     Raises:
-        TimeoutError: fewer nodes connected, or answered, in time.
-        ValueError: two nodes answer for the same client.
+        TimeoutError: fewer nodes connected in time.
     """
     deadline = time.monotonic() + timeout_s
     nodes = list(grid.get_node_ids())
@@ -55,23 +72,23 @@ def node_clients(
         nodes = list(grid.get_node_ids())
     if len(nodes) < expected:
         raise TimeoutError(f"{len(nodes)} of {expected} nodes connected in {timeout_s:.0f} s")
+    challenges = {node: secrets.token_bytes(CHALLENGE_BYTES) for node in nodes}
     asks = [
-        Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY, group_id="identify")
-        for n in nodes
+        Message(
+            RecordDict({CHALLENGE: ConfigRecord({"challenge": challenge})}),
+            dst_node_id=node,
+            message_type=MessageType.QUERY,
+            group_id="identify",
+        )
+        for node, challenge in challenges.items()
     ]
-    found: dict[ClientId, tuple[int, int]] = {}
     wait = answer_s if answer_s is not None else max(deadline - time.monotonic(), 1.0)
+    answers: list[tuple[int, bytes, Identity]] = []
     for reply in grid.send_and_receive(asks, timeout=wait):
-        if reply.has_error():
+        node = reply.metadata.src_node_id
+        if reply.has_error() or node not in challenges:
             continue
-        identity = reply.content.config_records[IDENTITY]
-        client, node = str(identity["client"]), reply.metadata.src_node_id
-        if client in found:
-            raise ValueError(
-                f"nodes {found[client][0]} and {node} both answer for client {client!r}: "
-                "give each node its own partition-id, or its own client= name"
-            )
-        found[client] = (node, int(str(identity["train"])))
-    if len(found) < expected:
-        raise TimeoutError(f"{len(found)} of {expected} nodes said which client they are")
-    return found
+        identity = reply.content.config_records.get(IDENTITY)
+        if identity is not None:
+            answers.append((node, challenges[node], dict(identity)))
+    return answers

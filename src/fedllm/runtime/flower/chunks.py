@@ -22,8 +22,13 @@ STYPE = "fedllm.wire"
 """The ``Array.stype`` naming fedllm's encoding (not numpy bytes)."""
 
 IDENTITY = "fedllm.identity"
-"""Config record of a node's answer to the server's query: its client id (``client``)
-and training-set size (``train``, the sampling and weighting size)."""
+"""Config record of a node's answer to the server's query: its client id (``client``),
+training-set size (``train``, the sampling and weighting size) and its signature of
+them with the challenge (``signature``, bytes; empty without an auth-key)."""
+
+CHALLENGE = "fedllm.challenge"
+"""Config record of the server's identity query: the random bytes the node signs
+(``challenge``)."""
 
 
 class NotFedllmRecords(ValueError):

@@ -13,27 +13,33 @@ from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.app import Message as FlowerMessage
 from flwr.clientapp import ClientApp
 
-from fedllm.runtime.flower.chunks import IDENTITY, pack, unpack
+from fedllm.runtime.flower.chunks import CHALLENGE, IDENTITY, pack, unpack
 
 Settings = Mapping[str, bool | float | int | str]
 """A Flower run or node config."""
 
-Identify = Callable[[Settings, Settings], tuple[str, int]]
-"""``(node config, run config) -> (the node's client id, its training examples)``."""
+Identify = Callable[[Settings, Settings, bytes, int], Mapping[str, int | str | bytes]]
+"""``(node config, run config, the server's challenge, the node's Flower id) -> its
+identity``: ``client`` (id), ``train`` (examples), ``signature`` (bytes, maybe empty)."""
 
 Forward = Callable[[Settings, Settings, str, bytes], bytes]
 """``(node config, run config, phase, encoded message) -> encoded reply``."""
 
 
 def make_forwarding_client_app(identify: Identify, forward: Forward) -> ClientApp:
-    """A ClientApp: ``query`` answers who the node is; ``train`` and ``evaluate``
+    """A ClientApp: ``query`` answers who the node is (signing the server's challenge
+    where it can, see :mod:`fedllm.deploy.admission`); ``train`` and ``evaluate``
     messages go to ``forward`` as bytes and its bytes come back as the reply."""
     app = ClientApp()
 
     @app.query()
     def query(message: FlowerMessage, context: Context) -> FlowerMessage:
-        client, train = identify(context.node_config, context.run_config)
-        content = RecordDict({IDENTITY: ConfigRecord({"client": client, "train": train})})
+        asked = message.content.config_records.get(CHALLENGE)
+        challenge = asked.get("challenge", b"") if asked is not None else b""
+        if not isinstance(challenge, bytes):
+            raise ValueError("the identity query's challenge is not bytes")
+        identity = identify(context.node_config, context.run_config, challenge, context.node_id)
+        content = RecordDict({IDENTITY: ConfigRecord(dict(identity))})
         return FlowerMessage(content, reply_to=message)
 
     def answer(message: FlowerMessage, context: Context) -> FlowerMessage:
