@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from fedllm.deploy.certs import make_certs
+from fedllm.deploy.certs import make_certs, make_node_key
 from fedllm.deploy.local import (
     DeployError,
     LocalDeployment,
+    connection_to,
     connection_toml,
+    json_answer,
     local_deployment,
     node_status,
     register_node,
@@ -115,3 +118,60 @@ def test_insecure_and_secure_flags_and_connections(tmp_path: Path) -> None:
     text = connection_toml(secure)
     assert "insecure =" not in text
     assert f'root-certificates = "{certs.ca_cert.resolve()}"' in text
+
+
+def _post(port: int, path: str, context: ssl.SSLContext | None = None) -> int:
+    """POST an empty protobuf body (what `curl -X POST` sent in the review)."""
+    connection = (
+        http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        if context is None
+        else http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    )
+    try:
+        connection.request("POST", path, b"", {"content-type": "application/protobuf"})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def _runtime_port(process: subprocess.Popen[bytes]) -> int:
+    argv = list(process.args)  # type: ignore[arg-type]
+    return int(argv[argv.index("--port") + 1])
+
+
+def test_an_outsider_at_the_fleet_port_and_a_local_process_are_refused(tmp_path: Path) -> None:
+    """The review's attacks, on loopback: through the only port a secure deployment
+    exposes (the fleet gateway), an outsider holding ca.crt cannot register a node key,
+    list or submit runs, nor take a task; on the machines, another process cannot take
+    the ServerApp's or a ClientApp's task from the Runtime APIs."""
+    with local_deployment(1, home=tmp_path / "home", secure=True) as deployment:
+        assert deployment.certs is not None
+        trusted = ssl.create_default_context(cafile=deployment.certs.ca_cert)
+        fleet = int(deployment.fleet.rsplit(":", 1)[1])
+        superlink = int(deployment.superlink.rsplit(":", 1)[1])
+        assert fleet != superlink
+        assert node_status(deployment) == {deployment.node_ids[0]: "online"}  # through it
+
+        outsider = tmp_path / "outsider"
+        outsider.mkdir()
+        (outsider / "config.toml").write_text(
+            connection_to(deployment.fleet, deployment.certs.ca_cert)
+        )
+        intruder = make_node_key(tmp_path / "intruder-key", "intruder")
+        env = {**deployment.env(), "FLWR_HOME": str(outsider)}
+        for args in (
+            ["supernode", "register", str(intruder.public), "local", "--format", "json"],
+            ["ls", "local", "--format", "json"],
+        ):
+            done = subprocess.run(["flwr", *args], env=env, capture_output=True, text=True)
+            assert not json_answer(done.stdout).get("success"), done.stdout
+        operator = deployment.flwr("ls", "local", "--format", "json")  # 127.0.0.1: all APIs
+        assert json_answer(operator.stdout).get("success"), operator.stdout
+        assert len(node_status(deployment)) == 1  # no key was registered
+        for path in ("/v1/control/start-run", "/v1/control/list-runs", "/v1/runtime/acquire-task"):
+            assert _post(fleet, path, trusted) == 403
+        assert _post(fleet, "/v1/fleet/../control/list-runs", trusted) == 403
+
+        assert _post(superlink, "/v1/runtime/acquire-task", trusted) == 401
+        node_runtime = _runtime_port(deployment.supernodes[0])
+        assert _post(node_runtime, "/v1/runtime/acquire-task") == 401

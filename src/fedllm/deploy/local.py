@@ -442,7 +442,7 @@ def register_node(deployment: LocalDeployment, public_key: Path) -> int:
         DeployError: ``flwr supernode register`` failed (its output is in the message).
     """
     done = deployment.flwr("supernode", "register", str(public_key), "local", "--format", "json")
-    answer = _json_object(done.stdout)
+    answer = json_answer(done.stdout)
     if done.returncode != 0 or not answer.get("success") or "node-id" not in answer:
         raise DeployError(
             f"registering {public_key} with the SuperLink failed (exit {done.returncode}); "
@@ -458,7 +458,7 @@ def node_status(deployment: LocalDeployment) -> dict[int, str]:
         DeployError: ``flwr supernode list`` failed (its output is in the message).
     """
     done = deployment.flwr("supernode", "list", "local", "--format", "json")
-    answer = _json_object(done.stdout)
+    answer = json_answer(done.stdout)
     if done.returncode != 0 or not answer.get("success"):
         raise DeployError(
             f"listing the SuperLink's nodes failed (exit {done.returncode}); flwr said:\n"
@@ -498,7 +498,7 @@ def tail(text: str, chars: int = 2000) -> str:
     return ANSI_COLOUR.sub("", text)[-chars:]
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_answer(text: str) -> dict[str, Any]:
     """The JSON object ``flwr ... --format json`` printed (after any other output); {} if none."""
     start = text.find("{")
     try:
