@@ -36,13 +36,14 @@ def test_a_supernode_killed_mid_run_is_dropped_and_the_round_completes(tmp_path:
     settings = {"out": str(out), "nodes": 2}
     with local_deployment(2, home=tmp_path / "flower-home") as deployment:
         groups = set(deployment.pids)
-        assert len(groups) == 3 and len(process_groups_alive(groups)) == 3
+        # the SuperLink, two SuperNodes, and the SuperExec that runs each one's apps
+        assert len(groups) == 6 and len(process_groups_alive(groups)) == 6
         worker = threading.Thread(target=submit, args=(deployment, config, settings, 900))
         worker.start()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and _recorded_rounds(out) < 1:
             time.sleep(0.5)
-        victim = deployment.processes[2]  # SuperNode 1 (the SuperLink is first)
+        victim = deployment.supernodes[1]
         os.killpg(victim.pid, signal.SIGKILL)
         worker.join(timeout=900)
         assert not worker.is_alive()

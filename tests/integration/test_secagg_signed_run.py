@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from fedllm.config import Config, dump_config
 from fedllm.deploy.apps import built_node
-from fedllm.deploy.certs import make_certs
-from fedllm.deploy.local import local_deployment, submit
+from fedllm.deploy.certs import make_certs, make_node_key
+from fedllm.deploy.local import local_deployment, register_node, submit, wait_for_nodes
 from fedllm.federation.runner import RunResult, run
 from fedllm.runtime.flower.engine import client_app_handler, flower_engines
 from fedllm.secure.keys import SeededRandomness, generate_key_pair
@@ -35,6 +35,14 @@ from fedllm.secure.server_round import SecAggServer
 from tests.support.flower import SECAGG_THREE_NODES, InProcessGrid
 from tests.support.processes import process_groups_alive
 from tests.support.runs import tiny_config
+
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris is the capital of France."},
+    ]
+}
+"""One record of a rogue node's own data file."""
 
 SECAGG = (
     "secagg.enabled=true",
@@ -140,28 +148,47 @@ def test_a_key_the_server_substitutes_is_refused_by_the_clients(
 def test_signed_secure_aggregation_over_a_superlink_and_supernodes(tmp_path: Path) -> None:
     """A TLS, node-authenticated loopback deployment of three SuperNodes whose keys
     `fedllm certs` made, with their roster: the round is signed and gives the unsigned
-    simulator's model; with a roster naming another key for one client, that client's
-    keys are refused and the round says why. No process outlives the deployment."""
+    simulator's model; with a server roster naming another key for one client, that client's
+    keys are refused and the round says why. Two more nodes whose keys were registered
+    with the SuperLink but are not the roster's (one answering as 'rogue', one as a
+    member) are refused at admission: neither appears in the records, and
+    admission.json says why. No process outlives the deployment."""
     overrides = SECAGG_THREE_NODES
     simulated = run(tiny_config(*overrides), tmp_path / "sim")
     clients = sorted(simulated.records[-1]["sampled"])
     home = tmp_path / "home"
     flower = (*overrides, "runtime.engine='flower'")
-    signed = tiny_config(*flower, f"secagg.roster='{home / 'certs' / 'roster.toml'}'")
+    roster = home / "certs" / "roster.toml"
+    signed = tiny_config(*flower, f"secagg.roster='{roster}'", f"runtime.roster='{roster}'")
     impostor = make_certs(tmp_path / "impostor", 1).node_public_keys[0].read_bytes()
+    rogue_data = tmp_path / "rogue.jsonl"
+    rogue_data.write_text("".join(json.dumps(CHAT) + "\n" for _ in range(12)))
     with local_deployment(3, home=home, secure=True, clients=clients) as deployment:
         groups = set(deployment.pids)
         assert deployment.certs is not None
+        rogues = [make_node_key(tmp_path / f"rogue-{i}", "rogue") for i in range(2)]
+        rogue_ids = [register_node(deployment, files.public) for files in rogues]
+        for i, (files, claim) in enumerate(zip(rogues, ["rogue", clients[0]], strict=True)):
+            config = {"data": str(rogue_data), "client": claim, "auth-key": str(files.private)}
+            deployment.start_supernode(3 + i, key=files.private, node_config=config)
+        wait_for_nodes(deployment, [*deployment.node_ids, *rogue_ids], timeout_s=60)
+        groups |= set(deployment.pids)
         submit(deployment, signed, {"out": str(tmp_path / "signed"), "nodes": 3}, 600)
         keys = [p.read_bytes() for p in deployment.certs.node_public_keys]
         forged = tmp_path / "forged.toml"  # client 1's entry: a key its node does not hold
         entries = dict(zip(clients, [keys[0], impostor, keys[2]], strict=True))
         forged.write_text(roster_toml(entries))
-        refused = tiny_config(*flower, f"secagg.roster='{forged}'")
+        refused = tiny_config(*flower, f"secagg.roster='{forged}'", f"runtime.roster='{roster}'")
         submit(deployment, refused, {"out": str(tmp_path / "refused"), "nodes": 3}, 600)
     assert process_groups_alive(groups) == []
 
     record = _last_record(tmp_path / "signed")
+    assert "rogue" not in (tmp_path / "signed" / "metrics.jsonl").read_text()
+    admission = json.loads((tmp_path / "signed" / "admission.json").read_text())
+    assert sorted(admission["admitted"]) == clients
+    refused = {r["client"]: r["reason"] for r in admission["refused"]}
+    assert set(refused) == {"rogue", clients[0]}
+    assert "not a member" in refused["rogue"] and "does not verify" in refused[clients[0]]
     assert record["skipped"] is None and record["secagg"]["signed"] == 3
     assert record["secagg"]["unmasked"] == 3
     step = RingSpec(48, 0.5, 3).step

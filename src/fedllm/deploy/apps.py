@@ -125,12 +125,9 @@ def admitted_nodes(
             continue
         sig = signature if isinstance(signature, bytes) else b""
         parsed.append(NodeAnswer(node, client, train, challenge, sig))
-    admission = admit(parsed, members, expected)
-    admission.refused.extend(malformed)
-    for refused in admission.refused:
-        LOG.warning(
-            "refused node %d (answering as %r): %s", refused.node, refused.client, refused.reason
-        )
+    admission = admit(parsed, members, expected, malformed)
+    for no in admission.refused:
+        LOG.warning("refused node %d (answering as %r): %s", no.node, no.client, no.reason)
     return admission
 
 

@@ -210,7 +210,9 @@ class LocalDeployment:
                 sink.write(secrets.token_bytes(32))
         return path
 
-    def start_supernode(self, index: int, key: Path | None = None) -> subprocess.Popen[bytes]:
+    def start_supernode(
+        self, index: int, key: Path | None = None, node_config: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """SuperNode ``index`` (``partition-id``) and its SuperExec, logging to
         supernode-<index>.log and node-<index>-superexec.log.
 
@@ -219,11 +221,18 @@ class LocalDeployment:
                 0700) under ``state_root`` (or ``home``).
             key: its authentication private key (secure only); default: ``node-<index>``'s
                 key from ``certs``. Its node config names it too (``auth-key``).
+            node_config: entries added to (or replacing) its node config's
+                ``partition-id``, ``state-dir`` and ``auth-key``.
         """
         if self.certs is not None and key is None:
             key = self.certs.node_keys[index]
         state = private_folder((self.state_root or self.home) / f"node-{index}")
-        auth = "" if key is None else f" auth-key='{key}'"
+        entries = {"partition-id": str(index), "state-dir": f"'{state}'"}
+        if key is not None:
+            entries["auth-key"] = f"'{key}'"
+        if self.certs is not None and self.certs.roster is not None:
+            entries["roster"] = f"'{self.certs.roster}'"  # the node reads only its own
+        entries.update({k: f"'{v}'" for k, v in (node_config or {}).items()})
         runtime_port = free_port()
         node = self.start(
             [
@@ -235,7 +244,7 @@ class LocalDeployment:
                 str(runtime_port),
                 *isolation_flags(self.secret(f"node-{index}")),
                 "--node-config",
-                f"partition-id={index} state-dir='{state}'{auth}",
+                " ".join(f"{k}={v}" for k, v in entries.items()),
             ],
             f"supernode-{index}.log",
         )
