@@ -301,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace files already in OUT")
 
     p = sub.add_parser(
+        "gateway",
+        help="serve a SuperLink's Fleet API, and nothing else, on the network address",
+        description="The one port a federation exposes: forward the Fleet API's calls "
+        "(what SuperNodes send) to the SuperLink on 127.0.0.1 and refuse the Control API "
+        "(registering keys, submitting runs) and the Runtime API with 403. Start the "
+        "SuperLink with --host 127.0.0.1; see docs/deploy.md.",
+    )
+    _add_gateway_arguments(p)
+
+    p = sub.add_parser(
         "data",
         help="inspect how a configuration splits its data among clients",
         description="Inspect the federation a configuration builds, without loading a model.",
@@ -811,6 +821,23 @@ def _certs_roster(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    from fedllm.deploy.gateway import add_gateway_arguments
+
+    add_gateway_arguments(parser)
+
+
+def _gateway(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.deploy.gateway import run_gateway
+
+    say(console, f"fleet gateway on {args.listen} -> SuperLink on 127.0.0.1:{args.superlink_port}")
+    try:
+        run_gateway(args)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return 0
+
+
 def _he_keys(args: argparse.Namespace, console: Console) -> int:
     from fedllm.deploy.he_keys import make_he_keys
     from fedllm.secure.he import HEUnavailable
@@ -841,6 +868,7 @@ _HANDLERS = {
     "deploy": _deploy,
     "certs": _certs,
     "he-keys": _he_keys,
+    "gateway": _gateway,
 }
 
 if __name__ == "__main__":

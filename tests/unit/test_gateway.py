@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fedllm.cli import main
 from fedllm.deploy.gateway import FLEET_PATHS, FleetGateway, address, refusal
 from fedllm.deploy.local import free_port
 
@@ -96,3 +98,14 @@ def test_listen_addresses() -> None:
     for bad in ("9092", "host:", "host:0", "host:70000", ":9092"):
         with pytest.raises(ValueError, match="is not host:port"):
             address(bad)
+
+
+def test_fedllm_gateway_refuses_a_bad_address_or_missing_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gateway", "--listen", "0.0.0.0", "--superlink-port", "9093", "--insecure"]) == 2
+    assert "is not host:port" in capsys.readouterr().err
+    args = ["gateway", "--listen", "0.0.0.0:9092", "--superlink-port", "9093"]
+    assert main([*args, "--certs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "superlink.crt" in err and "fedllm certs superlink" in err

@@ -21,9 +21,10 @@ import json
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 FLEET_CALLS = (
     "register-node",
@@ -115,6 +116,8 @@ class FleetGateway:
         if body is None:
             await _answer(send, 413, {"detail": f"request over {MAX_BODY_BYTES} bytes"})
             return
+        import httpx
+
         try:
             reply = await self.client().post(
                 self.upstream + scope["path"], content=body, headers=_forwarded(scope["headers"])
@@ -133,6 +136,8 @@ class FleetGateway:
 
     def client(self) -> httpx.AsyncClient:
         """The connection pool to the SuperLink (made on first use)."""
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(verify=self.verify, timeout=self.timeout_s)
         return self._client

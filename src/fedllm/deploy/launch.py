@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from fedllm.config import Config
+from fedllm.deploy.admission import ADMISSION_FILE
 from fedllm.deploy.local import DeployError, local_deployment, remote_deployment, submit
 from fedllm.federation.rundir import RunDir
 from fedllm.federation.runner import RunResult
 from fedllm.report.progress import Reporter, SilentReporter
+from fedllm.secure.roster import load_roster
 from fedllm.types import RoundRecord
 
 RUN_TIMEOUT_S = 24 * 3600.0
@@ -35,8 +37,21 @@ POLL_S = 0.5
 
 
 def flower_nodes(config: Config) -> int:
-    """The SuperNodes a Flower run starts or waits for: ``runtime.nodes`` or one per client."""
-    return config.runtime.nodes or config.data.num_clients
+    """The SuperNodes a Flower run starts or waits for: ``runtime.nodes``, else one per
+    member (``runtime.clients``, ``runtime.roster``), else one per client.
+
+    Raises:
+        DeployError: the roster cannot be read.
+    """
+    runtime = config.runtime
+    if runtime.nodes or runtime.clients:
+        return runtime.nodes or len(runtime.clients)
+    if runtime.roster is not None:
+        try:
+            return len(load_roster(Path(runtime.roster)))
+        except (OSError, ValueError) as err:
+            raise DeployError(f"runtime.roster = {runtime.roster!r}: {err}") from None
+    return config.data.num_clients
 
 
 def run_on_flower(
@@ -79,8 +94,14 @@ def run_on_flower(
     if resume_rounds is not None:
         settings["resume-rounds"] = resume_rounds
     if superlink is not None:
+        if config.runtime.root_certificates is None:
+            reporter.warn(
+                f"runtime.superlink = {superlink!r} without runtime.root_certificates: the "
+                "configuration, models and updates travel in plaintext"
+            )
         with remote_deployment(superlink, config.runtime.root_certificates) as deployment:
             submit(deployment, config, settings, RUN_TIMEOUT_S)
+        _report_admission(out, reporter)
         reporter.message(
             f"the run finished on {superlink}; its run directory is {out} on the "
             "SuperLink's machine (where the ServerApp runs)"
@@ -92,10 +113,24 @@ def run_on_flower(
         except KeyboardInterrupt:  # leaving the block stops every process it started
             reporter.warn("interrupted: stopping the deployment (SuperLink, SuperNodes, apps)...")
             raise
+    _report_admission(out, reporter)
     records = rundir.read_metrics()
     summary = rundir.read_summary()
     reporter.finish(records, summary)
     return RunResult(rundir.root, summary, records)
+
+
+def _report_admission(out: Path, reporter: Reporter) -> None:
+    """Warn of every node the ServerApp refused (``admission.json``, where the run
+    directory is on this machine)."""
+    path = out / ADMISSION_FILE
+    if not path.is_file():
+        return
+    for refused in json.loads(path.read_text()).get("refused", []):
+        reporter.warn(
+            f"refused node {refused['node']} (answering as {refused['client']!r}): "
+            f"{refused['reason']} (see {path})"
+        )
 
 
 def _first_round(rundir: RunDir, resume_rounds: int | None) -> int:
