@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedllm.deploy.certs import make_certs, make_node_key
 from fedllm.deploy.local import (
@@ -25,9 +27,11 @@ from fedllm.deploy.local import (
     node_status,
     register_node,
     security_flags,
+    submit,
     wait_for_nodes,
 )
 from tests.support.processes import process_groups_alive
+from tests.support.runs import tiny_config
 
 FLOWER_AUTH_FAILED = 305  # flower-supernode's log: "Failed to initialize the connection"
 
@@ -175,3 +179,24 @@ def test_an_outsider_at_the_fleet_port_and_a_local_process_are_refused(tmp_path:
         assert _post(superlink, "/v1/runtime/acquire-task", trusted) == 401
         node_runtime = _runtime_port(deployment.supernodes[0])
         assert _post(node_runtime, "/v1/runtime/acquire-task") == 401
+
+
+def test_flowers_app_verification_refuses_every_app_submitted_from_a_folder(
+    tmp_path: Path,
+) -> None:
+    """flwr 1.42's SuperNode ``--trusted-entities`` accepts only apps fetched from
+    Flower Hub with its signatures (``valid_license``); an app submitted from a folder,
+    as fedllm's is, carries none, so such a node answers every message with an error.
+    Hence docs/deploy.md: a node cannot check which app it runs; the fleet gateway
+    keeps the Control API, where apps are submitted, off the network instead."""
+    signer = Ed25519PrivateKey.generate().public_key()
+    line = signer.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    trusted = tmp_path / "trusted.yaml"
+    trusted.write_text(f"fpk_fedllm: '{line.decode()} operator'\n")
+    config = tiny_config("runtime.engine='flower'", "data.num_clients=1", "server.rounds=1")
+    with local_deployment(0, home=tmp_path / "home") as deployment:
+        node = deployment.start_supernode(0, flags=["--trusted-entities", str(trusted)])
+        settings = {"out": str(tmp_path / "run"), "nodes": 1}
+        with pytest.raises(DeployError, match=r"0 of 1 clients answered"):
+            submit(deployment, config, settings, timeout_s=300)
+        assert "App verification is not supported" in deployment.log_tail(node, 20000)

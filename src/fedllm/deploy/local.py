@@ -211,7 +211,11 @@ class LocalDeployment:
         return path
 
     def start_supernode(
-        self, index: int, key: Path | None = None, node_config: Mapping[str, str] | None = None
+        self,
+        index: int,
+        key: Path | None = None,
+        node_config: Mapping[str, str] | None = None,
+        flags: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         """SuperNode ``index`` (``partition-id``) and its SuperExec, logging to
         supernode-<index>.log and node-<index>-superexec.log.
@@ -223,6 +227,7 @@ class LocalDeployment:
                 key from ``certs``. Its node config names it too (``auth-key``).
             node_config: entries added to (or replacing) its node config's
                 ``partition-id``, ``state-dir`` and ``auth-key``.
+            flags: more ``flower-supernode`` arguments.
         """
         if self.certs is not None and key is None:
             key = self.certs.node_keys[index]
@@ -243,6 +248,7 @@ class LocalDeployment:
                 "--port",
                 str(runtime_port),
                 *isolation_flags(self.secret(f"node-{index}")),
+                *flags,
                 "--node-config",
                 " ".join(f"{k}={v}" for k, v in entries.items()),
             ],
