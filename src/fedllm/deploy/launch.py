@@ -20,6 +20,7 @@ from typing import Any
 from fedllm.config import Config
 from fedllm.deploy.admission import ADMISSION_FILE
 from fedllm.deploy.local import DeployError, local_deployment, remote_deployment, submit
+from fedllm.deploy.policy import allowing
 from fedllm.federation.rundir import RunDir
 from fedllm.federation.runner import RunResult
 from fedllm.report.progress import Reporter, SilentReporter
@@ -107,7 +108,8 @@ def run_on_flower(
             "SuperLink's machine (where the ServerApp runs)"
         )
         return None
-    with local_deployment(nodes, state_root=out.resolve() / "nodes") as local:
+    state = out.resolve() / "nodes"
+    with local_deployment(nodes, state_root=state, node_config=allowing(config)) as local:
         try:
             _follow(lambda: submit(local, config, settings, RUN_TIMEOUT_S), rundir, reporter)
         except KeyboardInterrupt:  # leaving the block stops every process it started

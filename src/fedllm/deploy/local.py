@@ -232,12 +232,12 @@ class LocalDeployment:
         if self.certs is not None and key is None:
             key = self.certs.node_keys[index]
         state = private_folder((self.state_root or self.home) / f"node-{index}")
-        entries = {"partition-id": str(index), "state-dir": f"'{state}'"}
+        entries = {"partition-id": str(index), "state-dir": json.dumps(str(state))}
         if key is not None:
-            entries["auth-key"] = f"'{key}'"
+            entries["auth-key"] = json.dumps(str(key))
         if self.certs is not None and self.certs.roster is not None:
-            entries["roster"] = f"'{self.certs.roster}'"  # the node reads only its own
-        entries.update({k: f"'{v}'" for k, v in (node_config or {}).items()})
+            entries["roster"] = json.dumps(str(self.certs.roster))  # a node reads its own
+        entries.update({k: json.dumps(str(v)) for k, v in (node_config or {}).items()})
         runtime_port = free_port()
         node = self.start(
             [
@@ -312,6 +312,7 @@ def local_deployment(
     secure: bool = False,
     state_root: Path | None = None,
     clients: Sequence[str] | None = None,
+    node_config: Mapping[str, str] | None = None,
 ) -> Iterator[LocalDeployment]:
     """A running SuperLink with ``nodes`` SuperNodes; all stopped on exit.
 
@@ -326,6 +327,8 @@ def local_deployment(
         clients: (secure only) the client node ``i`` answers for, at index ``i``: the
             SecAgg+ roster of the node keys is written to ``certs/roster.toml`` (set
             ``secagg.roster`` to it to sign).
+        node_config: entries every node's config gets (its policy: the files it may
+            read, see ``deploy.policy.allowing``).
 
     Raises:
         ValueError: ``clients`` without ``secure``, or not one distinct name per node.
@@ -351,7 +354,7 @@ def local_deployment(
             wait_for_port(gateway, deployment, timeout_s=60.0, process=deployment.processes[-1])
             deployment.node_ids = [register_node(deployment, pub) for pub in certs.node_public_keys]
         for i in range(nodes):
-            deployment.start_supernode(i)
+            deployment.start_supernode(i, node_config=node_config)
         if certs is not None:
             wait_for_nodes(deployment, deployment.node_ids, timeout_s=60.0)
         yield deployment
