@@ -168,11 +168,13 @@ def test_the_client_app_signs_and_the_server_admits_over_flowers_protobuf(
 
 def test_a_malformed_answer_is_refused_not_trusted() -> None:
     answers = [(1, CHALLENGE, {"client": "org-a", "train": "many"}), (2, CHALLENGE, {"train": 3})]
+    failed = (4, CHALLENGE, {"error": "data error on the node"})
     admission = admitted_nodes(
-        [*answers, (3, CHALLENGE, {"client": "org-b", "train": 4})], None, expected=1
+        [*answers, (3, CHALLENGE, {"client": "org-b", "train": 4}), failed], None, expected=1
     )
     assert list(admission.admitted) == ["org-b"]
-    assert sorted(r.node for r in admission.refused) == [1, 2]
+    assert sorted(r.node for r in admission.refused) == [1, 2, 4]
+    assert admission.refused[-1].reason == "it answered with an error: data error on the node"
 
 
 def test_members_come_from_the_roster_or_the_names(tmp_path: Path) -> None:

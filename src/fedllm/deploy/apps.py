@@ -46,6 +46,7 @@ from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
 from fedllm.protocol.engine import ClientHandler
 from fedllm.runtime.flower.apps import (
+    ERROR,
     Grid,
     Identity,
     Settings,
@@ -114,11 +115,14 @@ def federation_members(config: Config) -> Members | None:
 def admitted_nodes(
     answers: list[tuple[int, bytes, Identity]], members: Members | None, expected: int
 ) -> Admission:
-    """:func:`~fedllm.deploy.admission.admit` over the nodes' raw answers (a malformed
-    answer is refused, not trusted), each refusal logged for the operator."""
+    """:func:`~fedllm.deploy.admission.admit` over the nodes' raw answers (an error or
+    a malformed answer is refused, not trusted), each refusal logged for the operator."""
     parsed: list[NodeAnswer] = []
     malformed: list[Refused] = []
     for node, challenge, identity in answers:
+        if ERROR in identity:
+            malformed.append(Refused(node, "?", f"it answered with an error: {identity[ERROR]}"))
+            continue
         client, train, signature = (identity.get(k) for k in ("client", "train", "signature"))
         if not isinstance(client, str) or not isinstance(train, int) or train < 0:
             malformed.append(Refused(node, str(client), "a malformed identity answer"))

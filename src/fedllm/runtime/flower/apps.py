@@ -20,6 +20,7 @@ from fedllm.runtime.flower.light import Settings
 __all__ = [
     "CHALLENGE",
     "CHALLENGE_BYTES",
+    "ERROR",
     "IDENTITY",
     "Grid",
     "Identity",
@@ -28,6 +29,9 @@ __all__ = [
     "make_server_app",
     "node_identities",
 ]
+
+ERROR = "error"
+"""The key of a node's answer that was an error reply (its reason)."""
 
 CHALLENGE_BYTES = 32
 """Length of the random challenge each node signs with its identity (bytes)."""
@@ -55,7 +59,7 @@ def node_identities(
 ) -> list[tuple[int, bytes, Identity]]:
     """Wait for ``expected`` nodes, then ask every connected node who it is, each with a
     fresh random challenge: (node id, the challenge sent, its answer) per node that
-    answered without an error.
+    answered; an error reply's answer is ``{ERROR: its reason}``.
 
     Args:
         timeout_s: how long the nodes may take to connect (seconds).
@@ -86,9 +90,11 @@ def node_identities(
     answers: list[tuple[int, bytes, Identity]] = []
     for reply in grid.send_and_receive(asks, timeout=wait):
         node = reply.metadata.src_node_id
-        if reply.has_error() or node not in challenges:
+        if node not in challenges:
+            continue
+        if reply.has_error():
+            answers.append((node, challenges[node], {ERROR: reply.error.reason}))
             continue
         identity = reply.content.config_records.get(IDENTITY)
-        if identity is not None:
-            answers.append((node, challenges[node], dict(identity)))
+        answers.append((node, challenges[node], {} if identity is None else dict(identity)))
     return answers
