@@ -36,6 +36,7 @@ import tomli_w
 
 from fedllm.config import Config, dump_config
 from fedllm.deploy.certs import CertFiles, make_certs
+from fedllm.deploy.link import remove_stale_sockets
 from fedllm.federation.rundir import FLOWER_DONE
 
 APP_PYPROJECT = """\
@@ -104,6 +105,7 @@ class LocalDeployment:
         fleet: host:port the SuperNodes connect to: the fleet gateway (secure: only the
             Fleet API; the SuperLink itself listens on 127.0.0.1) or the SuperLink.
         supernodes: the SuperNode processes, node order.
+        state_dirs: each SuperNode's state folder, node order.
     """
 
     home: Path
@@ -115,6 +117,7 @@ class LocalDeployment:
     state_root: Path | None = None
     fleet: str = ""
     supernodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    state_dirs: list[Path] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
@@ -232,6 +235,7 @@ class LocalDeployment:
         if self.certs is not None and key is None:
             key = self.certs.node_keys[index]
         state = private_folder((self.state_root or self.home) / f"node-{index}")
+        self.state_dirs.append(state)
         entries = {"partition-id": str(index), "state-dir": json.dumps(str(state))}
         if key is not None:
             entries["auth-key"] = json.dumps(str(key))
@@ -279,7 +283,8 @@ class LocalDeployment:
         """SIGTERM every process group started and every group their descendants made
         (Flower's ``flwr-serverapp`` and ``flower-superexec`` start sessions of their
         own, and outlive their parent as orphans), then SIGKILL what is left after
-        ``grace_s``; return once none of them runs.
+        ``grace_s``; return once none of them runs, then remove the sockets the killed
+        node workers left.
 
         A group whose first process has already exited is stopped too: a SuperNode that
         exits at start (an unregistered key) leaves its SuperExec child running a while.
@@ -303,6 +308,8 @@ class LocalDeployment:
             process.wait()
         while any(group_alive(group) for group in groups):  # SIGKILL takes effect at once
             time.sleep(0.05)
+        for state in self.state_dirs:  # a killed worker leaves its socket behind
+            remove_stale_sockets(state)
 
 
 @contextmanager
