@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fedllm.cli import main
 from fedllm.config import dump_config
-from fedllm.deploy.local import local_deployment, submit
+from fedllm.deploy.local import local_deployment, node_status, submit
 from fedllm.federation.runner import run
 from tests.support.flower import SECAGG_THREE_NODES
 from tests.support.processes import process_groups_alive, processes_mentioning
@@ -173,3 +173,45 @@ def test_ctrl_c_on_a_flower_run_says_so_and_leaves_no_process(tmp_path: Path) ->
     assert process.returncode == 130, err
     assert "stopping the deployment" in err
     assert processes_mentioning(str(out)) == []
+
+
+MARKER = "ACME-CONFIDENTIAL-patient-4711"
+
+
+def test_a_nodes_errors_reach_the_server_as_categories_and_its_limits_as_refusals(
+    tmp_path: Path,
+) -> None:
+    """The review's findings on a real deployment. A node whose own data file has a
+    malformed line naming a patient joins with the others: the server records only
+    "data error on the node" (admission.json) and the marker appears nowhere on the
+    server's side. A node whose owner set max-rounds=1 refuses round 2: the round
+    records that refusal as its reason, not an update from it."""
+    clinic = tmp_path / "org-secret-clinic.jsonl"
+    good = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    }
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": MARKER, "content": "x"}]}
+    clinic.write_text("".join(json.dumps(r) + "\n" for r in [good, good, good, bad, good]))
+    config = tiny_config(*TWO_CLIENTS, "server.min_clients=1", "server.reply_timeout_s=120")
+    out = tmp_path / "flower"
+    with local_deployment(1, home=tmp_path / "flower-home") as deployment:
+        deployment.start_supernode(1, node_config={"max-rounds": "1"})
+        deployment.start_supernode(2, node_config={"data": str(clinic), "client": "clinic"})
+        deadline = time.monotonic() + 60
+        while len(node_status(deployment)) < 3 and time.monotonic() < deadline:
+            time.sleep(1)
+        submit(deployment, config, {"out": str(out), "nodes": 2}, 900)
+        clinic_log = "".join(p.read_text() for p in deployment.state_dirs[2].glob("*.log"))
+    server_side = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
+    assert MARKER not in server_side and "org-secret-clinic" not in server_side
+    assert MARKER in clinic_log  # the detail stays on the node
+    admission = json.loads((out / "admission.json").read_text())
+    [refused] = admission["refused"]
+    assert refused["reason"].endswith("'data error on the node'>")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    limited = sorted(admission["admitted"])[1]  # node 1 answers for the second client
+    assert limited in records[1]["accepted"]
+    [dropped] = records[2]["dropped"]
+    assert dropped["client"] == limited
+    assert "node policy: max-rounds = 1" in dropped["reason"]
+    assert limited not in records[2]["accepted"] and records[2]["skipped"] is None
