@@ -202,6 +202,8 @@ def test_a_nodes_errors_reach_the_server_as_categories_and_its_limits_as_refusal
             time.sleep(1)
         submit(deployment, config, {"out": str(out), "nodes": 2}, 900)
         clinic_log = "".join(p.read_text() for p in deployment.state_dirs[2].glob("*.log"))
+        assert any(state.rglob("*.sock") for state in deployment.state_dirs)  # workers live
+    assert not any(state.rglob("*.sock") for state in deployment.state_dirs)  # none left
     server_side = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
     assert MARKER not in server_side and "org-secret-clinic" not in server_side
     assert MARKER in clinic_log  # the detail stays on the node

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import ssl
+import stat
 import subprocess
 from pathlib import Path
 
@@ -179,6 +180,12 @@ def test_an_outsider_at_the_fleet_port_and_a_local_process_are_refused(tmp_path:
         assert _post(superlink, "/v1/runtime/acquire-task", trusted) == 401
         node_runtime = _runtime_port(deployment.supernodes[0])
         assert _post(node_runtime, "/v1/runtime/acquire-task") == 401
+
+        private = [deployment.home, deployment.home / "secrets", *deployment.state_dirs]
+        assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in private} == {"0o700"}
+        secrets = list((deployment.home / "secrets").iterdir())
+        assert len(secrets) == 2  # the SuperLink's and the node's
+        assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in secrets} == {"0o600"}
 
 
 def test_flowers_app_verification_refuses_every_app_submitted_from_a_folder(
