@@ -25,6 +25,7 @@ from fedllm.config import Config, dump_config
 from fedllm.deploy.apps import built_node
 from fedllm.deploy.certs import make_certs, make_node_key
 from fedllm.deploy.local import local_deployment, register_node, submit, wait_for_nodes
+from fedllm.deploy.policy import allowing
 from fedllm.federation.runner import RunResult, run
 from fedllm.runtime.flower.engine import client_app_handler, flower_engines
 from fedllm.secure.keys import SeededRandomness, generate_key_pair
@@ -65,6 +66,7 @@ def over_nodes(config: Config, keys: Sequence[Path], root: Path) -> RunResult:
     text, apps, nodes, sizes = dump_config(config), {}, {}, {}
     for i, key in enumerate(keys):
         node = {"partition-id": str(i), "state-dir": str(root / f"node-{i}"), "auth-key": str(key)}
+        node |= allowing(config)  # each node's own roster: the same file here
         client, sizes[client], handler = built_node(text, node)  # what its worker runs
         apps[100 + i], nodes[client] = client_app_handler(handler, client), 100 + i
     grid = InProcessGrid(apps)

@@ -109,12 +109,15 @@ def run_on_flower(
         )
         return None
     state = out.resolve() / "nodes"
-    with local_deployment(nodes, state_root=state, node_config=allowing(config)) as local:
-        try:
-            _follow(lambda: submit(local, config, settings, RUN_TIMEOUT_S), rundir, reporter)
-        except KeyboardInterrupt:  # leaving the block stops every process it started
-            reporter.warn("interrupted: stopping the deployment (SuperLink, SuperNodes, apps)...")
-            raise
+    with local_deployment(
+        nodes,
+        state_root=state,
+        node_config=allowing(config),
+        on_interrupt=lambda: reporter.warn(
+            "interrupted: stopping the deployment (SuperLink, SuperNodes, apps)..."
+        ),
+    ) as local:  # leaving the block stops every process it started
+        _follow(lambda: submit(local, config, settings, RUN_TIMEOUT_S), rundir, reporter)
     _report_admission(out, reporter)
     records = rundir.read_metrics()
     summary = rundir.read_summary()

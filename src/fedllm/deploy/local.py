@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +320,7 @@ def local_deployment(
     state_root: Path | None = None,
     clients: Sequence[str] | None = None,
     node_config: Mapping[str, str] | None = None,
+    on_interrupt: Callable[[], None] | None = None,
 ) -> Iterator[LocalDeployment]:
     """A running SuperLink with ``nodes`` SuperNodes; all stopped on exit.
 
@@ -336,6 +337,8 @@ def local_deployment(
             ``secagg.roster`` to it to sign).
         node_config: entries every node's config gets (its policy: the files it may
             read, see ``deploy.policy.allowing``).
+        on_interrupt: called on Ctrl-C, starting up or running, before the deployment
+            stops (a stop takes seconds: say so first).
 
     Raises:
         ValueError: ``clients`` without ``secure``, or not one distinct name per node.
@@ -365,6 +368,10 @@ def local_deployment(
         if certs is not None:
             wait_for_nodes(deployment, deployment.node_ids, timeout_s=60.0)
         yield deployment
+    except KeyboardInterrupt:
+        if on_interrupt is not None:
+            on_interrupt()
+        raise
     finally:
         deployment.stop()
         if home is None:
