@@ -18,6 +18,7 @@ from pathlib import Path
 
 from fedllm.cli import main
 from fedllm.config import dump_config
+from fedllm.deploy.link import socket_dir
 from fedllm.deploy.local import local_deployment, node_status, submit
 from fedllm.federation.runner import run
 from tests.support.flower import SECAGG_THREE_NODES
@@ -202,8 +203,9 @@ def test_a_nodes_errors_reach_the_server_as_categories_and_its_limits_as_refusal
             time.sleep(1)
         submit(deployment, config, {"out": str(out), "nodes": 2}, 900)
         clinic_log = "".join(p.read_text() for p in deployment.state_dirs[2].glob("*.log"))
-        assert any(state.rglob("*.sock") for state in deployment.state_dirs)  # workers live
-    assert not any(state.rglob("*.sock") for state in deployment.state_dirs)  # none left
+        sockets = _worker_sockets(deployment.state_dirs[:2])  # the clinic's worker has quit
+        assert len(sockets) == 2 and all(path.exists() for path in sockets)  # workers live
+    assert not any(path.exists() for path in sockets)  # the stop removed what it killed
     server_side = "".join(p.read_text() for p in out.rglob("*") if p.suffix in (".json", ".jsonl"))
     assert MARKER not in server_side and "org-secret-clinic" not in server_side
     assert MARKER in clinic_log  # the detail stays on the node
@@ -217,3 +219,13 @@ def test_a_nodes_errors_reach_the_server_as_categories_and_its_limits_as_refusal
     assert dropped["client"] == limited
     assert "node policy: max-rounds = 1" in dropped["reason"]
     assert limited not in records[2]["accepted"] and records[2]["skipped"] is None
+
+
+def _worker_sockets(state_dirs: list[Path]) -> list[Path]:
+    """The socket of each worker the nodes keeping their state in ``state_dirs`` started
+    (named by the spec file each start writes)."""
+    return [
+        socket_dir(state) / f"{spec.stem}.sock"
+        for state in state_dirs
+        for spec in state.glob("worker-*.json")
+    ]

@@ -269,7 +269,8 @@ def test_the_worker_drops_a_connection_from_another_user(
 def as_nobody(act: str, path: Path) -> int:
     """Fork a child that becomes uid ``NOBODY`` and, at ``path``, either listens for a
     while (``act="listen"``; its pid is returned once it listens) or asks a worker
-    (``act="ask"``: it exits 0 if the worker closed without answering, 1 otherwise)."""
+    (``act="ask"``: returned once its request is sent; it exits 0 if the worker closed
+    without answering, 1 otherwise)."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: system calls only, then _exit
@@ -286,6 +287,7 @@ def as_nobody(act: str, path: Path) -> int:
             else:
                 sock.connect(str(path))
                 sock.sendall(HEADER.pack(0, 0))
+                os.write(ready_w, b"x")  # queued: the worker takes it whenever it serves
                 sock.settimeout(20)
                 try:
                     code = 0 if sock.recv(1) == b"" else 1
@@ -294,8 +296,7 @@ def as_nobody(act: str, path: Path) -> int:
         finally:
             os._exit(code)
     os.close(ready_w)
-    if act == "listen":
-        assert os.read(ready_r, 1) == b"x"
+    assert os.read(ready_r, 1) == b"x"  # it listens, or its request waits in the backlog
     os.close(ready_r)
     return pid
 
