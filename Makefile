@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install upgrade demo test test-slow bench lint golden golden-check clean
+.PHONY: install upgrade demo test test-slow bench lint golden golden-check golden-check-exact clean
 
 # constraints.txt pins every package to the version the suite passes with, so a new
 # upstream release cannot change a fresh install; `make upgrade` moves the pins on purpose.
@@ -58,12 +58,17 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 # Golden metrics of a matrix of tiny runs (tests/golden/): regenerate only in a commit of
-# its own that says why the numbers move; golden-check compares a fresh run bit for bit.
+# its own that says why the numbers move. golden-check compares a fresh run on any machine
+# (floats within 1e-5 relative, tensor digests not compared); golden-check-exact bit for
+# bit, on the machine that recorded the files.
 golden: $(STAMP)
 	$(PY) tests/golden/make_golden.py --write
 
 golden-check: $(STAMP)
 	$(PY) tests/golden/make_golden.py --check
+
+golden-check-exact: $(STAMP)
+	$(PY) tests/golden/make_golden.py --check --exact
 
 clean:
 	rm -rf $(VENV) $(UPGRADE_VENV) runs exported
