@@ -155,3 +155,32 @@ def test_too_few_records_names_the_partitioner(name: str) -> None:
     cfg = DataConfig(partition=name, num_clients=5, labels_per_client=1, num_topics=2)
     with pytest.raises(DataError, match=f"^{name} partition: data.num_clients = 5 exceeds the 3"):
         PARTITIONERS.get(name)(records, cfg, 0)
+
+
+@pytest.mark.parametrize("minimum", [4, 1])
+def test_dirichlet_gives_every_client_the_minimum_where_it_binds(minimum: int) -> None:
+    """40 records of 4 labels among 5 clients at a small alpha: unconstrained draws
+    leave some client below the minimum (shown with a minimum one lower), so these
+    seeds exercise the redraw; each gives every client at least ``minimum`` records,
+    or a clear data error."""
+    records = _records([f"l{i % 4}" for i in range(40)], "category")
+
+    def sizes(least: int, seed: int) -> list[int] | None:
+        cfg = DataConfig(
+            partition_by="category",
+            num_clients=5,
+            dirichlet_alpha=0.3 if minimum > 1 else 0.05,
+            min_client_examples=least,
+        )
+        try:
+            return sorted(len(rows) for rows in dirichlet(records, cfg, seed).values())
+        except DataError as err:
+            assert "raise data.dirichlet_alpha" in str(err)
+            return None
+
+    drawn = [sizes(minimum, seed) for seed in range(12)]
+    assert sum(d is not None for d in drawn) >= 6
+    assert all(min(d) >= minimum for d in drawn if d is not None)
+    if minimum > 1:
+        lower = [sizes(minimum - 1, seed) for seed in range(12)]
+        assert any(d is not None and min(d) == minimum - 1 for d in lower)  # it binds

@@ -133,3 +133,29 @@ def test_wrong_model_kind_is_a_clear_error(tmp_path: Path) -> None:
         get_method("lora").export(_tiny(), tmp_path)
     with pytest.raises(MethodError, match="transformers model"):
         get_method("full").merged(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing`:FutureWarning")
+def test_lora_scales_its_update_by_alpha_over_r_in_training_and_in_the_export(
+    tmp_path: Path,
+) -> None:
+    """A LoRA layer adds (alpha / r) B A x to the base output (Hu et al. 2021, eq. 3 with
+    the scale of section 4.1), checked against that formula by hand on a q_proj of
+    alpha = 8, r = 4 (scale 2, not 1), and the export records lora_alpha = alpha.
+    Reloading compares the model with itself, so only this pins the scale."""
+    cfg = MethodConfig(r=4, alpha=8.0, target_modules=["q_proj"])
+    model = get_method("lora").apply(_tiny(seed=2), cfg)
+    layer = next(m for name, m in model.named_modules() if name.endswith("0.self_attn.q_proj"))
+    assert layer.scaling["default"] == 2.0
+    gen = torch.Generator().manual_seed(3)
+    a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    with torch.no_grad():
+        a.copy_(torch.randn(a.shape, generator=gen))
+        b.copy_(torch.randn(b.shape, generator=gen))
+        x = torch.randn(2, a.shape[1], generator=gen)
+        by_hand = layer.base_layer(x) + (8.0 / 4) * (x @ a.T @ b.T)
+        layer.eval()
+        assert torch.allclose(layer(x), by_hand, atol=1e-5)
+    get_method("lora").export(model, tmp_path / "adapter")
+    exported = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert exported["lora_alpha"] == 8.0 and exported["r"] == 4
