@@ -396,3 +396,20 @@ def test_a_deployment_owning_every_node_allows_every_file_its_config_names(
     policy = NodePolicy.from_node_config({"partition-id": "0", **entries})
     assert policy.node_run_config(config) == config
     assert allowing(tiny_config()) == {}
+
+
+def test_a_bad_policy_value_is_refused_by_the_client_app_before_a_worker_starts(
+    tmp_path: Path,
+) -> None:
+    """The ClientApp checks the node's policy values itself (no worker, no torch): the
+    server reads only the category, the node's clientapp.log the value and the fix."""
+    from fedllm.deploy.link import CONFIG_REFUSED, WorkerError
+    from fedllm.deploy.node_app import forward, node_spec, reported
+
+    node = {"partition-id": 0, "state-dir": str(tmp_path), "max-rounds": "-1"}
+    with pytest.raises(NodeConfigError, match="max-rounds"):
+        node_spec(node, {"config": ""})
+    with pytest.raises(WorkerError, match=f"^{CONFIG_REFUSED}$"):
+        reported(forward)(node, {"config": ""}, "train", b"")
+    assert "max-rounds" in (tmp_path / "clientapp.log").read_text()
+    assert not list(tmp_path.glob("worker-*.json"))  # no worker was started

@@ -36,6 +36,7 @@ from fedllm.deploy.link import (
     note,
     refusal,
 )
+from fedllm.deploy.policy import NodePolicy
 from fedllm.runtime.flower.light import Settings, make_forwarding_client_app
 
 P = ParamSpec("P")
@@ -43,9 +44,10 @@ R = TypeVar("R")
 
 
 def node_spec(node_config: Settings, run_config: Settings) -> WorkerSpec:
-    """The worker that answers for this node in this run (a bad node config is refused
-    here, before a worker starts)."""
+    """The worker that answers for this node in this run (a bad node config, its
+    policy values included, is refused here, before a worker starts)."""
     check_node_config(node_config)
+    NodePolicy.from_node_config(node_config)
     node = {str(k): str(v) for k, v in node_config.items()}
     return WorkerSpec(str(run_config.get("config", "")), node)
 
