@@ -36,6 +36,7 @@ import tomli_w
 
 from fedllm.config import Config, dump_config
 from fedllm.deploy.certs import CertFiles, make_certs
+from fedllm.deploy.certs import private_folder as make_private_folder
 from fedllm.deploy.link import remove_stale_sockets
 from fedllm.federation.rundir import FLOWER_DONE
 
@@ -379,16 +380,16 @@ def local_deployment(
 
 
 def private_folder(path: Path) -> Path:
-    """``path`` as a folder only its owner can enter (mode 0700 whatever the umask;
-    an existing one is tightened).
+    """``path`` as a folder only its owner can enter (:func:`fedllm.deploy.certs.
+    private_folder`: mode 0700 whatever the umask, an existing one tightened).
 
     Raises:
-        DeployError: ``path`` is a symlink or not a folder.
+        DeployError: ``path`` is a symlink, not a folder, or another user's.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.is_symlink() or not path.is_dir():
-        raise DeployError(f"{path} must be a folder of this user's, not a link or a file")
-    path.chmod(0o700)
+    try:
+        make_private_folder(path)
+    except ValueError as err:
+        raise DeployError(str(err)) from None
     return path
 
 
@@ -650,21 +651,16 @@ def wait_for_port(
     timeout_s: float,
     process: subprocess.Popen[bytes] | None = None,
 ) -> None:
-    """Return once something accepts connections on ``port`` (opened by ``process``;
-    default: the SuperLink).
+    """Return once ``process`` (default: the SuperLink) accepts connections on ``port``.
 
     Raises:
         DeployError: the process exited or nothing listened within ``timeout_s``.
     """
     process = process or deployment.processes[0]
+    if listening(port, process, timeout_s):
+        return
     name = Path(process.args[0] if isinstance(process.args, list) else "").name
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log = deployment.log_tail(process)
-            raise DeployError(f"{name} exited at start; its log ends:\n{log}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
+    if process.poll() is not None:
+        log = deployment.log_tail(process)
+        raise DeployError(f"{name} exited at start; its log ends:\n{log}")
     raise DeployError(f"{name} did not listen on port {port} within {timeout_s:.0f} s")
