@@ -10,8 +10,9 @@ Figures, each the median of several repetitions after a warm-up:
   As fedllm runs it (updates held up to ``HOLD_BYTES`` and folded in together, block by
   block, so the sums stay in cache) and folding each update as it arrives (``hold_bytes
   = 0``: the sums are read and written from memory once per update);
-- the coverage mean (``aggregate/coverage.py``) of the same updates, every tensor with a
-  per-row 0/1 mask (how heterogeneous LoRA ranks use it), same two ways.
+- the coverage mean (``algorithms/hetero_rank/coverage.py``) of the same updates,
+  every tensor with a per-row 0/1 mask (how heterogeneous LoRA ranks use it), same two
+  ways.
 Each also without its result (``fold``: start, the adds, the sums read back). The
 result is the sums scaled in place (no new tensor: fresh memory is first touched at a
 few GB/s here, which made a freshly allocated result half the round).
@@ -30,8 +31,8 @@ from collections.abc import Callable
 import torch
 
 from benchmarks.common import write_result
-from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import BLOCK, HOLD_BYTES, WeightedMean
+from fedllm.algorithms.hetero_rank.coverage import CoverageMean
 from fedllm.types import Params
 
 TARGET = 0.5

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, write_result
+from fedllm.algorithms.public_server.server import PublicServer
 from fedllm.config import Config, load_config
 from fedllm.federation.evaluation import evaluate_states
-from fedllm.federation.public import PublicServer
 from fedllm.federation.runner import run
 from fedllm.federation.setup import prepare
 

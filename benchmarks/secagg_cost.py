@@ -4,7 +4,7 @@ and CKKS in the same run: SecAgg+ (fedllm.secure) for 10, 50 and 100 clients and
 server) for the same; CKKS (TenSEAL) for the smallest grid point.
 
 Per point, one whole SecAgg+ round among in-process clients
-(:func:`fedllm.secure.simulate.simulate_round`, the state machines the round protocol
+(:func:`fedllm.secure.secagg.simulate.simulate_round`, the state machines the round protocol
 runs), default degree 2 ceil(log2 n) and threshold floor(2k/3) + 1, a 31-bit ring:
 - client seconds (median over clients): key generation, Shamir sharing and sealing,
   quantisation, the masks (one self mask and k pairwise PRG expansions), revealing;
@@ -31,10 +31,10 @@ import torch
 
 from benchmarks.common import write_result
 from fedllm.aggregate.mean import WeightedMean
-from fedllm.secure.graph import default_degree
-from fedllm.secure.params import RoundParams, default_threshold
-from fedllm.secure.ring import RingSpec, quantise
-from fedllm.secure.simulate import simulate_round
+from fedllm.secure.secagg.graph import default_degree
+from fedllm.secure.secagg.params import RoundParams, default_threshold
+from fedllm.secure.secagg.ring import RingSpec, quantise
+from fedllm.secure.secagg.simulate import simulate_round
 
 BITS = 31
 CLIP = 0.05
@@ -109,7 +109,7 @@ def ckks_point(n: int, size: int) -> dict[str, Any] | None:
     """CKKS additive aggregation of ``n`` updates (encrypt each, add on the server,
     decrypt once), or None without the ``he`` extra."""
     try:
-        from fedllm.secure import he
+        from fedllm.secure.he import ckks as he
 
         keys = he.make_keys()
     except ImportError:

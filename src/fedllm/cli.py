@@ -425,13 +425,13 @@ USER_ERRORS = (
     ("fedllm.registry", "UnknownComponentError"),
     ("builtins", "FileNotFoundError"),
     ("fedllm.data.sources", "DataError"),
-    ("fedllm.federation.algorithms.base", "ModeError"),
+    ("fedllm.composition", "ModeError"),
     ("fedllm.model.load", "ModelLoadError"),
     ("fedllm.model.methods.base", "MethodError"),
     ("fedllm.model.state", "StateMismatchError"),
     ("fedllm.pipeline.stage", "PipelineError"),
     ("fedllm.privacy.accountant", "PrivacyConfigError"),
-    ("fedllm.client.personal", "PersonalizationError"),
+    ("fedllm.algorithms.personal.split", "PersonalizationError"),
     ("fedllm.prompts.select", "SelectionError"),
     ("fedllm.prompts.inspect", "InspectError"),
     ("fedllm.eval.generate", "GenerationError"),
@@ -508,7 +508,7 @@ def _exit_status(result: RunResult | None, console: Console) -> int:
 
 
 def _eval(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.client.personal import PersonalSplit
+    from fedllm.algorithms.personal.split import PersonalSplit
     from fedllm.federation.evaluation import evaluate_states
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
@@ -532,7 +532,7 @@ def _eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def _audit(args: argparse.Namespace, console: Console) -> int:
-    from fedllm.client.personal import PersonalSplit
+    from fedllm.algorithms.personal.split import PersonalSplit
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
     from fedllm.privacy.audit.audit import (
@@ -602,7 +602,7 @@ def _export(args: argparse.Namespace, console: Console) -> int:
 
 def _trained_model(run_dir: Path, client: str | None) -> tuple[Workspace, Params]:
     """The run's model (data loaded only for local runs) and its latest trained state."""
-    from fedllm.client.personal import PersonalSplit
+    from fedllm.algorithms.personal.split import PersonalSplit
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
 
@@ -840,7 +840,7 @@ def _gateway(args: argparse.Namespace, console: Console) -> int:
 
 def _he_keys(args: argparse.Namespace, console: Console) -> int:
     from fedllm.deploy.he_keys import make_he_keys
-    from fedllm.secure.he import HEUnavailable
+    from fedllm.secure.he.ckks import HEUnavailable
 
     try:
         files = make_he_keys(args.out, overwrite=args.overwrite)

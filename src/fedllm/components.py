@@ -47,10 +47,11 @@ AGGREGATORS: Registry[Any] = Registry("aggregator", _homes("fedllm.aggregate.mea
 ALGORITHMS: Registry[Any] = Registry(
     "algorithm",
     _each_own_module(
-        "fedllm.federation.algorithms",
-        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server "
-        "central_dp local_dp secagg he",
-    ),
+        "fedllm.algorithms",
+        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server",
+    )
+    | _each_own_module("fedllm.privacy", "central_dp local_dp")
+    | _each_own_module("fedllm.secure", "secagg he"),
 )
 REGISTRIES = (DATA_SOURCES, PARTITIONERS, METHODS, SERVER_OPTIMIZERS, AGGREGATORS, ALGORITHMS)
 
@@ -76,11 +77,19 @@ def named_fields() -> list[tuple[str, Registry[Any]]]:
 MODES = ("federated", "local", "centralized")
 
 
+def active_algorithms(config: Any) -> list[tuple[str, Any]]:
+    """``(name, factory)`` of every registered algorithm ``config`` turns on, in hook
+    order. Imports only the factories' modules, which import their halves when built."""
+    factories = [(name, ALGORITHMS.get(name)()) for name in ALGORITHMS.names()]
+    active = [(name, f) for name, f in factories if _setting(name, f, config) is not None]
+    return sorted(active, key=lambda pair: pair[1].order)
+
+
 def composition_problems(config: Any) -> list[str]:
     """Every reason the algorithms ``config`` turns on cannot run together.
 
     One check over the whole composition, from what each registered algorithm
-    declares (see :class:`fedllm.federation.algorithms.AlgorithmFactory`): the
+    declares (see :class:`fedllm.composition.AlgorithmFactory`): the
     setting that turns it on, the modes it applies to, the algorithms it
     refuses to run with (and why), and a check of its own settings.
     """

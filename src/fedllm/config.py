@@ -19,13 +19,14 @@ from pydantic import (
     model_validator,
 )
 
-from fedllm.client.settings import ClientConfig, PersonalConfig
+from fedllm.algorithms.personal import PersonalConfig
+from fedllm.client.settings import ClientConfig
 from fedllm.data.settings import DataConfig, PublicConfig
 from fedllm.model.settings import MethodConfig, ModelConfig
 from fedllm.pipeline.settings import PipelineConfig
 from fedllm.privacy.settings import PrivacyConfig
-from fedllm.secure.he_settings import HEConfig
-from fedllm.secure.settings import SecAggConfig
+from fedllm.secure.he.settings import HEConfig
+from fedllm.secure.secagg.settings import SecAggConfig
 from fedllm.server.settings import ServerConfig
 from fedllm.settings import NONE, ConfigError, Section, check_client_names
 

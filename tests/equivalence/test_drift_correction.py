@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from fedllm.aggregate.mean import WeightedMean
-from fedllm.client.fednova import NORM_METRIC
+from fedllm.algorithms.fednova.client import FedNovaPlugin
+from fedllm.algorithms.fednova.norm import NORM_METRIC
+from fedllm.algorithms.fednova.server import FedNovaServer
+from fedllm.algorithms.scaffold.client import ScaffoldPlugin
+from fedllm.algorithms.scaffold.server import ScaffoldServer
 from fedllm.client.plugin import ClientPlugin
-from fedllm.client.plugins.fednova import FedNovaPlugin
-from fedllm.client.plugins.scaffold import ScaffoldPlugin
 from fedllm.client.side import TRAIN, ClientSide
 from fedllm.client.store import ClientStateStore
 from fedllm.config import ClientConfig, ServerConfig
@@ -27,8 +29,6 @@ from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.runtime.simulation import SimulationEngine
 from fedllm.server.optimizer import build_server_optimizer
 from fedllm.server.plugin import ServerPlugin
-from fedllm.server.plugins.fednova import FedNovaServer
-from fedllm.server.plugins.scaffold import ScaffoldServer
 from fedllm.server.state import ServerState
 from fedllm.types import ClientUpdate, join_parts
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from fedllm.client.store import ClientStateStore
+from fedllm.composition import Composition
 from fedllm.config import Config
 from fedllm.data import ClientData, Example, FederatedData, collate
-from fedllm.federation.algorithms.base import Composition
 from fedllm.federation.modes import FederatedMode, Members, build_mode
 from fedllm.federation.setup import Workspace, prepare
 from fedllm.model.state import get_trainable_state, set_trainable_state

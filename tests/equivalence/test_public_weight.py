@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fedllm.aggregate.mean import WeightedMean
+from fedllm.algorithms.public_server.server import PublicServerPlugin
 from fedllm.client.side import ClientSide
 from fedllm.config import ServerConfig
-from fedllm.federation.public import PublicServerPlugin
 from fedllm.message import Message, Reply
 from fedllm.pipeline.stage import Pipeline
 from fedllm.protocol.fedavg import TrainingSetup, run_round

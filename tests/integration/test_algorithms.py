@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from fedllm.client.personal import PersonalSplit
+from fedllm.algorithms.personal.split import PersonalSplit
 from fedllm.config import ConfigError
 from fedllm.federation.rundir import RunDir
 from fedllm.federation.runner import resume, run

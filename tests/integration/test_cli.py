@@ -166,7 +166,7 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_keeps_its_checkpoint(tmp_path: Path
 def test_he_keys_writes_a_private_secret_and_refuses_to_overwrite(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fedllm.secure import he
+    from fedllm.secure.he import ckks as he
 
     out = tmp_path / "keys"
     assert main(["he-keys", str(out)]) == 0

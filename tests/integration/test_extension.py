@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from fedllm.cli import main
 from fedllm.client.plugin import ClientContext, ClientPlugin
 from fedllm.components import AGGREGATORS, ALGORITHMS, load_builtin
+from fedllm.composition import Algorithm, AlgorithmSetup
 from fedllm.config import load_config
-from fedllm.federation.algorithms import Algorithm, AlgorithmSetup
 from fedllm.federation.setup import prepare
 from fedllm.pipeline.stage import BatchResult, WeightedUpdate
 from fedllm.server.plugin import RoundContext, ServerPlugin

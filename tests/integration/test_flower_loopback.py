@@ -102,7 +102,7 @@ def test_secure_aggregation_on_flower_gives_the_simulators_model(tmp_path: Path)
     the same model within one quantisation step."""
     from safetensors.torch import load_file
 
-    from fedllm.secure.ring import RingSpec
+    from fedllm.secure.secagg.ring import RingSpec
 
     overrides = SECAGG_THREE_NODES
     simulated = run(tiny_config(*overrides), tmp_path / "sim")

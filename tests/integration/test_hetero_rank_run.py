@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedllm.client.rank import compact
+from fedllm.algorithms.hetero_rank.plan import compact
 from fedllm.client.side import NUM_EXAMPLES
 from fedllm.config import ConfigError
 from fedllm.federation.runner import run

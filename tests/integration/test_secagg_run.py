@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from fedllm.config import ConfigError
 from fedllm.federation.runner import run
-from fedllm.secure.client_round import SecAggClient
-from fedllm.secure.ring import RingSpec
-from fedllm.secure.shamir import SHARE_BYTES
+from fedllm.secure.secagg.client_round import SecAggClient
+from fedllm.secure.secagg.ring import RingSpec
+from fedllm.secure.secagg.shamir import SHARE_BYTES
 from tests.support.runs import tiny_config
 
 SECAGG = ("secagg.enabled=true", "secagg.bits=48", "secagg.clip_range=0.5")

@@ -30,9 +30,9 @@ from fedllm.federation.runner import RunResult, run
 from fedllm.runtime.flower.engine import client_app_handler, flower_engines
 from fedllm.secure.keys import SeededRandomness, generate_key_pair
 from fedllm.secure.messages import pack_keys, unpack_signed_keys
-from fedllm.secure.ring import RingSpec
 from fedllm.secure.roster import roster_toml
-from fedllm.secure.server_round import SecAggServer
+from fedllm.secure.secagg.ring import RingSpec
+from fedllm.secure.secagg.server_round import SecAggServer
 from tests.support.flower import SECAGG_THREE_NODES, InProcessGrid
 from tests.support.processes import process_groups_alive
 from tests.support.runs import tiny_config

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedllm.aggregate import mean as mean_module
-from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import Accumulator, WeightedMean
+from fedllm.algorithms.hetero_rank.coverage import CoverageMean
 from fedllm.config import ServerConfig
 from fedllm.pipeline.clip import ClipStage, global_norm
 from fedllm.pipeline.stage import Pipeline, PipelineError, Requirements, RoundReport, StageState

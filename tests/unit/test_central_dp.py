@@ -15,14 +15,14 @@ from scipy import stats
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.config import ConfigError, parse_config
 from fedllm.pipeline.clip import ClipStage
-from fedllm.pipeline.noise import GaussianNoiseStage
-from fedllm.pipeline.quantile import CLIPPED_METRIC, QuantileClip
 from fedllm.pipeline.stage import Constant, Pipeline, RoundReport
 from fedllm.privacy.accountant import RDP_ORDERS, PrivacyConfigError
+from fedllm.privacy.central_dp.noise import GaussianNoiseStage
+from fedllm.privacy.central_dp.quantile import CLIPPED_METRIC, QuantileClip
+from fedllm.privacy.ledger import PrivacyLedger
 from fedllm.privacy.plan import accounted_sampling, plan_central, update_noise_multiplier
 from fedllm.privacy.settings import PrivacyConfig
 from fedllm.server.plugin import RoundContext
-from fedllm.server.plugins.privacy import PrivacyLedger
 from fedllm.server.sampling import PoissonSampler
 from fedllm.types import ClientUpdate, RoundRecord
 
@@ -288,7 +288,7 @@ def count_sensitivity(neighbours: str) -> float:
     """How far one client moves the statistic the clip's count noise is added to,
     measured on the code's own statistic over every small cohort and its neighbours
     (``add``: one client more; ``replace``: one client's bit flipped)."""
-    from fedllm.pipeline.quantile import centred_count
+    from fedllm.privacy.central_dp.quantile import centred_count
 
     def stat(bits: list[float]) -> float:
         return centred_count([{CLIPPED_METRIC: b} for b in bits])

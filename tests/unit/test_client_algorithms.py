@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from fedllm.algorithms.fednova.norm import step_norm
+from fedllm.algorithms.scaffold.control import ServerControl
+from fedllm.algorithms.scaffold.variates import ControlVariates
 from fedllm.client.budget import check_budget_clients, client_steps
-from fedllm.client.fednova import step_norm
-from fedllm.client.scaffold import ControlVariates
 from fedllm.client.store import ClientStateStore
 from fedllm.config import ClientConfig, ConfigError, parse_config
-from fedllm.server.control import ServerControl
 
 
 def coefficients_sum(steps: int, momentum: float = 0.0, shrink: float = 0.0) -> float:

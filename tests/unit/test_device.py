@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from fedllm.algorithms.fedprox.client import ProximalTerm
+from fedllm.algorithms.scaffold.client import Correction
 from fedllm.client.hooks import TrainHook
 from fedllm.client.offload import offloaded_optimizer
-from fedllm.client.plugins.prox import ProximalTerm
-from fedllm.client.plugins.scaffold import Correction
 from fedllm.client.train import build_optimizer, train_locally
 from fedllm.config import ClientConfig, ConfigError, ModelConfig, parse_config
 from fedllm.data import Example

@@ -10,8 +10,8 @@ from scipy import stats
 
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.pipeline.clip import ClipStage
-from fedllm.pipeline.noise import GaussianNoiseStage, noise_std
 from fedllm.pipeline.stage import Constant, Pipeline, PipelineError, RoundReport
+from fedllm.privacy.central_dp.noise import GaussianNoiseStage, noise_std
 from fedllm.types import ClientUpdate
 
 

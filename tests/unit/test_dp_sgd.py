@@ -11,7 +11,6 @@ import torch
 from dp_accounting import rdp
 from scipy import stats
 
-from fedllm.client.dpsgd import DPSGDHook
 from fedllm.client.settings import ClientConfig
 from fedllm.client.train import train_locally
 from fedllm.config import MethodConfig, ModelConfig
@@ -19,6 +18,7 @@ from fedllm.data import Example, collate
 from fedllm.model.load import load_base_model
 from fedllm.model.methods import get_method
 from fedllm.privacy.accountant import RDP_ORDERS, PrivacyConfigError
+from fedllm.privacy.local_dp.dpsgd import DPSGDHook
 from fedllm.privacy.plan import plan_local
 from fedllm.privacy.settings import PrivacyConfig
 

@@ -8,12 +8,19 @@ from typing import Any
 import pytest
 import torch
 
-from fedllm.aggregate.coverage import CoverageMean
 from fedllm.aggregate.mean import WeightedMean
+from fedllm.algorithms.fedprox.client import ProxPlugin
+from fedllm.algorithms.hetero_rank.client import RankPlugin
+from fedllm.algorithms.hetero_rank.coverage import CoverageMean
+from fedllm.algorithms.hetero_rank.plan import (
+    RANK_METRIC,
+    RankPlan,
+    check_rank_clients,
+    client_rank,
+    compact,
+)
+from fedllm.algorithms.hetero_rank.server import RankExpansion
 from fedllm.client.plugin import ClientPlugin
-from fedllm.client.plugins.prox import ProxPlugin
-from fedllm.client.plugins.rank import RankPlugin
-from fedllm.client.rank import RANK_METRIC, RankPlan, check_rank_clients, client_rank, compact
 from fedllm.client.side import ClientSide
 from fedllm.config import ClientConfig, ConfigError, MethodConfig, ModelConfig, parse_config
 from fedllm.data import ClientData, Example
@@ -24,7 +31,6 @@ from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.pipeline.stage import Pipeline, PipelineError
 from fedllm.protocol.fedavg import TrainingSetup, run_round
 from fedllm.server.optimizer import build_server_optimizer
-from fedllm.server.plugins.rank import RankExpansion
 from fedllm.server.state import ServerState
 from fedllm.types import ClientId, ClientUpdate, Params
 from fedllm.wire import encode_message, payload_bytes

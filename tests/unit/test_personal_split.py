@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fedllm.client.personal import ROWS_SUFFIX, PersonalizationError, PersonalSplit
+from fedllm.algorithms.personal.split import ROWS_SUFFIX, PersonalizationError, PersonalSplit
 
 STATE = {
     "layers.0.q.lora_A.weight": torch.randn(2, 8),

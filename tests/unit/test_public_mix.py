@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fedllm.client.mix import PublicMix
-from fedllm.client.plugins.public_mix import MixedBatches
+from fedllm.algorithms.public_mix.client import MixedBatches
+from fedllm.algorithms.public_mix.mix import PublicMix
+from fedllm.algorithms.public_mix.mix import public_mix
 from fedllm.client.train import batch_indices, draw_batches, train_locally
 from fedllm.config import ClientConfig, parse_config
 from fedllm.data import Example
 from fedllm.data.public import PublicData
-from fedllm.federation.public import public_mix
 
 PRIVATE = [Example([100 + i, 7], [100 + i, 7]) for i in range(7)]
 PUBLIC = [Example([200 + j, 7, 7], [200 + j, 7, 7]) for j in range(5)]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedllm.client.dpsgd import DPSGDHook
 from fedllm.config import ConfigError
 from fedllm.data import Example
-from fedllm.pipeline.noise import GaussianNoiseStage
-from fedllm.pipeline.quantile import CLIPPED_METRIC, QuantileClip
 from fedllm.pipeline.stage import Constant, RoundReport
+from fedllm.privacy.central_dp.noise import GaussianNoiseStage
+from fedllm.privacy.central_dp.quantile import CLIPPED_METRIC, QuantileClip
+from fedllm.privacy.local_dp.dpsgd import DPSGDHook
 from fedllm.seeding import privacy_seed
 from tests.support.runs import tiny_config
 
@@ -111,8 +111,8 @@ def test_a_flower_node_draws_dp_sgd_noise_from_the_csprng_whatever_the_config_sa
     from types import SimpleNamespace
     from typing import Any, cast
 
-    from fedllm.federation.algorithms.base import AlgorithmSetup
-    from fedllm.federation.algorithms.local_dp import LocalDP
+    from fedllm.composition import AlgorithmSetup
+    from fedllm.privacy.local_dp import LocalDP
 
     config = tiny_config(
         "privacy.dp='local'", "privacy.clip_norm=1.0", "privacy.noise_multiplier=1.0"
@@ -130,7 +130,7 @@ def test_a_flower_node_draws_dp_sgd_noise_from_the_csprng_whatever_the_config_sa
 
 
 def test_the_secagg_graph_is_secret_in_secure_mode() -> None:
-    from fedllm.protocol.secagg import SecAggExchange, SecAggSettings
+    from fedllm.secure.secagg.server import SecAggExchange, SecAggSettings
     from fedllm.server.plugin import RoundContext
     from fedllm.types import RoundRecord
 

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedllm.pipeline.noise import DistributedNoiseStage
 from fedllm.pipeline.stage import Constant
-from fedllm.secure import shamir
+from fedllm.privacy.central_dp.noise import DistributedNoiseStage
 from fedllm.secure.errors import AuthenticationError, SecAggViolation
-from fedllm.secure.graph import default_degree, neighbours
 from fedllm.secure.keys import agree, context_label, generate_key_pair, open_sealed, seal
 from fedllm.secure.messages import pack_map, unpack_map
-from fedllm.secure.params import (
+from fedllm.secure.randomness import SeededRandomness, SystemRandomness
+from fedllm.secure.secagg import shamir
+from fedllm.secure.secagg.graph import default_degree, neighbours
+from fedllm.secure.secagg.params import (
     RoundParams,
     check_threshold,
     collusion_statement,
@@ -25,9 +26,8 @@ from fedllm.secure.params import (
     min_sum_inputs,
     noise_shares,
 )
-from fedllm.secure.prg import expand
-from fedllm.secure.randomness import SeededRandomness, SystemRandomness
-from fedllm.secure.ring import RingSpec, dequantise_sum, min_bits, quantise
+from fedllm.secure.secagg.prg import expand
+from fedllm.secure.secagg.ring import RingSpec, dequantise_sum, min_bits, quantise
 
 
 @settings(max_examples=40, deadline=None)

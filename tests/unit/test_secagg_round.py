@@ -13,14 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from fedllm.client.secagg import ADVERTISE, COHORT, PUBLIC, SIGNATURE, SecAggClientPhases
 from fedllm.client.side import ClientSide
 from fedllm.deploy.certs import node_key_pair
 from fedllm.message import Message
-from fedllm.secure import shamir
-from fedllm.secure.client_round import SecAggClient
 from fedllm.secure.errors import AuthenticationError, SecAggAbort, SecAggViolation
-from fedllm.secure.graph import default_degree, neighbours
 from fedllm.secure.keys import (
     agree,
     context_label,
@@ -32,12 +28,17 @@ from fedllm.secure.keys import (
     verify_advertised,
 )
 from fedllm.secure.messages import encode_ids, unpack_plaintext
-from fedllm.secure.params import RoundParams, default_threshold, tolerated_dropouts
 from fedllm.secure.randomness import SeededRandomness
-from fedllm.secure.ring import RingSpec
-from fedllm.secure.server_round import SecAggServer
-from fedllm.secure.shamir import SHARE_BYTES
-from fedllm.secure.simulate import PHASES, simulate_round
+from fedllm.secure.secagg import shamir
+from fedllm.secure.secagg.client import SecAggClientPhases
+from fedllm.secure.secagg.client_round import SecAggClient
+from fedllm.secure.secagg.graph import default_degree, neighbours
+from fedllm.secure.secagg.params import RoundParams, default_threshold, tolerated_dropouts
+from fedllm.secure.secagg.parts import ADVERTISE, COHORT, PUBLIC, SIGNATURE
+from fedllm.secure.secagg.ring import RingSpec
+from fedllm.secure.secagg.server_round import SecAggServer
+from fedllm.secure.secagg.shamir import SHARE_BYTES
+from fedllm.secure.secagg.simulate import PHASES, simulate_round
 
 Signers = dict[str, ec.EllipticCurvePrivateKey]
 

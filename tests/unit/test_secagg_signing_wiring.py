@@ -20,19 +20,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedllm.cli import main
-from fedllm.client import secagg as client_secagg
 from fedllm.client.side import ClientSide
+from fedllm.composition import Algorithm, AlgorithmSetup
 from fedllm.config import Config, ConfigError
 from fedllm.deploy.certs import CertFiles, make_certs
 from fedllm.deploy.launch import run_on_flower
 from fedllm.deploy.local import DeployError
-from fedllm.federation.algorithms.base import Algorithm, AlgorithmSetup
-from fedllm.federation.algorithms.secagg import SecAgg
 from fedllm.federation.guarantees import privacy_banner
-from fedllm.protocol.secagg import SecAggExchange
 from fedllm.secure.keys import load_node_key
-from fedllm.secure.params import threat_model
 from fedllm.secure.roster import load_roster, parse_roster, roster_toml
+from fedllm.secure.secagg import SecAgg
+from fedllm.secure.secagg import client as client_secagg
+from fedllm.secure.secagg.params import threat_model
+from fedllm.secure.secagg.server import SecAggExchange
 from tests.support.runs import tiny_config
 
 CLIENTS = ("ana", "bo", "cy", "dee")

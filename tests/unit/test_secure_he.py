@@ -1,4 +1,4 @@
-"""Additive homomorphic aggregation under CKKS (fedllm.secure.he, the 'he' extra), and
+"""Additive homomorphic aggregation under CKKS (fedllm.secure.he.ckks, the 'he' extra), and
 the noise flooding of a decryption that leaves the client (issue 25 point 7)."""
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import pytest
 import torch
 from scipy import stats
 
-from fedllm.client.he import (
+from fedllm.message import Message
+from fedllm.secure.he import ckks as he
+from fedllm.secure.he.client import HEClientPhases
+from fedllm.secure.he.parts import (
     CHUNKS,
     DECRYPT_PHASE,
     FLOODING_STD,
     LENGTH,
     PLAIN_SUM,
     REFUSED,
-    HEClientPhases,
     pack_chunks,
 )
-from fedllm.message import Message
-from fedllm.secure import he
 from fedllm.secure.randomness import SeededRandomness, SystemRandomness
 
 ts = pytest.importorskip("tenseal")

@@ -172,7 +172,8 @@ def test_the_same_run_and_node_share_a_worker_and_others_do_not() -> None:
     assert a.key != WorkerSpec("seed = 2\n", {"partition-id": "0"}).key
     assert a.key != WorkerSpec("seed = 1\n", {"partition-id": "1"}).key
     assert len(str(a.socket_path)) < 100
-    from fedllm.client import he, secagg
+    from fedllm.secure.he import parts as he
+    from fedllm.secure.secagg import parts as secagg
 
     # the link names every client phase without importing them
     assert (IDENTIFY, TRAIN, EVALUATE, *secagg.PHASES, *he.PHASES) == PHASES

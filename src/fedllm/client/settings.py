@@ -1,5 +1,4 @@
-"""Config sections of the client side: ``[client]`` (local training) and
-``[personal]`` (parameters that stay on each client)."""
+"""Config section of the client side: ``[client]`` (local training)."""
 
 from __future__ import annotations
 
@@ -104,14 +103,3 @@ class ClientConfig(Section):
                 "use client.bf16 = true with offload"
             )
         return self
-
-
-class PersonalConfig(Section):
-    keys: list[str] = Field(
-        default_factory=list,
-        description="Glob patterns over trainable parameter names that stay on each client "
-        "(e.g. ['*lora_B*']); federated mode only.",
-    )
-    prompt_tokens: int = Field(
-        0, ge=0, description="Trailing virtual tokens of a soft prompt that stay on each client."
-    )

@@ -26,14 +26,14 @@ class HEKeyFiles:
 
 
 def make_he_keys(out: Path, overwrite: bool = False) -> HEKeyFiles:
-    """Make a CKKS key pair (default :class:`fedllm.secure.he.CkksSettings`) and write
+    """Make a CKKS key pair (default :class:`fedllm.secure.he.ckks.CkksSettings`) and write
     both contexts into ``out`` (created if missing).
 
     Raises:
         FileExistsError: a file exists there and ``overwrite`` is False.
-        fedllm.secure.he.HEUnavailable: TenSEAL is not installed (the ``he`` extra).
+        fedllm.secure.he.ckks.HEUnavailable: TenSEAL is not installed (the ``he`` extra).
     """
-    from fedllm.secure import he
+    from fedllm.secure.he import ckks as he
 
     files = HEKeyFiles(out / SECRET_FILE, out / PUBLIC_FILE)
     if not overwrite:

@@ -66,8 +66,8 @@ PHASES = (
 )
 """What a worker answers: who its client is (a JSON object ``{"client", "train"}``),
 and the client side's phases (``fedllm.client.side.TRAIN``, ``...evaluate.EVALUATE``,
-``fedllm.client.secagg.PHASES``, ``fedllm.client.he.PHASES``: spelled out here, which
-imports no torch)."""
+``fedllm.secure.secagg.parts.PHASES``, ``fedllm.secure.he.parts.PHASES``: spelled out
+here, which imports no torch)."""
 
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """A client name a node may give (it names files in the node's state folder)."""

@@ -380,7 +380,7 @@ def run_noise(config: Config, client: ClientId, examples: int) -> float | None:
     if privacy.dp == "central":
         if privacy.noise_multiplier is not None:
             return privacy.noise_multiplier
-        from fedllm.pipeline.build import central_plan
+        from fedllm.privacy.central_dp.stages import central_plan
 
         return central_plan(config, config.data.num_clients).mechanism.noise_multiplier
     return None

@@ -27,8 +27,8 @@ from fedllm.client.evaluate import (
     evaluate_message,
     read_held_out,
 )
+from fedllm.composition import ModelView
 from fedllm.eval.evaluate import HeldOut, summarize
-from fedllm.federation.algorithms.base import ModelView
 from fedllm.federation.setup import Workspace
 from fedllm.message import Dropped, Message
 from fedllm.model.device import input_device, use_bf16

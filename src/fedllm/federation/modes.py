@@ -4,7 +4,7 @@
 and ``centralized`` (all data pooled) are the reference points every
 federated result is put beside. Each is the same client side and the same
 driver on the simulator; the algorithms come from the registry
-(:func:`fedllm.federation.algorithms.compose`), never by name.
+(:func:`fedllm.composition.compose`), never by name.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from fedllm.client.evaluate import AS_SENT, CLIENT, EVALUATE, GLOBAL
 from fedllm.client.settings import ClientConfig
 from fedllm.client.side import TRAIN, ClientHalves, ClientSide, no_stages
 from fedllm.client.store import ClientStateStore
+from fedllm.composition import AlgorithmSetup, Composition, ModeError, compose
 from fedllm.config import Config
 from fedllm.data import ClientData
 from fedllm.data.compact import Examples
-from fedllm.federation.algorithms.base import AlgorithmSetup, Composition, ModeError, compose
 from fedllm.federation.evaluation import client_evaluator, evaluate_federation
 from fedllm.federation.setup import Workspace
 from fedllm.pipeline import Pipeline, build_pipeline

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from safetensors.torch import load_file
 
-from fedllm.client.personal import PersonalSplit
 from fedllm.federation.checkpoint import list_checkpoints, load_checkpoint
 from fedllm.federation.rundir import RunDir, RunDirError
 from fedllm.types import ClientId, Params
+
+
+class OwnParts(Protocol):
+    """A split of a model state into a shared part and each client's own part (the
+    personal algorithm's :class:`~fedllm.algorithms.personal.split.PersonalSplit`)."""
+
+    @property
+    def active(self) -> bool:
+        """Whether it selects any parameter."""
+        ...
+
+    def split(self, state: Params) -> tuple[Params, Params]:
+        """``(shared, own)`` parts of ``state``."""
+        ...
+
+    def merge(self, shared: Params, own: Params) -> Params:
+        """The full state from its two parts."""
+        ...
+
+
+OWN_PARTS_SLOT = "personal"
+"""The client-state slot the own parts are checkpointed in (the plug-in's name)."""
 
 
 @dataclass
@@ -31,7 +53,7 @@ class Trained:
     initial: Params
     global_state: Params | None
     client_files: dict[ClientId, Path] = field(default_factory=dict)
-    split: PersonalSplit | None = None
+    split: OwnParts | None = None
 
     @property
     def shared(self) -> bool:
@@ -64,7 +86,7 @@ class Trained:
         return self.split.merge(self.global_state, self.split.split(self.initial)[1])
 
 
-def load_trained(rundir: RunDir, initial: Params, split: PersonalSplit | None = None) -> Trained:
+def load_trained(rundir: RunDir, initial: Params, split: OwnParts | None = None) -> Trained:
     """The latest checkpoint's states (client states are only located, not loaded)."""
     checkpoints = list_checkpoints(rundir.checkpoints)
     if not checkpoints:
@@ -75,6 +97,6 @@ def load_trained(rundir: RunDir, initial: Params, split: PersonalSplit | None = 
     if ckpt.clients_dir is not None:
         # local runs: whole client models at the top; personalised runs: the personal
         # plug-in's slot (other plug-ins' state, e.g. SCAFFOLD variates, is no model)
-        folder = ckpt.clients_dir / "personal" if active else ckpt.clients_dir
+        folder = ckpt.clients_dir / OWN_PARTS_SLOT if active else ckpt.clients_dir
         files = {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
     return Trained(ckpt.round, initial, ckpt.tensors.get("global"), files, active)

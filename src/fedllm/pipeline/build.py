@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fedllm.components import AGGREGATORS, load_builtin
+from fedllm.components import AGGREGATORS, active_algorithms
 from fedllm.pipeline.clip import ClipStage
-from fedllm.pipeline.noise import DistributedNoiseStage, GaussianNoiseStage
-from fedllm.pipeline.quantile import QuantileClip
-from fedllm.pipeline.stage import Aggregator, BatchAggregator, Constant, Parameter, Pipeline, Stage
+from fedllm.pipeline.stage import Aggregator, BatchAggregator, Pipeline, Stage
 
 if TYPE_CHECKING:  # the whole config is read here, never built: no import cycle
     from fedllm.config import Config
-    from fedllm.privacy.plan import CentralPlan
 
 
 def build_pipeline(config: Config, population: int | None = None) -> Pipeline:
-    """Stages in client order (clip first, then central DP noise), around the configured
-    aggregator.
+    """Stages in client order around the configured aggregator: those of the one
+    algorithm that brings its own (central DP's clip and noise), else the plain clip of
+    ``pipeline.clip_norm`` if set.
 
     Args:
         config: the run config.
@@ -25,60 +23,21 @@ def build_pipeline(config: Config, population: int | None = None) -> Pipeline:
             multiplier depends on; None on a node, whose client halves read the clip
             and noise from the broadcast.
     """
-    load_builtin()
-    stages: list[Stage] = []
-    if config.privacy.dp == "central":
-        stages.extend(central_dp_stages(config, population))
-    elif config.pipeline.clip_norm is not None:
+    stages: list[Stage] = _algorithm_stages(config, population)
+    if not stages and config.pipeline.clip_norm is not None:
         stages.append(ClipStage(config.pipeline.clip_norm))
     aggregator: Aggregator | BatchAggregator = AGGREGATORS.get(config.server.aggregator)()
     return Pipeline(stages, aggregator)
 
 
-def central_dp_stages(config: Config, population: int | None) -> list[Stage]:
-    """DP-FedAvg's clip and noise, sharing one clip parameter (adaptive or constant)."""
-    privacy = config.privacy
-    assert privacy.clip_norm is not None  # the section's validator ensures it
-    plan = central_plan(config, population) if population is not None else None
-    expected = float(config.server.clients_per_round)
-    if population is not None:
-        expected = float(min(expected, population))
-    poisson = config.server.sampling == "poisson"
-    clip: Parameter = Constant(privacy.clip_norm)
-    if privacy.adaptive_clip:
-        count_noise = plan.count_noise if plan is not None else 0.0
-        clip = QuantileClip(
-            privacy.clip_norm,
-            privacy.clip_quantile,
-            privacy.clip_lr,
-            count_noise,
-            expected if poisson else None,
-            config.secure_randomness,
-        )
-    update_noise = plan.update_noise if plan is not None else privacy.noise_multiplier or 0.0
-    if config.secagg.enabled:  # the clients add the noise before masking (distributed DP)
-        from fedllm.secure.params import noise_shares
-
-        server, colluders = config.server, config.secagg.tolerated_colluders
-        shares = noise_shares(server.min_clients, colluders)  # survives the colluders
-        return [ClipStage(clip), DistributedNoiseStage(update_noise, clip, shares)]
-    return [
-        ClipStage(clip),
-        GaussianNoiseStage(
-            update_noise, clip, expected if poisson else None, config.secure_randomness
-        ),
+def _algorithm_stages(config: Config, population: int | None) -> list[Stage]:
+    """The stages of the one active algorithm that declares ``stages(config, population)``."""
+    bringing: list[tuple[str, Any]] = [
+        (name, factory)
+        for name, factory in active_algorithms(config)
+        if getattr(factory, "stages", None) is not None
     ]
-
-
-def central_plan(config: Config, population: int) -> CentralPlan:
-    """The DP plan of a ``privacy.dp = 'central'`` run sampling from ``population``."""
-    from fedllm.privacy.plan import accounted_sampling, plan_central
-
-    server = config.server
-    return plan_central(
-        config.privacy,
-        population,
-        server.clients_per_round,
-        accounted_sampling(server.sampling),
-        server.rounds,
-    )
+    if len(bringing) > 1:
+        names = ", ".join(name for name, _ in bringing)
+        raise ValueError(f"only one algorithm may bring aggregation stages, not {names}")
+    return list(bringing[0][1].stages(config, population)) if bringing else []

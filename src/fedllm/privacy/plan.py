@@ -3,7 +3,7 @@ query gets, and the budget, fixed before the first round.
 
 With adaptive clipping two noisy queries run per round: the clipped updates' sum
 (noise multiplier ``z_update``) and the centred count of unclipped updates (noise std
-``count_noise``; :func:`fedllm.pipeline.quantile.centred_count`). Andrew et al. (2021,
+``count_noise``; :func:`fedllm.privacy.central_dp.quantile.centred_count`). Andrew et al. (2021,
 Theorem 1) show they compose to one Gaussian mechanism of multiplier
 ``(z_update^-2 + (2 count_noise)^-2)^-1/2``: under add-or-remove the sum moves by C
 and the centred count by 1/2; under replace-one by 2C and 1, the same ratio, so the

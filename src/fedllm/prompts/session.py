@@ -160,7 +160,7 @@ def config_for_run(config: Config, run_dir: str | Path) -> tuple[Config, list[st
 def trained_scorer(config: Config, run_dir: Path) -> tuple[PreTrainedTokenizerBase, ScoreFn, int]:
     """The run's tokenizer, a scorer with each client's model of the run's latest
     checkpoint, and that checkpoint's round."""
-    from fedllm.client.personal import PersonalSplit
+    from fedllm.algorithms.personal.split import PersonalSplit
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
 

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 
 from fedllm.secure.errors import SecAggViolation
 from fedllm.secure.keys import KEY_BYTES
-from fedllm.secure.shamir import SHARE_BYTES
+from fedllm.secure.secagg.shamir import SHARE_BYTES
 
 PUBLIC_C = "pk_c"
 """The advertise reply's encryption public key."""

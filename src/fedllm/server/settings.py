@@ -19,8 +19,8 @@ DROPPABLE_PHASES = (
     "he/decrypt",
 )
 """The round phases a simulated client can drop in (evaluation never drops); the
-names of :data:`fedllm.client.side.TRAIN`, :data:`fedllm.client.secagg.PHASES` and
-:data:`fedllm.client.he.PHASES`."""
+names of :data:`fedllm.client.side.TRAIN`, :data:`fedllm.secure.secagg.parts.PHASES` and
+:data:`fedllm.secure.he.parts.PHASES`."""
 
 
 class ServerConfig(Section):

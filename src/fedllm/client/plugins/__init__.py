@@ -1,1 +1,0 @@
-"""Client halves of the built-in algorithms, one file each."""

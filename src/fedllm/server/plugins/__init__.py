@@ -1,1 +1,0 @@
-"""Server halves of the built-in algorithms, one file each."""
