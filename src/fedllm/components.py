@@ -123,9 +123,13 @@ def composition_problems(config: Any) -> list[str]:
 
 def _setting(name: str, factory: Any, config: Any) -> str | None:
     """What turns an algorithm on in ``config`` (its own ``setting``; for an opt-in one,
-    being named in ``federation.algorithms``), or None when it is off."""
+    being named in ``federation.algorithms``; one without either is always on), or None
+    when it is off."""
     if getattr(factory, "opt_in", False):
         named = name in config.federation.algorithms
         return f"federation.algorithms = [{name!r}]" if named else None
     setting = getattr(factory, "setting", None)
-    return setting(config) if setting is not None else None
+    if setting is None:  # declares no switch: on in every run
+        return f"algorithm {name!r}"
+    result: str | None = setting(config)
+    return result

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 from fedllm.client.disclosure import Disclosure, strictest
-from fedllm.components import ALGORITHMS
+from fedllm.components import active_algorithms
 
 if TYPE_CHECKING:  # an algorithm's declarations are read at config load, without torch
     from fedllm.client.plugin import ClientPlugin
@@ -192,15 +192,14 @@ class Composition:
 
 
 def compose(setup: AlgorithmSetup) -> Composition:
-    """Build every registered algorithm the config turns on, in their order."""
-    named = setup.ws.config.federation.algorithms  # checked at config load
-    factories: list[AlgorithmFactory] = [
-        ALGORITHMS.get(name)()
-        for name in ALGORITHMS.names()
-        if not getattr(ALGORITHMS.get(name), "opt_in", False) or name in named
-    ]
+    """Build every registered algorithm the config turns on, in their order.
+
+    Only those whose ``setting`` is on are built, so an algorithm the run does not use
+    never imports its halves (nor their dependencies: dp-accounting, cryptography).
+    """
+    factories: list[AlgorithmFactory] = [f for _, f in active_algorithms(setup.ws.config)]
     built: list[Algorithm] = []
-    for factory in sorted(factories, key=lambda f: f.order):
+    for factory in factories:  # in hook order
         algorithm = factory.build(setup)
         if algorithm is None:
             continue

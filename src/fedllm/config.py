@@ -219,10 +219,26 @@ class Config(Section):
     he: HEConfig = Field(default_factory=HEConfig)
     personal: PersonalConfig = Field(default_factory=PersonalConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    algorithm: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="[algorithm.<name>] tables: the settings of a registered algorithm that "
+        "declares a section of its own (its factory's `settings`, a pydantic model), checked "
+        "against it at load.",
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     hard_prompt: HardPromptConfig = Field(default_factory=HardPromptConfig)
+
+    def settings_of(self, name: str) -> Any:
+        """The ``[algorithm.<name>]`` section, validated by the algorithm's ``settings``
+        model (its defaults when the table is absent)."""
+        from fedllm.components import ALGORITHMS
+
+        model = getattr(ALGORITHMS.get(name), "settings", None)
+        if model is None:
+            raise ConfigError(f"config error: algorithm {name!r} declares no settings section")
+        return model.model_validate(self.algorithm.get(name, {}))
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:
@@ -505,6 +521,7 @@ def _check_components(config: Config) -> None:
             f"config error: federation.algorithms names {unknown}, which are not registered; "
             f"choose from {', '.join(components.ALGORITHMS.names())}"
         )
+    _check_algorithm_sections(config)
     problems = components.composition_problems(config)
     if problems:
         raise ConfigError("\n".join(f"config error: {p}" for p in problems))
@@ -522,6 +539,32 @@ def _check_components(config: Config) -> None:
             problems.append(f"config error: {dotted} = {registry.unknown_message(value)}")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _check_algorithm_sections(config: Config) -> None:
+    """Every ``[algorithm.<name>]`` table names a registered algorithm with a settings
+    model, and its keys and values are valid there."""
+    from fedllm import components
+
+    for name, table in config.algorithm.items():
+        if name not in components.ALGORITHMS:
+            raise ConfigError(
+                f"config error: [algorithm.{name}]: " + components.ALGORITHMS.unknown_message(name)
+            )
+        model = getattr(components.ALGORITHMS.get(name), "settings", None)
+        if model is None:
+            raise ConfigError(
+                f"config error: [algorithm.{name}]: algorithm {name!r} takes no settings "
+                "section; remove the table"
+            )
+        try:
+            model.model_validate(table)
+        except ValidationError as err:
+            details = "; ".join(
+                f"algorithm.{name}.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                for e in err.errors()
+            )
+            raise ConfigError(f"config error: {details}") from None
 
 
 def _unknown_source(value: str) -> str:

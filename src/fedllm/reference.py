@@ -56,7 +56,8 @@ def config_reference() -> str:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             continue
-        lines.append(f"| `{name}` | `{_show(field.default)}` | {field.description or ''} |")
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        lines.append(f"| `{name}` | `{_show(default)}` | {field.description or ''} |")
     blocks = ["\n".join(lines)]
     for section, field in Config.model_fields.items():
         model = field.annotation
@@ -84,6 +85,8 @@ def _show(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, list):
         return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_show(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import Field
 from safetensors.torch import load_file
 
 from fedllm.cli import main
@@ -20,6 +21,7 @@ from fedllm.config import load_config
 from fedllm.federation.setup import prepare
 from fedllm.pipeline.stage import BatchResult, WeightedUpdate
 from fedllm.server.plugin import RoundContext, ServerPlugin
+from fedllm.settings import Section
 from fedllm.types import ClientUpdate, Params
 from tests.support.runs import TINY
 
@@ -64,27 +66,38 @@ class DropLargest:
         return BatchResult(combined, [updates[worst].client_id])
 
 
+class BudgetSettings(Section):
+    """The ``[algorithm.budget]`` section: an algorithm from outside brings its own."""
+
+    rounds: int = Field(2, ge=1, description="Rounds the run may play.")
+
+
 class BudgetServer(ServerPlugin):
-    """Spends one unit of a budget of two per round; stops the run when it is spent."""
+    """Spends one unit of its budget per round; stops the run when it is spent."""
 
     name = "budget"
 
-    def __init__(self) -> None:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
         self.spent = 0
 
     def end_round(self, ctx: RoundContext) -> None:
         self.spent += 1
 
     def stop_reason(self) -> str | None:
-        return f"budget of 2 spent after {self.spent} rounds" if self.spent >= 2 else None
+        if self.spent < self.budget:
+            return None
+        return f"budget of {self.budget} spent after {self.spent} rounds"
 
 
 class Budget:
     order = 95
     opt_in = True
+    settings = BudgetSettings
 
     def build(self, setup: AlgorithmSetup) -> Algorithm | None:
-        return Algorithm("budget", server=BudgetServer())
+        settings = setup.ws.config.settings_of("budget")
+        return Algorithm("budget", server=BudgetServer(settings.rounds))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,6 +121,37 @@ def test_a_server_plugin_stops_the_run_and_says_why(tmp_path: Path) -> None:
     assert records[-1]["eval"], "the last round played is evaluated"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds"] == 2 and (out / "final").is_dir()
+
+
+def test_an_algorithm_from_outside_reads_its_own_config_section(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = ["federation.algorithms=['budget']", "server.rounds=4", "algorithm.budget.rounds=3"]
+    assert (
+        main(["run", str(TINY), *(a for s in sets for a in ("--set", s)), "--out", str(out)]) == 0
+    )
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["stopped"] == "budget: budget of 3 spent after 3 rounds"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("algorithm.budget.rounds=0", "algorithm.budget.rounds: Input should be greater than"),
+        ("algorithm.budget.round=3", "algorithm.budget.round: Extra inputs are not permitted"),
+        ("algorithm.budgte.rounds=3", "'budgte' is not a known algorithm"),
+        ("algorithm.recorder.x=1", "algorithm 'recorder' takes no settings section"),
+    ],
+)
+def test_a_bad_algorithm_section_is_refused_at_load(
+    tmp_path: Path, capsys: Any, setting: str, message: str
+) -> None:
+    code = main(["run", str(TINY), "--set", setting, "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    if "budgte" in setting:
+        assert "did you mean 'budget'" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_opt_in_algorithms_are_refused_at_load(tmp_path: Path, capsys: Any) -> None:

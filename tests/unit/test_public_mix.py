@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from fedllm.algorithms.public_mix.client import MixedBatches
-from fedllm.algorithms.public_mix.mix import PublicMix
-from fedllm.algorithms.public_mix.mix import public_mix
+from fedllm.algorithms.public_mix.mix import PublicMix, public_mix
 from fedllm.client.train import batch_indices, draw_batches, train_locally
 from fedllm.config import ClientConfig, parse_config
 from fedllm.data import Example

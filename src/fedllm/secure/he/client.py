@@ -22,20 +22,7 @@ from fedllm.client.flat import flatten
 from fedllm.client.side import NUM_EXAMPLES, ClientSide
 from fedllm.message import Message
 from fedllm.secure.he import ckks as he
-from fedllm.secure.he.parts import (
-    CHUNKS,
-    CIPHERTEXT_BYTES,
-    DECRYPT_PHASE,
-    ENCRYPT_S,
-    FLOODING_STD,
-    LENGTH,
-    PLAIN_SUM,
-    REFUSED,
-    TRAIN_PHASE,
-    WEIGHTED,
-    pack_chunks,
-    unpack_chunks,
-)
+from fedllm.secure.he import parts
 from fedllm.secure.randomness import Randomness
 from fedllm.types import ClientId
 
@@ -66,7 +53,7 @@ class HEClientPhases:
 
     def handlers(self) -> dict[str, Callable[[ClientId, str, Message], Message]]:
         """Phase name -> handler, for :func:`fedllm.protocol.engine.by_phase`."""
-        return {TRAIN_PHASE: self._train, DECRYPT_PHASE: self._decrypt}
+        return {parts.TRAIN_PHASE: self._train, parts.DECRYPT_PHASE: self._decrypt}
 
     @property
     def secret(self) -> bytes:
@@ -78,30 +65,34 @@ class HEClientPhases:
         update = self.side.run(client_id, message)
         vector = flatten(update.delta)
         if not np.all(np.isfinite(vector)):
-            return Message(config={REFUSED: "the update is not finite (NaN or infinity)"})
-        if message.config.get(WEIGHTED) is True:
+            return Message(config={parts.REFUSED: "the update is not finite (NaN or infinity)"})
+        if message.config.get(parts.WEIGHTED) is True:
             vector = vector * update.num_examples
         start = time.perf_counter()
         chunks = he.encrypt_vector(vector, self.secret)
         seconds = time.perf_counter() - start
         metrics = {
             **update.metrics,
-            ENCRYPT_S: seconds,
-            CIPHERTEXT_BYTES: float(he.ciphertext_bytes(chunks)),
+            parts.ENCRYPT_S: seconds,
+            parts.CIPHERTEXT_BYTES: float(he.ciphertext_bytes(chunks)),
         }
         return Message(
-            config={CHUNKS: pack_chunks(chunks), NUM_EXAMPLES: update.num_examples},
+            config={parts.CHUNKS: parts.pack_chunks(chunks), NUM_EXAMPLES: update.num_examples},
             metrics=metrics,
         )
 
     def _decrypt(self, client_id: ClientId, phase: str, message: Message) -> Message:
-        data, length = message.config.get(CHUNKS), message.config.get(LENGTH)
+        data, length = message.config.get(parts.CHUNKS), message.config.get(parts.LENGTH)
         if not isinstance(data, bytes) or not isinstance(length, int):
-            return Message(config={REFUSED: f"the request lacks {CHUNKS!r} or {LENGTH!r}"})
+            return Message(
+                config={parts.REFUSED: f"the request lacks {parts.CHUNKS!r} or {parts.LENGTH!r}"}
+            )
         try:
             total, std = he.decrypt_flooded(
-                unpack_chunks(data), length, self.secret, self.flooding, rng=self.rng
+                parts.unpack_chunks(data), length, self.secret, self.flooding, rng=self.rng
             )
         except he.HEError as error:
-            return Message(config={REFUSED: f"cannot decrypt: {error}"})
-        return Message(arrays={PLAIN_SUM: torch.from_numpy(total)}, metrics={FLOODING_STD: std})
+            return Message(config={parts.REFUSED: f"cannot decrypt: {error}"})
+        return Message(
+            arrays={parts.PLAIN_SUM: torch.from_numpy(total)}, metrics={parts.FLOODING_STD: std}
+        )

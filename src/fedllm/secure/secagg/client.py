@@ -29,26 +29,10 @@ from fedllm.secure.errors import SecAggError, SecAggViolation
 from fedllm.secure.keys import Roster
 from fedllm.secure.messages import decode_ids, pack_keys, pack_map, unpack_map
 from fedllm.secure.randomness import Randomness, SeededRandomness, SystemRandomness
+from fedllm.secure.secagg import parts
 from fedllm.secure.secagg.client_round import SecAggClient
 from fedllm.secure.secagg.masking import wire_dtype
 from fedllm.secure.secagg.params import RoundParams
-from fedllm.secure.secagg.parts import (
-    ADVERTISE,
-    COHORT,
-    DROPPED,
-    KEYS,
-    MASKED,
-    MASKED_INPUT,
-    PUBLIC,
-    REFUSED,
-    REVEALED,
-    SHARE,
-    SHARES,
-    SIGNATURE,
-    SURVIVORS,
-    UNMASK,
-    NoiseStd,
-)
 from fedllm.secure.secagg.ring import quantise
 from fedllm.types import ClientId
 
@@ -73,7 +57,7 @@ class SecAggClientPhases:
         side: ClientSide,
         seed: int,
         deterministic: bool,
-        noise_std: NoiseStd | None = None,
+        noise_std: parts.NoiseStd | None = None,
         signer: ec.EllipticCurvePrivateKey | None = None,
         roster: Roster | None = None,
     ) -> None:
@@ -88,10 +72,10 @@ class SecAggClientPhases:
     def handlers(self) -> dict[str, Callable[[ClientId, str, Message], Message]]:
         """Phase name -> handler, for :func:`fedllm.protocol.engine.by_phase`."""
         steps = {
-            ADVERTISE: self._advertise,
-            SHARE: self._share,
-            MASKED: self._masked,
-            UNMASK: self._unmask,
+            parts.ADVERTISE: self._advertise,
+            parts.SHARE: self._share,
+            parts.MASKED: self._masked,
+            parts.UNMASK: self._unmask,
         }
         return {phase: self._refusing(step) for phase, step in steps.items()}
 
@@ -103,7 +87,7 @@ class SecAggClientPhases:
                 return step(client_id, message)
             except SecAggError as error:
                 self.rounds.pop(client_id, None)
-                return Message(config={REFUSED: str(error)})
+                return Message(config={parts.REFUSED: str(error)})
 
         return handle
 
@@ -112,21 +96,21 @@ class SecAggClientPhases:
             params = RoundParams.from_config(message.config)
         except ValueError as error:
             raise SecAggViolation(str(error)) from error
-        cohort = decode_ids(_bytes(message, COHORT))
+        cohort = decode_ids(_bytes(message, parts.COHORT))
         rng = self._randomness("keys", params.round_id, client_id)
         client = SecAggClient(client_id, params, cohort, rng, self.signer, self.roster)
         self.rounds[client_id] = client
         public = pack_keys(*client.advertise())
-        signed = {SIGNATURE: client.signature} if client.signature else {}
-        return Message(config={PUBLIC: public, **signed})
+        signed = {parts.SIGNATURE: client.signature} if client.signature else {}
+        return Message(config={parts.PUBLIC: public, **signed})
 
     def _share(self, client_id: ClientId, message: Message) -> Message:
-        sealed = self._client(client_id).share_keys(unpack_map(_bytes(message, KEYS)))
-        return Message(config={SHARES: pack_map(sealed)})
+        sealed = self._client(client_id).share_keys(unpack_map(_bytes(message, parts.KEYS)))
+        return Message(config={parts.SHARES: pack_map(sealed)})
 
     def _masked(self, client_id: ClientId, message: Message) -> Message:
         client = self._client(client_id)
-        client.receive_shares(unpack_map(_bytes(message, SHARES)))
+        client.receive_shares(unpack_map(_bytes(message, parts.SHARES)))
         update = self.side.run(client_id, message)
         vector = flatten(update.delta)
         if not np.all(np.isfinite(vector)):
@@ -149,18 +133,18 @@ class SecAggClientPhases:
             )
         masked = wire_dtype(client.mask(quantise(vector, spec, draws)), spec.bits)
         return Message(
-            arrays={MASKED_INPUT: torch.from_numpy(masked)},
+            arrays={parts.MASKED_INPUT: torch.from_numpy(masked)},
             config={NUM_EXAMPLES: update.num_examples},
             metrics=dict(update.metrics),  # the public ones only (ClientSide.run)
         )
 
     def _unmask(self, client_id: ClientId, message: Message) -> Message:
         client = self._client(client_id)
-        survivors = decode_ids(_bytes(message, SURVIVORS))
-        dropped = decode_ids(_bytes(message, DROPPED))
+        survivors = decode_ids(_bytes(message, parts.SURVIVORS))
+        dropped = decode_ids(_bytes(message, parts.DROPPED))
         revealed = client.unmask(survivors, dropped)
         del self.rounds[client_id]
-        return Message(config={REVEALED: pack_map(revealed)})
+        return Message(config={parts.REVEALED: pack_map(revealed)})
 
     def _client(self, client_id: ClientId) -> SecAggClient:
         if client_id not in self.rounds:
