@@ -8,9 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedllm.algorithms.personal.split import PersonalSplit
 from fedllm.federation.modes import FederatedMode, ModeError, build_mode
+from fedllm.federation.rundir import RunDir
 from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
+from fedllm.federation.trained import load_trained
 from fedllm.message import Message
 from fedllm.wire import decode_message, encode_message
 from tests.support.runs import InterruptAfter, stable, tiny_config
@@ -54,6 +57,24 @@ def test_personalised_run_reports_both_views_and_resumes_exactly(tmp_path: Path)
     assert final["clients_ppl_mean"] != final["global_only/clients_ppl_mean"]
     exported = sorted(p.name for p in (whole.run_dir / "final" / "clients").iterdir())
     assert exported == sorted(whole.summary["data"]["clients"])
+
+    # what `fedllm eval` and `export` load: each client's own parts from the checkpoint
+    ws = prepare(tiny_config(*overrides))
+    split = PersonalSplit.from_config(ws.config.personal)
+    trained = load_trained(RunDir(whole.run_dir), ws.initial, split)
+    initial_own = split.split(ws.initial)[1]
+    trained_clients = 0
+    for cid in whole.summary["data"]["clients"]:
+        own = split.split(trained.state_of(cid))[1]
+        path = whole.run_dir / "clients" / "personal" / f"{cid}.safetensors"
+        if not path.exists():  # never sampled: its own parts are still the initial ones
+            assert all(torch.equal(own[k], initial_own[k]) for k in own)
+            continue
+        kept = load_file(path)
+        assert own.keys() == kept.keys() and all(torch.equal(own[k], kept[k]) for k in own)
+        assert any(not torch.equal(own[k], initial_own[k]) for k in own), "trained, not initial"
+        trained_clients += 1
+    assert trained_clients >= 2
 
     with pytest.raises(KeyboardInterrupt):
         run(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptAfter(2))

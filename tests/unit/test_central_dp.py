@@ -14,6 +14,7 @@ from scipy import stats
 
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.config import ConfigError, parse_config
+from fedllm.pipeline.build import build_pipeline
 from fedllm.pipeline.clip import ClipStage
 from fedllm.pipeline.stage import Constant, Pipeline, RoundReport
 from fedllm.privacy.accountant import RDP_ORDERS, PrivacyConfigError
@@ -360,3 +361,21 @@ def test_adaptive_clipping_refuses_replies_without_their_clipped_bit() -> None:
     report = RoundReport(1, 2, [{CLIPPED_METRIC: 1.0}, {"steps": 3.0}], 2.0, seed=0)
     with pytest.raises(ValueError, match="1 of 2 replies lack it"):
         clip.next(1.0, report)
+
+
+@pytest.mark.parametrize(("sampling", "expected"), [("poisson", 4.0), ("uniform", None)])
+def test_the_pipeline_central_dp_brings_divides_by_the_expected_cohort_under_poisson(
+    sampling: str, expected: float | None
+) -> None:
+    """build_pipeline takes central DP's stages through the registry: the clip, then noise
+    whose mean divides by the expected cohort under Poisson sampling (the actual count
+    would leak who took part), by the actual one for fixed-size cohorts."""
+    config = parse_config(
+        central(sampling=sampling, clients_per_round=4)
+        | {"data": {"num_clients": 10}, "pipeline": {}}
+    )
+    stages = build_pipeline(config, population=10).stages
+    assert [type(s) for s in stages] == [ClipStage, GaussianNoiseStage]
+    noise = stages[1]
+    assert isinstance(noise, GaussianNoiseStage)
+    assert noise.expected == expected and noise.noise_multiplier == pytest.approx(1.0)
