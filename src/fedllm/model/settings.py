@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fedllm.settings import Section
 
@@ -164,12 +164,30 @@ class MethodConfig(Section):
         default_factory=dict,
         description="LoRA rank (1 to r) of named clients (overrides rank_min for them).",
     )
-    rank_aggregation: Literal["pad", "per_rank"] = Field(
-        "pad",
-        description="How updates of different ranks are combined: 'pad': zero-padded to rank "
-        "r and averaged (HetLoRA; components above a client's rank count as no change); "
-        "'per_rank': each rank component averaged over the clients that train it.",
+    rank_aggregation: Literal["hetlora", "padded_deltas", "per_rank"] = Field(
+        "hetlora",
+        description="How LoRA updates of different ranks are combined: 'hetlora' (HetLoRA's "
+        "sparsity-weighted aggregation): each client's module, zero above its rank, averaged "
+        "layer by layer with weights proportional to ||B_k A_k||_F (server.weighting applies "
+        "only to non-LoRA tensors); 'padded_deltas': the clients' deltas zero-padded to rank "
+        "r and averaged by server.weighting (components above a client's rank count as no "
+        "change); 'per_rank': each rank component's delta averaged over the clients that "
+        "train it.",
     )
+
+    @field_validator("rank_aggregation", mode="before")
+    @classmethod
+    def _renamed_pad(cls, value: object) -> object:
+        if value == "pad":
+            raise ValueError(
+                "method.rank_aggregation = 'pad' was renamed, as it was not HetLoRA's rule; "
+                "choose 'padded_deltas' (the old rule: the clients' deltas zero-padded to "
+                "rank r and averaged by server.weighting, so components above a client's "
+                "rank count as no change) or 'hetlora' (HetLoRA's sparsity-weighted "
+                "aggregation: the clients' modules, zero above their rank, averaged with "
+                "weights proportional to ||B_k A_k||_F per layer)"
+            )
+        return value
 
     @property
     def heterogeneous_ranks(self) -> bool:

@@ -17,10 +17,23 @@ def _per_rank(_: AnyAggregator) -> AnyAggregator:
     return CoverageMean()
 
 
+def _hetlora(_: AnyAggregator) -> AnyAggregator:
+    from fedllm.algorithms.hetero_rank.sparsity import SparsityWeightedMean
+
+    return SparsityWeightedMean()
+
+
+REPLACES_MEAN = {"per_rank": _per_rank, "hetlora": _hetlora}
+"""The rank aggregations that replace the configured weighted mean, and with what."""
+
+
 @ALGORITHMS.register("hetero_rank")
 class HeteroRank:
-    """HetLoRA truncation on clients, padding (``pad``) or a per-component mean
-    (``per_rank``) on the server (see :mod:`fedllm.algorithms.hetero_rank.plan`)."""
+    """HetLoRA truncation on clients (see :mod:`fedllm.algorithms.hetero_rank.plan`); on
+    the server HetLoRA's sparsity-weighted mean of the padded modules (``hetlora``, see
+    :mod:`~fedllm.algorithms.hetero_rank.sparsity`), a mean of zero-padded deltas
+    (``padded_deltas``) or a per-component mean (``per_rank``). HetLoRA's rank
+    self-pruning is not implemented."""
 
     order = 40
     modes = ("federated",)
@@ -32,18 +45,28 @@ class HeteroRank:
         return "heterogeneous LoRA ranks (method.rank_min / method.ranks_by_client)"
 
     def refuses(self, config: Config) -> list[tuple[str, str]]:
-        return [
+        refused = [
             ("scaffold", "control variates are not truncated to a client's rank"),
             ("personal", "personal LoRA factors are not truncated to a client's rank"),
         ]
+        if config.method.rank_aggregation == "hetlora":
+            refused.append(
+                (
+                    "fednova",
+                    "method.rank_aggregation = 'hetlora' averages the clients' modules, not "
+                    "FedNova's normalised deltas; set it to 'padded_deltas' or 'per_rank'",
+                )
+            )
+        return refused
 
     def problem(self, config: Config) -> str | None:
         method, server = config.method, config.server
-        if method.rank_aggregation == "per_rank" and server.aggregator != "mean":
+        rule = method.rank_aggregation
+        if rule in REPLACES_MEAN and server.aggregator != "mean":
             return (
-                f"method.rank_aggregation = 'per_rank' replaces the weighted mean, but "
+                f"method.rank_aggregation = {rule!r} replaces the weighted mean, but "
                 f"server.aggregator = {server.aggregator!r}; set server.aggregator = "
-                "'mean' or method.rank_aggregation = 'pad'"
+                "'mean' or method.rank_aggregation = 'padded_deltas'"
             )
         return None
 
@@ -58,10 +81,10 @@ class HeteroRank:
         if not setup.partial:
             check_rank_clients(method, setup.clients)
         plan = RankPlan(method, setup.ws.config.seed)
-        per_rank = method.rank_aggregation == "per_rank"
+        rule = method.rank_aggregation
         return Algorithm(
             "hetero_rank",
             client=RankPlugin(plan),
-            server=RankExpansion(plan.rank_of, per_rank),
-            aggregator=_per_rank if per_rank else None,
+            server=RankExpansion(plan.rank_of, rule),
+            aggregator=REPLACES_MEAN.get(rule),
         )
