@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -49,20 +50,35 @@ def test_scaffold_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert stable(resumed.records) == stable(whole.records)
 
 
+def cosine_momentum_norm(steps: int, lr: float, rho: float) -> float:
+    """FedNova's a_i for SGD with momentum under a cosine schedule, transcribed: the
+    coefficient of step k's gradient is sum_{j >= k} (lr_j / lr) rho^(j - k)."""
+    lrs = [lr * 0.5 * (1 + math.cos(math.pi * t / steps)) for t in range(steps)]
+    return sum(lrs[j] / lr * rho ** (j - k) for k in range(steps) for j in range(k, steps))
+
+
 def test_heterogeneous_budgets_with_fednova(tmp_path: Path) -> None:
     cfg = tiny_config(
         "client.local_steps=4",
         "client.local_steps_min=1",
+        'client.optimizer="sgd"',
+        "client.lr=0.05",
+        "client.momentum=0.5",
+        'client.lr_schedule="cosine"',
         'server.normalize="fednova"',
+        'server.weighting="uniform"',
         "server.clients_per_round=4",
         "server.rounds=1",
     )
     result = run(cfg, tmp_path / "nova")
     (record,) = [r for r in result.records if r["round"] == 1]
-    steps = {c: m["steps"] for c, m in record["client_metrics"].items()}
+    steps = {c: int(m["steps"]) for c, m in record["client_metrics"].items()}
     assert all(1 <= s <= 4 for s in steps.values()) and len(set(steps.values())) > 1
-    assert all(m["fednova_a"] == m["steps"] for m in record["client_metrics"].values())
-    assert 1 <= record["fednova_tau_eff"] <= 4
+    norms = {c: m["fednova_a"] for c, m in record["client_metrics"].items()}
+    for client, norm in norms.items():  # the rates the steps took, momentum included
+        assert norm == pytest.approx(cosine_momentum_norm(steps[client], 0.05, 0.5), rel=1e-12)
+    tau_eff = sum(norms.values()) / len(norms)  # uniform weights
+    assert record["fednova_tau_eff"] == pytest.approx(tau_eff, rel=1e-12)
     again = run(cfg, tmp_path / "again").records
     assert stable(again) == stable(result.records)  # budgets are fixed by the seed
 

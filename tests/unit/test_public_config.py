@@ -92,8 +92,10 @@ def test_server_training_needs_a_global_model_it_can_train(
 def test_server_steps_refuse_fednova_but_warm_up_does_not() -> None:
     raw = config(source="pydoc", server_steps=2)
     raw["server"] = {"normalize": "fednova"}
+    raw["client"] = {"optimizer": "sgd"}
     with pytest.raises(ConfigError, match="server_steps = 2 cannot be combined with.*fednova"):
         parse_config(raw)
     raw = config(source="pydoc", warmup_steps=2)
     raw["server"] = {"normalize": "fednova"}
+    raw["client"] = {"optimizer": "sgd"}
     parse_config(raw)

@@ -58,11 +58,14 @@ class ServerConfig(Section):
         False, description="Adam-style bias correction (off in Reddi et al. 2021, Algorithm 2)."
     )
     aggregator: str = Field("mean", description="How accepted updates are combined.")
-    normalize: Literal["none", "fednova"] = Field(
+    normalize: Literal["none", "fednova", "fednova_steps"] = Field(
         "none",
-        description="'fednova': clients send their update divided by their local steps "
-        "(momentum- and prox-adjusted), the server rescales the mean by the cohort's "
-        "effective steps (Wang et al. 2020); for clients running different step counts.",
+        description="'fednova': each client divides its update by a_i, the L1 norm of its "
+        "SGD gradient coefficients (momentum, FedProx, weight decay and the learning-rate "
+        "schedule included), the server rescales the mean by the cohort's effective steps "
+        "(Wang et al. 2020); needs client.optimizer = 'sgd'. 'fednova_steps': a_i = the "
+        "learning-rate-weighted local steps for any optimizer (AdamW), a heuristic outside "
+        "the paper. For clients running different step counts.",
     )
     weighting: Literal["examples", "uniform"] = Field(
         "examples", description="Aggregation weight of each client."
