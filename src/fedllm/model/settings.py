@@ -168,11 +168,11 @@ class MethodConfig(Section):
         "hetlora",
         description="How LoRA updates of different ranks are combined: 'hetlora' (HetLoRA's "
         "sparsity-weighted aggregation): each client's module, zero above its rank, averaged "
-        "layer by layer with weights proportional to ||B_k A_k||_F (server.weighting applies "
-        "only to non-LoRA tensors); 'padded_deltas': the clients' deltas zero-padded to rank "
-        "r and averaged by server.weighting (components above a client's rank count as no "
-        "change); 'per_rank': each rank component's delta averaged over the clients that "
-        "train it.",
+        "layer by layer with weights proportional to the Frobenius norm of B_k A_k "
+        "(server.weighting applies only to non-LoRA tensors); 'padded_deltas': the clients' "
+        "deltas zero-padded to rank r and averaged by server.weighting (components above a "
+        "client's rank count as no change); 'per_rank': each rank component's delta averaged "
+        "over the clients that train it.",
     )
 
     @field_validator("rank_aggregation", mode="before")
@@ -185,7 +185,7 @@ class MethodConfig(Section):
                 "rank r and averaged by server.weighting, so components above a client's "
                 "rank count as no change) or 'hetlora' (HetLoRA's sparsity-weighted "
                 "aggregation: the clients' modules, zero above their rank, averaged with "
-                "weights proportional to ||B_k A_k||_F per layer)"
+                "weights proportional to the Frobenius norm of B_k A_k, per layer)"
             )
         return value
 

@@ -12,7 +12,9 @@ the truncated start). The client uploads only ``A[:r_i]`` and ``B[:, :r_i]``.
 The scale stays the global ``alpha / r`` for every client, so the truncated
 model is exactly the rank-``r_i`` slice of the global product:
 ``(alpha / r) B[:, :r_i] A[:r_i]``; it equals a peft LoRA of rank ``r_i`` with
-``lora_alpha = alpha * r_i / r`` and those weights.
+``lora_alpha = alpha * r_i / r`` and those weights. (Common reimplementations give
+each client ``alpha / r_i``, which scales a low-rank client's factors up by
+``r / r_i`` against the global model's.)
 """
 
 from __future__ import annotations
