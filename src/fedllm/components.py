@@ -48,7 +48,8 @@ ALGORITHMS: Registry[Any] = Registry(
     "algorithm",
     _each_own_module(
         "fedllm.algorithms",
-        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server",
+        "personal scaffold fednova hetero_rank fedprox public_mix kept_optimizer public_server "
+        "run_schedule",
     )
     | _each_own_module("fedllm.privacy", "central_dp local_dp")
     | _each_own_module("fedllm.secure", "secagg he"),

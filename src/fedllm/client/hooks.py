@@ -2,7 +2,8 @@
 
 A client plug-in that needs to act inside local training (FedProx on the
 gradients, SCAFFOLD after each optimizer step, public examples in the
-batches, a kept optimizer state) hands the trainer a :class:`TrainHook`.
+batches, a kept optimizer state, a learning-rate schedule over the whole run)
+hands the trainer a :class:`TrainHook`.
 Every method has a do-nothing default, so a hook overrides only what it uses.
 """
 
@@ -32,6 +33,12 @@ class TrainHook:
 
     def start_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """The optimizer was built (before the first step)."""
+
+    def schedule(self, steps: int) -> tuple[int, int] | None:
+        """Where this round's ``steps`` optimizer steps sit in a longer learning-rate
+        schedule: ``(offset, total)``, the index of the round's first step in it and its
+        length (both in steps). None: the schedule spans this round alone."""
+        return None
 
     def compute_gradients(
         self,

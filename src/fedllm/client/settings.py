@@ -21,9 +21,23 @@ class ClientConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay (AdamW) or L2.")
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum.")
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="Schedule over the local steps of one round."
+        "constant",
+        description="Decay after the warm-up, over the local steps of one round "
+        "(or of the run: lr_schedule_span).",
     )
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps within a round.")
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Linear warm-up steps at the start of each round (or of the run: "
+        "lr_schedule_span).",
+    )
+    lr_schedule_span: Literal["round", "run"] = Field(
+        "round",
+        description="'run': the warm-up and decay span all of the client's local steps over "
+        "server.rounds rounds (its steps per round x server.rounds), each round continuing "
+        "where its previous one stopped, as DiLoCo's inner optimizer; 'round': they restart "
+        "every round.",
+    )
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Gradient-norm clip per step; none to disable."
     )

@@ -97,7 +97,8 @@ def train_locally(
     ``hooks`` act at fixed points of every step (:class:`TrainHook`, in order):
     they may draw the batches, change the loss, add to the unscaled gradients
     before clipping (FedProx), move the parameters after each optimizer step
-    (SCAFFOLD), and load or keep the optimizer's state. ``start`` is the state
+    (SCAFFOLD), load or keep the optimizer's state, and place the round's steps in
+    a longer learning-rate schedule (:func:`schedule_position`). ``start`` is the state
     training starts from, handed to :meth:`TrainHook.begin`.
 
     Returns:
@@ -112,7 +113,10 @@ def train_locally(
     optimizer = build_optimizer(trainable, cfg)
     for hook in hooks:
         hook.start_optimizer(optimizer)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+    offset, total = schedule_position(hooks, steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(offset + s, total, cfg)
+    )
     batches = draw_batches(examples, cfg.batch_size, seed, hooks)
     device = input_device(model)
     bf16 = use_bf16(cfg.bf16, device)
@@ -173,6 +177,16 @@ def train_locally(
         "lr_sum": lr_sum,
         "train_s": time.perf_counter() - begun,
     }
+
+
+def schedule_position(hooks: Sequence[TrainHook], steps: int) -> tuple[int, int]:
+    """``(offset, total)`` of this round's ``steps`` steps in the learning-rate schedule:
+    the one hook that places them (:meth:`TrainHook.schedule`), else ``(0, steps)``,
+    warm-up and decay within the round."""
+    placed = [p for p in (hook.schedule(steps) for hook in hooks) if p is not None]
+    if len(placed) > 1:
+        raise ValueError(f"{len(placed)} training hooks place the learning-rate schedule; one may")
+    return placed[0] if placed else (0, steps)
 
 
 def hooked_gradients(
