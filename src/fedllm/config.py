@@ -25,6 +25,7 @@ from fedllm.data.settings import DataConfig, PublicConfig
 from fedllm.model.settings import MethodConfig, ModelConfig
 from fedllm.pipeline.settings import PipelineConfig
 from fedllm.privacy.settings import PrivacyConfig
+from fedllm.registry import Registry
 from fedllm.secure.he.settings import HEConfig
 from fedllm.secure.secagg.settings import SecAggConfig
 from fedllm.server.settings import ServerConfig
@@ -225,6 +226,12 @@ class Config(Section):
         "declares a section of its own (its factory's `settings`, a pydantic model), checked "
         "against it at load.",
     )
+    aggregator: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="[aggregator.<name>] tables: the settings of a registered aggregator "
+        "that declares them (its factory's `settings`; e.g. [aggregator.krum] f = 2), checked "
+        "against it at load; server.aggregator picks the one used.",
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -235,10 +242,14 @@ class Config(Section):
         model (its defaults when the table is absent)."""
         from fedllm.components import ALGORITHMS
 
-        model = getattr(ALGORITHMS.get(name), "settings", None)
-        if model is None:
-            raise ConfigError(f"config error: algorithm {name!r} declares no settings section")
-        return model.model_validate(self.algorithm.get(name, {}))
+        return _named_section(ALGORITHMS, self.algorithm, name)
+
+    def aggregator_settings_of(self, name: str) -> Any:
+        """The ``[aggregator.<name>]`` section, validated by the aggregator's ``settings``
+        model (its defaults when the table is absent)."""
+        from fedllm.components import AGGREGATORS
+
+        return _named_section(AGGREGATORS, self.aggregator, name)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:
@@ -521,7 +532,8 @@ def _check_components(config: Config) -> None:
             f"config error: federation.algorithms names {unknown}, which are not registered; "
             f"choose from {', '.join(components.ALGORITHMS.names())}"
         )
-    _check_algorithm_sections(config)
+    _check_named_sections(components.ALGORITHMS, config.algorithm)
+    _check_named_sections(components.AGGREGATORS, config.aggregator)
     problems = components.composition_problems(config)
     if problems:
         raise ConfigError("\n".join(f"config error: {p}" for p in problems))
@@ -539,32 +551,61 @@ def _check_components(config: Config) -> None:
             problems.append(f"config error: {dotted} = {registry.unknown_message(value)}")
     if problems:
         raise ConfigError("\n".join(problems))
+    _check_aggregator_needs(config)
 
 
-def _check_algorithm_sections(config: Config) -> None:
-    """Every ``[algorithm.<name>]`` table names a registered algorithm with a settings
-    model, and its keys and values are valid there."""
-    from fedllm import components
+def _named_section(registry: Registry[Any], tables: dict[str, dict[str, Any]], name: str) -> Any:
+    """The ``[<kind>.<name>]`` table of ``tables`` validated by the ``settings`` model
+    of ``registry``'s entry ``name`` (its defaults when the table is absent)."""
+    model = getattr(registry.get(name), "settings", None)
+    if model is None:
+        raise ConfigError(f"config error: {registry.kind} {name!r} declares no settings section")
+    return model.model_validate(tables.get(name, {}))
 
-    for name, table in config.algorithm.items():
-        if name not in components.ALGORITHMS:
-            raise ConfigError(
-                f"config error: [algorithm.{name}]: " + components.ALGORITHMS.unknown_message(name)
-            )
-        model = getattr(components.ALGORITHMS.get(name), "settings", None)
+
+def _check_named_sections(registry: Registry[Any], tables: dict[str, dict[str, Any]]) -> None:
+    """Every ``[<kind>.<name>]`` table (``kind``: the registry's, as ``algorithm`` or
+    ``aggregator``) names a registered entry with a settings model, and its keys and
+    values are valid there."""
+    kind = registry.kind
+    for name, table in tables.items():
+        if name not in registry:
+            raise ConfigError(f"config error: [{kind}.{name}]: " + registry.unknown_message(name))
+        model = getattr(registry.get(name), "settings", None)
         if model is None:
             raise ConfigError(
-                f"config error: [algorithm.{name}]: algorithm {name!r} takes no settings "
+                f"config error: [{kind}.{name}]: {kind} {name!r} takes no settings "
                 "section; remove the table"
             )
         try:
             model.model_validate(table)
         except ValidationError as err:
             details = "; ".join(
-                f"algorithm.{name}.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
+                f"{kind}.{name}.{'.'.join(str(x) for x in e['loc'])}: {e['msg']}"
                 for e in err.errors()
             )
             raise ConfigError(f"config error: {details}") from None
+
+
+def _check_aggregator_needs(config: Config) -> None:
+    """A round that reaches the chosen aggregator has as many updates as it needs: an
+    aggregator may declare ``fewest_updates(settings) -> (count, why)`` (Krum: 2f + 3),
+    and ``server.min_clients`` (below which a round leaves the model unchanged; at most
+    ``server.clients_per_round``) must be at least that."""
+    from fedllm.components import AGGREGATORS
+
+    name = config.server.aggregator
+    fewest = getattr(AGGREGATORS.get(name), "fewest_updates", None)
+    if fewest is None:
+        return
+    count, why = fewest(config.aggregator_settings_of(name))
+    if config.server.min_clients < count:
+        raise ConfigError(
+            f"config error: server.aggregator = {name!r} needs at least {count} updates a "
+            f"round ({why}), but server.min_clients = {config.server.min_clients}: set "
+            f"server.min_clients to {count} or more, and server.clients_per_round to at "
+            "least that (a round with fewer accepted updates leaves the model unchanged)"
+        )
 
 
 def _unknown_source(value: str) -> str:

@@ -26,8 +26,19 @@ def build_pipeline(config: Config, population: int | None = None) -> Pipeline:
     stages: list[Stage] = _algorithm_stages(config, population)
     if not stages and config.pipeline.clip_norm is not None:
         stages.append(ClipStage(config.pipeline.clip_norm))
-    aggregator: Aggregator | BatchAggregator = AGGREGATORS.get(config.server.aggregator)()
-    return Pipeline(stages, aggregator)
+    return Pipeline(stages, build_aggregator(config))
+
+
+def build_aggregator(config: Config) -> Aggregator | BatchAggregator:
+    """The aggregator ``server.aggregator`` names, given its ``[aggregator.<name>]``
+    section when its factory declares ``settings`` (none otherwise, as ``mean``)."""
+    name = config.server.aggregator
+    factory = AGGREGATORS.get(name)
+    if getattr(factory, "settings", None) is None:
+        built: Aggregator | BatchAggregator = factory()
+    else:
+        built = factory(config.aggregator_settings_of(name))
+    return built
 
 
 def _algorithm_stages(config: Config, population: int | None) -> list[Stage]:
