@@ -43,7 +43,15 @@ SERVER_OPTIMIZERS: Registry[Any] = Registry(
     "server optimizer",
     _homes("fedllm.server.optimizer", "fedavg fedavgm nesterov fedadagrad fedyogi fedadam"),
 )
-AGGREGATORS: Registry[Any] = Registry("aggregator", _homes("fedllm.aggregate.mean", "mean"))
+AGGREGATORS: Registry[Any] = Registry(
+    "aggregator",
+    _homes("fedllm.aggregate.mean", "mean")
+    | _each_own_module(
+        "fedllm.security.defenses",
+        "median trimmed_mean krum bulyan geometric_median norm_bound centered_clip",
+    )
+    | _homes("fedllm.security.defenses.krum", "multi_krum"),
+)
 ALGORITHMS: Registry[Any] = Registry(
     "algorithm",
     _each_own_module(

@@ -1,0 +1,620 @@
+"""The robust aggregators (``fedllm.security.defenses``) against their papers' formulas,
+computed here directly with numpy on random rounds; what each does with no attacker and
+with attackers sending huge updates; which clients Krum, Multi-Krum and Bulyan leave
+out; and the errors for impossible parameters, at aggregation and at config load."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedllm.aggregate.mean import WeightedMean
+from fedllm.components import AGGREGATORS
+from fedllm.config import ConfigError
+from fedllm.pipeline.build import build_aggregator
+from fedllm.pipeline.stage import BatchResult, WeightedUpdate
+from fedllm.security.defenses.bulyan import Bulyan, BulyanSettings
+from fedllm.security.defenses.centered_clip import CenteredClip, CenteredClipSettings
+from fedllm.security.defenses.geometric_median import GeometricMedian, GeometricMedianSettings
+from fedllm.security.defenses.krum import (
+    Krum,
+    KrumSettings,
+    MultiKrum,
+    MultiKrumSettings,
+    krum_scores,
+)
+from fedllm.security.defenses.median import CoordinateMedian
+from fedllm.security.defenses.norm_bound import NormBound, NormBoundSettings
+from fedllm.security.defenses.trimmed_mean import TrimmedMean, TrimmedMeanSettings
+from fedllm.types import Params
+from tests.support.runs import tiny_config
+
+ROBUST = [n for n in AGGREGATORS.names() if n != "mean" and not n.startswith("test_")]
+
+# --- random rounds -------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    """``n`` clients' updates as numpy arrays (one list of tensors per client)."""
+
+    arrays: list[list[np.ndarray]]
+    weights: list[float]
+    dtype: torch.dtype = torch.float64
+
+    @property
+    def reference(self) -> Params:
+        return {
+            f"t{k}": torch.zeros(a.shape, dtype=self.dtype) for k, a in enumerate(self.arrays[0])
+        }
+
+    @property
+    def updates(self) -> list[WeightedUpdate]:
+        return [
+            WeightedUpdate(
+                f"c{i}",
+                {f"t{k}": torch.tensor(a, dtype=self.dtype) for k, a in enumerate(tensors)},
+                w,
+            )
+            for i, (tensors, w) in enumerate(zip(self.arrays, self.weights, strict=True))
+        ]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``[n, d]``: each client's tensors flattened and concatenated (float64)."""
+        return np.stack([np.concatenate([a.reshape(-1) for a in t]) for t in self.arrays])
+
+    @property
+    def w(self) -> np.ndarray:
+        return np.array(self.weights, dtype=np.float64)
+
+
+def flat(result: BatchResult, reference: Params) -> np.ndarray:
+    """The combined update as one float64 vector, checking names, shapes and dtypes."""
+    assert list(result.combined) == list(reference)
+    for name, ref in reference.items():
+        assert result.combined[name].shape == ref.shape
+        assert result.combined[name].dtype == ref.dtype
+    return np.concatenate([result.combined[n].double().numpy().reshape(-1) for n in reference])
+
+
+def from_matrix(matrix: np.ndarray, weights: Sequence[float] | None = None) -> Round:
+    """A round of one tensor per client, the rows of ``matrix``."""
+    n = matrix.shape[0]
+    return Round([[row.copy()] for row in matrix], list(weights or [1.0] * n))
+
+
+@st.composite
+def rounds(draw: Any, fewest: int = 1, most: int = 9) -> Round:
+    """Random shapes (0-d to 2-d tensors), clients, weights and scales."""
+    n = draw(st.integers(fewest, most))
+    shapes = draw(
+        st.lists(st.lists(st.integers(1, 4), max_size=2).map(tuple), min_size=1, max_size=3)
+    )
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    arrays = [[rng.normal(size=s) * scale for s in shapes] for _ in range(n)]
+    weights = draw(st.lists(st.floats(0.1, 10.0), min_size=n, max_size=n))
+    return Round(arrays, weights)
+
+
+def close(actual: np.ndarray, expected: np.ndarray, scale: float = 1.0) -> None:
+    np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-12 * scale)
+
+
+# --- the papers' formulas, transcribed ------------------------------------------------
+
+
+def paper_median(x: np.ndarray) -> np.ndarray:
+    """Yin et al. 2018: med{x_i,k} per coordinate k."""
+    return np.array([np.median(x[:, k]) for k in range(x.shape[1])])
+
+
+def paper_trimmed_mean(x: np.ndarray, b: int) -> np.ndarray:
+    """Yin et al. 2018: per coordinate, the mean of the values left once the b largest
+    and the b smallest are removed."""
+    n = x.shape[0]
+    return np.array([np.mean(sorted(x[:, k])[b : n - b]) for k in range(x.shape[1])])
+
+
+def paper_krum_scores(x: np.ndarray, f: int) -> np.ndarray:
+    """Blanchard et al. 2017: s(i) = sum of ||V_i - V_j||^2 over the n - f - 2 nearest j."""
+    n = x.shape[0]
+    scores = []
+    for i in range(n):
+        d = sorted(float(np.sum((x[i] - x[j]) ** 2)) for j in range(n) if j != i)
+        scores.append(sum(d[: n - f - 2]))
+    return np.array(scores)
+
+
+def paper_multi_krum(x: np.ndarray, w: np.ndarray, f: int, m: int) -> tuple[np.ndarray, list[int]]:
+    """The m lowest scores (ties: the earlier), averaged with the client weights."""
+    chosen = list(np.argsort(paper_krum_scores(x, f), kind="stable")[:m])
+    return (w[chosen] @ x[chosen]) / w[chosen].sum(), chosen
+
+
+def paper_bulyan(x: np.ndarray, f: int) -> tuple[np.ndarray, list[int]]:
+    """El Mhamdi et al. 2018 with Multi-Krum's selection of theta = n - 2f; per
+    coordinate, the mean of the beta = n - 4f selected values closest to their median."""
+    n = x.shape[0]
+    chosen = list(np.argsort(paper_krum_scores(x, f), kind="stable")[: n - 2 * f])
+    beta = n - 4 * f
+    out = []
+    for k in range(x.shape[1]):
+        values = x[chosen, k]
+        nearest = np.argsort(np.abs(values - np.median(values)), kind="stable")[:beta]
+        out.append(values[nearest].mean())
+    return np.array(out), chosen
+
+
+def paper_geometric_median(
+    x: np.ndarray, alphas: np.ndarray, nu: float, iterations: int, tolerance: float
+) -> np.ndarray:
+    """RFA (Pillutla et al. 2022): smoothed Weiszfeld from the weighted mean, stopped when
+    the objective sum_i alpha_i ||v - w_i|| changes by less than tolerance times it."""
+
+    def objective(v: np.ndarray) -> float:
+        return float(sum(a * np.linalg.norm(v - p) for a, p in zip(alphas, x, strict=True)))
+
+    v = (alphas @ x) / alphas.sum()
+    value = objective(v)
+    for _ in range(iterations):
+        betas = np.array(
+            [a / max(nu, np.linalg.norm(v - p)) for a, p in zip(alphas, x, strict=True)]
+        )
+        v = (betas @ x) / betas.sum()
+        previous, value = value, objective(v)
+        if abs(previous - value) < tolerance * value:
+            break
+    return v
+
+
+def paper_norm_bound(x: np.ndarray, w: np.ndarray, bound: float) -> np.ndarray:
+    """Sun et al. 2019: sum_k (n_k / N) dw_k / max(1, ||dw_k|| / M)."""
+    clipped = [row / max(1.0, np.linalg.norm(row) / bound) for row in x]
+    return sum(wk * c for wk, c in zip(w, clipped, strict=True)) / w.sum()
+
+
+def paper_centered_clip(
+    x: np.ndarray, w: np.ndarray, tau: float, iterations: int, v: np.ndarray
+) -> np.ndarray:
+    """Karimireddy et al. 2021: v <- v + mean_i (x_i - v) min(1, tau / ||x_i - v||),
+    the mean weighted by the client weights."""
+    for _ in range(iterations):
+        pulls = [
+            (row - v) * min(1.0, tau / np.linalg.norm(row - v)) if np.any(row != v) else row - v
+            for row in x
+        ]
+        v = v + sum(wk * p for wk, p in zip(w, pulls, strict=True)) / w.sum()
+    return v
+
+
+# --- each rule against its paper ------------------------------------------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(rounds())
+def test_median_is_the_coordinate_wise_median(r: Round) -> None:
+    result = CoordinateMedian().aggregate(r.updates, r.reference)
+    close(flat(result, r.reference), paper_median(r.matrix), np.abs(r.matrix).max())
+    assert result.excluded == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds(), st.data())
+def test_trimmed_mean_trims_floor_beta_n_from_each_end(r: Round, data: Any) -> None:
+    n = len(r.arrays)
+    b = data.draw(st.integers(0, (n - 1) // 2))
+    beta = (b + 0.5) / n  # floor(beta n) = b, away from a rounding edge
+    if beta >= 0.5:
+        beta = b / n
+    result = TrimmedMean(TrimmedMeanSettings(beta=beta)).aggregate(r.updates, r.reference)
+    close(flat(result, r.reference), paper_trimmed_mean(r.matrix, b), np.abs(r.matrix).max())
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds(fewest=3, most=12), st.data())
+def test_krum_scores_sum_the_n_minus_f_minus_2_nearest(r: Round, data: Any) -> None:
+    n = len(r.arrays)
+    f = data.draw(st.integers(0, (n - 3) // 2))
+    from fedllm.security.defenses.flat import squared_distances, stack
+
+    scores = krum_scores(squared_distances(stack(r.updates, r.reference)), f).numpy()
+    np.testing.assert_allclose(scores, paper_krum_scores(r.matrix, f), rtol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds(fewest=3, most=12), st.data())
+def test_krum_and_multi_krum_select_and_exclude_as_the_paper(r: Round, data: Any) -> None:
+    n = len(r.arrays)
+    f = data.draw(st.integers(0, (n - 3) // 2))
+    m = data.draw(st.one_of(st.none(), st.integers(1, n)))
+    ids = [u.client_id for u in r.updates]
+    scale = np.abs(r.matrix).max()
+
+    krum = Krum(KrumSettings(f=f)).aggregate(r.updates, r.reference)
+    expected, chosen = paper_multi_krum(r.matrix, r.w, f, 1)
+    close(flat(krum, r.reference), r.matrix[chosen[0]], scale)
+    assert krum.excluded == [c for i, c in enumerate(ids) if i != chosen[0]]
+
+    multi = MultiKrum(MultiKrumSettings(f=f, m=m)).aggregate(r.updates, r.reference)
+    expected, chosen = paper_multi_krum(r.matrix, r.w, f, m if m is not None else n - f)
+    close(flat(multi, r.reference), expected, scale)
+    assert multi.excluded == [c for i, c in enumerate(ids) if i not in chosen]
+
+
+@settings(max_examples=40, deadline=None)
+@given(rounds(fewest=3, most=13), st.data())
+def test_bulyan_averages_the_n_minus_4f_values_closest_to_the_median(r: Round, data: Any) -> None:
+    n = len(r.arrays)
+    f = data.draw(st.integers(0, (n - 3) // 4))
+    result = Bulyan(BulyanSettings(f=f)).aggregate(r.updates, r.reference)
+    expected, chosen = paper_bulyan(r.matrix, f)
+    close(flat(result, r.reference), expected, np.abs(r.matrix).max())
+    ids = [u.client_id for u in r.updates]
+    assert result.excluded == [c for i, c in enumerate(ids) if i not in chosen]
+    assert len(result.excluded) == 2 * f
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    rounds(),
+    st.sampled_from([1e-8, 1e-6, 1e-2]),
+    st.integers(1, 50),
+    st.sampled_from([0.0, 1e-6, 1e-3]),
+)
+def test_geometric_median_is_rfas_smoothed_weiszfeld(
+    r: Round, nu: float, iterations: int, tolerance: float
+) -> None:
+    chosen = GeometricMedianSettings(nu=nu, max_iterations=iterations, tolerance=tolerance)
+    result = GeometricMedian(chosen).aggregate(r.updates, r.reference)
+    expected = paper_geometric_median(r.matrix, r.w, nu, iterations, tolerance)
+    np.testing.assert_allclose(
+        flat(result, r.reference), expected, rtol=1e-7, atol=1e-10 * np.abs(r.matrix).max()
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(rounds(), st.floats(1e-3, 1e3))
+def test_norm_bound_clips_each_update_then_takes_the_weighted_mean(r: Round, bound: float) -> None:
+    result = NormBound(NormBoundSettings(bound=bound)).aggregate(r.updates, r.reference)
+    close(flat(result, r.reference), paper_norm_bound(r.matrix, r.w, bound), bound)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rounds(), st.floats(1e-3, 1e3), st.integers(1, 6), st.sampled_from(["median", "zero"]))
+def test_centered_clip_iterates_the_clipped_mean(
+    r: Round, tau: float, iterations: int, start: str
+) -> None:
+    chosen = CenteredClipSettings(tau=tau, iterations=iterations, start=start)  # type: ignore[arg-type]
+    result = CenteredClip(chosen).aggregate(r.updates, r.reference)
+    v0 = paper_median(r.matrix) if start == "median" else np.zeros(r.matrix.shape[1])
+    expected = paper_centered_clip(r.matrix, r.w, tau, iterations, v0)
+    close(flat(result, r.reference), expected, np.abs(r.matrix).max() + tau)
+
+
+def test_float32_updates_come_back_in_float32_close_to_the_float64_formula() -> None:
+    rng = np.random.default_rng(3)
+    r = Round([[rng.normal(size=(3, 5)), rng.normal(size=4)] for _ in range(7)], [1.0] * 7)
+    r32 = Round(r.arrays, r.weights, torch.float32)
+    expected = {
+        "median": paper_median(r.matrix),
+        "trimmed_mean": paper_trimmed_mean(r.matrix, 0),
+        "norm_bound": paper_norm_bound(r.matrix, r.w, 1.0),
+    }
+    for name, want in expected.items():
+        got = flat(AGGREGATORS.get(name)().aggregate(r32.updates, r32.reference), r32.reference)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# --- no attacker; attackers ------------------------------------------------------------
+
+SETTINGS = {  # for n = 11 updates of which 2 attack (f = 2)
+    "median": None,
+    "trimmed_mean": TrimmedMeanSettings(beta=0.2),
+    "krum": KrumSettings(f=2),
+    "multi_krum": MultiKrumSettings(f=2),
+    "bulyan": BulyanSettings(f=2),
+    "geometric_median": GeometricMedianSettings(),
+    "norm_bound": NormBoundSettings(bound=10.0),
+    "centered_clip": CenteredClipSettings(tau=1.0, iterations=3),
+}
+
+
+def build(name: str) -> Any:
+    chosen = SETTINGS[name]
+    return AGGREGATORS.get(name)() if chosen is None else AGGREGATORS.get(name)(chosen)
+
+
+def test_every_robust_rule_is_tested() -> None:
+    assert sorted(SETTINGS) == sorted(ROBUST)
+
+
+@pytest.mark.parametrize(
+    ("name", "start"), [(name, "median") for name in ROBUST] + [("centered_clip", "zero")]
+)
+def test_identical_updates_give_that_update(name: str, start: str) -> None:
+    """``start``: centered clipping's v_0 (its tau, 10, exceeds the update's norm)."""
+    rng = np.random.default_rng(7)
+    one = [rng.normal(size=(2, 3)), rng.normal(size=5)]  # norm about 3: under both bounds
+    r = Round([[a.copy() for a in one] for _ in range(11)], list(rng.uniform(0.5, 5, 11)))
+    aggregator = build(name)
+    if name == "centered_clip":
+        chosen = CenteredClipSettings(tau=10.0, iterations=3, start=start)  # type: ignore[arg-type]
+        aggregator = CenteredClip(chosen)
+    result = aggregator.aggregate(r.updates, r.reference)
+    np.testing.assert_allclose(flat(result, r.reference), r.matrix[0], rtol=1e-12, atol=1e-12)
+
+
+def attacked_round(sign: float) -> tuple[Round, np.ndarray]:
+    """11 updates: 9 honest (normal, norm about 3), then 2 attackers at 1e6 (all
+    coordinates ``sign`` 1e6)."""
+    rng = np.random.default_rng(11)
+    honest = rng.normal(size=(9, 8))
+    attackers = np.full((2, 8), sign * 1e6)
+    return from_matrix(np.vstack([honest, attackers]), list(rng.uniform(0.5, 5, 11))), honest
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+@pytest.mark.parametrize("name", ROBUST)
+def test_robust_rules_stay_with_the_honest_updates_where_the_mean_does_not(
+    name: str, sign: float
+) -> None:
+    r, honest = attacked_round(sign)
+    low, high = honest.min(axis=0), honest.max(axis=0)
+    mean = WeightedMean()
+    mean.start(r.reference)
+    for u in r.updates:
+        mean.add(u.delta, u.weight)
+    assert np.abs(mean.result()["t0"].numpy()).max() > 1e4  # the mean follows the attackers
+
+    got = flat(build(name).aggregate(r.updates, r.reference), r.reference)
+    if name == "geometric_median":  # bounded by the honest spread, not inside their box
+        centre = honest.mean(axis=0)
+        radius = np.linalg.norm(honest - centre, axis=1).max()
+        assert np.linalg.norm(got - centre) <= 2 * radius
+    elif name == "norm_bound":
+        assert np.linalg.norm(got) <= 10.0 + 1e-9
+    elif name == "centered_clip":  # a median start in the box, then 3 steps of at most tau
+        assert np.all(got >= low - 3.0) and np.all(got <= high + 3.0)
+    else:
+        assert np.all(got >= low - 1e-12) and np.all(got <= high + 1e-12)
+
+
+@pytest.mark.parametrize("name", ["krum", "multi_krum", "bulyan"])
+def test_the_selecting_rules_exclude_the_attackers(name: str) -> None:
+    r, _ = attacked_round(1.0)
+    result = build(name).aggregate(r.updates, r.reference)
+    assert {"c9", "c10"} <= set(result.excluded)
+    expected = {"krum": 10, "multi_krum": 2, "bulyan": 4}[name]  # n - 1, f, 2f
+    assert len(result.excluded) == expected
+
+
+# --- LoRA: distances on the product B A -----------------------------------------------
+
+
+LORA_SHAPES = {
+    "l0.lora_A.default.weight": (2, 5),
+    "l0.lora_B.default.weight": (4, 2),
+    "l1.lora_A.default.weight": (2, 3),
+    "l1.lora_B.default.weight": (6, 2),
+    "l1.bias": (6,),
+}
+
+
+@dataclass
+class LoraRound:
+    """A broadcast of two LoRA layers (r = 2) and a bias, and each client's delta."""
+
+    base: dict[str, np.ndarray]
+    deltas: list[dict[str, np.ndarray]]
+
+    @property
+    def reference(self) -> Params:
+        return {k: torch.tensor(v) for k, v in self.base.items()}
+
+    @property
+    def updates(self) -> list[WeightedUpdate]:
+        return [
+            WeightedUpdate(f"c{i}", {k: torch.tensor(v) for k, v in d.items()}, 1.0)
+            for i, d in enumerate(self.deltas)
+        ]
+
+    def product(self, i: int, layer: str) -> np.ndarray:
+        """Client ``i``'s ``(B + dB)(A + dA)`` of ``layer``, formed (``out x in``)."""
+        a, b = f"{layer}.lora_A.default.weight", f"{layer}.lora_B.default.weight"
+        d = self.deltas[i]
+        return (self.base[b] + d[b]) @ (self.base[a] + d[a])
+
+
+def lora_round(rng: np.random.Generator, n: int, factor_of: int | None = None) -> LoraRound:
+    """``n`` small updates. Client ``factor_of``'s update rescales the factors (A by 4,
+    B by 1/4): a large change of A and B, none of the product."""
+    base = {k: rng.normal(size=s) for k, s in LORA_SHAPES.items()}
+    deltas = [{k: 0.05 * rng.normal(size=s) for k, s in LORA_SHAPES.items()} for _ in range(n)]
+    if factor_of is not None:
+        deltas[factor_of] = {
+            k: 3.0 * v if ".lora_A." in k else -0.75 * v if ".lora_B." in k else 0 * v
+            for k, v in base.items()
+        }
+    return LoraRound(base, deltas)
+
+
+def paper_product_distances(r: LoraRound) -> np.ndarray:
+    """sum over layers of ||(B + dB_i)(A + dA_i) - (B + dB_j)(A + dA_j)||_F^2, plus the
+    squared distance of the bias."""
+    n = len(r.deltas)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            for layer in ("l0", "l1"):
+                out[i, j] += np.sum((r.product(i, layer) - r.product(j, layer)) ** 2)
+            out[i, j] += np.sum((r.deltas[i]["l1.bias"] - r.deltas[j]["l1.bias"]) ** 2)
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(5, 9), st.integers(0, 2**32 - 1))
+def test_product_distances_are_those_of_the_formed_products(n: int, seed: int) -> None:
+    from fedllm.security.defenses.product import product_squared_distances
+
+    r = lora_round(np.random.default_rng(seed), n)
+    got = product_squared_distances(r.updates, r.reference).numpy()
+    np.testing.assert_allclose(got, paper_product_distances(r), rtol=1e-8, atol=1e-10)
+
+
+def test_krum_on_factors_rejects_what_krum_on_products_keeps() -> None:
+    """An update that only rescales A and B (B A unchanged) is an outlier among the
+    factors and the best update among the products."""
+    r = lora_round(np.random.default_rng(5), 7, factor_of=3)
+    reference, updates = r.reference, r.updates
+    on_factors = Krum(KrumSettings(f=1)).aggregate(updates, reference)
+    on_products = Krum(KrumSettings(f=1, distance="lora_product")).aggregate(updates, reference)
+    assert "c3" in on_factors.excluded
+    assert "c3" not in on_products.excluded
+    chosen = np.argsort(paper_krum_scores_from(paper_product_distances(r), 1), kind="stable")[0]
+    assert on_products.excluded == [u.client_id for i, u in enumerate(updates) if i != chosen]
+
+
+def paper_krum_scores_from(distances: np.ndarray, f: int) -> np.ndarray:
+    n = distances.shape[0]
+    return np.array(
+        [sum(sorted(distances[i, j] for j in range(n) if j != i)[: n - f - 2]) for i in range(n)]
+    )
+
+
+def test_product_distances_need_lora_factors() -> None:
+    r = from_matrix(np.random.default_rng(0).normal(size=(5, 3)))
+    with pytest.raises(ValueError, match="needs LoRA updates"):
+        Krum(KrumSettings(f=1, distance="lora_product")).aggregate(r.updates, r.reference)
+
+
+# --- impossible parameters ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("aggregator", "n", "message"),
+    [
+        (Krum(KrumSettings(f=1)), 4, r"Krum needs at least 5 updates \(n > 2f \+ 2 with f = 1\)"),
+        (Krum(KrumSettings(f=2)), 6, r"Krum needs at least 7 updates"),
+        (MultiKrum(MultiKrumSettings(f=0)), 2, r"Multi-Krum needs at least 3 updates"),
+        (MultiKrum(MultiKrumSettings(f=0, m=5)), 4, r"selects m = 5 updates, but only 4"),
+        (Bulyan(BulyanSettings(f=1)), 6, r"Bulyan needs at least 7 updates \(n >= 4f \+ 3"),
+        (Bulyan(BulyanSettings(f=2)), 10, r"Bulyan needs at least 11 updates"),
+        (CoordinateMedian(), 0, r"at least one update"),
+    ],
+)
+def test_too_few_updates_are_refused_naming_the_condition(
+    aggregator: Any, n: int, message: str
+) -> None:
+    r = from_matrix(np.random.default_rng(0).normal(size=(max(n, 1), 3)))
+    updates = r.updates[:n]
+    with pytest.raises(ValueError, match=message):
+        aggregator.aggregate(updates, r.reference)
+
+
+def test_a_negative_weight_and_an_update_of_other_tensors_are_refused() -> None:
+    r = from_matrix(np.random.default_rng(0).normal(size=(5, 3)), [1, 1, -1, 1, 1])
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        NormBound().aggregate(r.updates, r.reference)
+    odd = [*r.updates[:4], WeightedUpdate("c4", {"other": torch.zeros(3)}, 1.0)]
+    with pytest.raises(ValueError, match="'c4'.s update names other tensors"):
+        CoordinateMedian().aggregate(odd, r.reference)
+
+
+# --- the [aggregator.<name>] tables, at config load -----------------------------------
+
+ENOUGH = ("server.clients_per_round=4", "server.min_clients=4", "data.num_clients=4")
+
+
+def test_a_section_reaches_the_aggregator_and_mean_stays_as_it_was() -> None:
+    config = tiny_config("server.aggregator='krum'", "aggregator.krum.f=0", *ENOUGH)
+    built = build_aggregator(config)
+    assert isinstance(built, Krum) and built.f == 0
+    assert config.aggregator_settings_of("krum") == KrumSettings(f=0)
+    default = build_aggregator(tiny_config())
+    assert isinstance(default, WeightedMean)
+    spread = tiny_config("server.aggregator='trimmed_mean'", "aggregator.trimmed_mean.beta=0.25")
+    assert build_aggregator(spread).beta == 0.25  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("aggregator.krum.f=-1", "aggregator.krum.f: Input should be greater than or equal to 0"),
+        ("aggregator.krum.g=1", "aggregator.krum.g: Extra inputs are not permitted"),
+        ("aggregator.trimmed_mean.beta=0.5", "aggregator.trimmed_mean.beta: Input should be less"),
+        ("aggregator.krumm.f=1", "[aggregator.krumm]: 'krumm' is not a known aggregator"),
+        ("aggregator.mean.x=1", "aggregator 'mean' takes no settings section; remove the table"),
+        ("aggregator.median.x=1", "aggregator 'median' takes no settings section"),
+    ],
+)
+def test_a_bad_aggregator_section_is_refused_at_load(setting: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        tiny_config(setting)
+    assert message in str(caught.value)
+    if "krumm" in setting:
+        assert "did you mean 'krum'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("settings_", "message"),
+    [
+        (
+            ("server.aggregator='krum'",),
+            "server.aggregator = 'krum' needs at least 5 updates a round (n > 2f + 2 with "
+            "f = 1), but server.min_clients = 1: set server.min_clients to 5 or more",
+        ),
+        (
+            ("server.aggregator='bulyan'", "aggregator.bulyan.f=1", *ENOUGH),
+            "needs at least 7 updates a round (n >= 4f + 3 with f = 1), but server.min_clients = 4",
+        ),
+        (
+            (
+                "server.aggregator='multi_krum'",
+                "aggregator.multi_krum.f=0",
+                "aggregator.multi_krum.m=4",
+                "server.clients_per_round=3",
+                "server.min_clients=3",
+            ),
+            "needs at least 4 updates a round (n > 2f + 2 with f = 0, and m = 4 to select)",
+        ),
+    ],
+)
+def test_a_rule_that_cannot_have_enough_updates_is_refused_at_load(
+    settings_: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        tiny_config(*settings_)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("protocol", ["secagg.enabled=true", "he.enabled=true"])
+def test_krum_is_refused_with_the_sum_only_protocols(protocol: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        tiny_config(
+            protocol,
+            "server.aggregator='krum'",
+            "aggregator.krum.f=0",
+            "server.weighting='uniform'",
+            *ENOUGH,
+        )
+    assert (
+        f"{protocol.replace('=', ' = ')} reveals only the sum, but server.aggregator = 'krum' "
+        "needs every individual update" in str(caught.value)
+    )
+
+
+def test_trimmed_count_is_floor_beta_n() -> None:
+    from fedllm.security.defenses.trimmed_mean import trimmed_count
+
+    assert [trimmed_count(0.29, 100), trimmed_count(0.3, 10), trimmed_count(0.1, 9)] == [29, 3, 0]
+    assert trimmed_count(0.49, 3) == math.floor(1.47)
