@@ -1,8 +1,10 @@
-"""Pre-training from scratch (full parameters, outer Nesterov): resume mid-run equals the
-uninterrupted run, and the final model is a plain Hugging Face checkpoint."""
+"""Pre-training from scratch, DiLoCo (full parameters, kept inner AdamW, one schedule over
+the run, uniform average, outer Nesterov): resume mid-run equals the uninterrupted run,
+and the final model is a plain Hugging Face checkpoint."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pytest
@@ -30,6 +32,7 @@ SCRATCH = (
     "data.max_eval_examples=4",
     "data.max_test_examples=8",
     "client.local_steps=3",
+    "client.warmup_steps=2",  # of the 12 inner steps per client: warm-up, then cosine
     "client.batch_size=4",
     "server.clients_per_round=2",
     "server.rounds=4",
@@ -39,7 +42,7 @@ SCRATCH = (
 
 
 def scratch_config() -> Config:
-    """configs/pretrain_scratch.toml shrunk: a 2-layer Llama on pydoc, full, nesterov."""
+    """configs/pretrain_scratch.toml shrunk: a 2-layer Llama on pydoc, full, DiLoCo."""
     return load_config(ROOT / "configs" / "pretrain_scratch.toml", list(SCRATCH))
 
 
@@ -60,8 +63,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, RunResult
     return whole, resume(root / "cut")
 
 
-def test_the_recipe_is_a_scratch_full_nesterov_run() -> None:
+def test_the_recipe_is_a_scratch_full_diloco_run() -> None:
     config = scratch_config()
+    recipe = load_config(ROOT / "configs" / "pretrain_scratch.toml")
+    client = recipe.client
+    assert (client.optimizer, client.keep_optimizer_state, client.lr_schedule_span) == (
+        "adamw",
+        True,
+        "run",
+    )
+    run_steps = client.local_steps * recipe.server.rounds
+    assert client.lr_schedule == "cosine" and 0 < client.warmup_steps <= run_steps // 10
+    assert recipe.server.weighting == config.server.weighting == "uniform"
     assert (config.model.name, config.model.tokenizer, config.method.kind) == (
         "llama-5m",
         "bpe",
@@ -83,9 +96,33 @@ def test_resume_mid_pretraining_equals_uninterrupted(runs: tuple[RunResult, RunR
         a = load_file(whole.run_dir / "checkpoints" / "round-00004" / f"{group}.safetensors")
         b = load_file(resumed.run_dir / "checkpoints" / "round-00004" / f"{group}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), group
+    clients = whole.run_dir / "checkpoints" / "round-00004" / "clients"
+    kept = sorted(p.relative_to(clients) for p in clients.rglob("*.safetensors"))
+    assert [str(p.parent) for p in kept] == ["optimizer"] * 2 + ["run_schedule"] * 2
+    for path in kept:  # each client's inner AdamW and its place in the schedule
+        a = load_file(clients / path)
+        b = load_file(resumed.run_dir / "checkpoints" / "round-00004" / "clients" / path)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), path
+    assert int(load_file(clients / kept[-1])["steps_done"]) == 12  # 4 rounds x 3 steps
     final = load_file(whole.run_dir / "final" / "model.safetensors")
     twin = load_file(resumed.run_dir / "final" / "model.safetensors")
     assert final.keys() == twin.keys() and all(torch.equal(final[k], twin[k]) for k in final)
+
+
+def test_inner_rates_warm_up_once_and_decay_over_the_run(
+    runs: tuple[RunResult, RunResult],
+) -> None:
+    """Each round's sum of inner rates, against lr 1e-3 with 2 warm-up steps
+    (1e-3 (t + 1) / 3) and a cosine over the other 10 of 4 rounds x 3 steps."""
+
+    def rate(t: int) -> float:
+        return 1e-3 * (t + 1) / 3 if t < 2 else 1e-3 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 10))
+
+    whole, _ = runs
+    for rnd, record in enumerate(whole.records[1:]):
+        expected = sum(rate(t) for t in range(3 * rnd, 3 * rnd + 3))
+        sums = [m["lr_sum"] for m in record["client_metrics"].values()]
+        assert len(sums) == 2 and sums == pytest.approx([expected] * 2, rel=1e-12)
 
 
 def test_rounds_record_tokens_and_communication_per_token(
