@@ -12,17 +12,21 @@ trains on the same tokens and only the communication differs:
 * ``H = 10, 50, 200``: local training;
 
 each with FedAvg (server lr 1) and with DiLoCo's outer Nesterov (lr 0.7,
-momentum 0.9). One more reference, ``sync-adam``: one local SGD step of lr 1
-(the client sends its clipped gradient) and server Adam (lr 1e-3, bias
-corrected), i.e. data-parallel Adam on the pooled batch, the usual
-synchronous baseline.
+momentum 0.9), both with a fresh AdamW every round at a constant rate and
+the example-weighted mean (how these rows were first taken); and ``diloco``,
+DiLoCo as its paper defines it: outer Nesterov, each client's AdamW kept
+across rounds, one warm-up (5% of the budget) and cosine decay over all of a
+client's steps in the run, the uniform mean. One more reference,
+``sync-adam``: one local SGD step of lr 1 (the client sends its clipped
+gradient) and server Adam (lr 1e-3, bias corrected), i.e. data-parallel Adam
+on the pooled batch, the usual synchronous baseline.
 
 Records per run: final held-out perplexity (test split and client mean),
 total bytes up + down, bytes per token, tokens, wall and training seconds.
 Writes benchmarks/results/local_steps.json and local_steps.png (perplexity
 against bytes).
 
-About 8 minutes on 2 busy cores (one torch thread per run).
+About 12 minutes on 2 busy cores (one torch thread per run).
 
 Usage: python -m benchmarks.local_steps [--budget 400] [--local-steps 1 10 50 200]
        python -m benchmarks.local_steps --replot
@@ -42,11 +46,37 @@ from typing import Any
 from benchmarks.common import RESULTS, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
+FRESH = [
+    "client.keep_optimizer_state=false",
+    'client.lr_schedule="constant"',
+    "client.warmup_steps=0",
+    'client.lr_schedule_span="round"',
+    'server.weighting="examples"',
+]
+"""A fresh AdamW every round at a constant rate, the example-weighted mean (overriding
+the recipe's DiLoCo settings)."""
+NESTEROV = ['server.optimizer="nesterov"', "server.lr=0.7", "server.momentum=0.9"]
+WARMUP_SHARE = 0.05
+"""DiLoCo rows: the warm-up's share of a client's steps in the run."""
 OUTER = {
-    "fedavg": ['server.optimizer="fedavg"', "server.lr=1.0"],
-    "nesterov": ['server.optimizer="nesterov"', "server.lr=0.7", "server.momentum=0.9"],
+    "fedavg": [*FRESH, 'server.optimizer="fedavg"', "server.lr=1.0"],
+    "nesterov": [*FRESH, *NESTEROV],
+    "diloco": [
+        *NESTEROV,
+        "client.keep_optimizer_state=true",
+        'client.lr_schedule="cosine"',
+        'client.lr_schedule_span="run"',
+        'server.weighting="uniform"',
+    ],
+}
+LABELS = {
+    "fedavg": "FedAvg, fresh AdamW",
+    "nesterov": "Nesterov, fresh AdamW",
+    "diloco": "DiLoCo (kept AdamW, run schedule, uniform)",
+    "sync-adam": "sync-adam (data-parallel Adam)",
 }
 SYNC_ADAM = [
+    *FRESH,
     'client.optimizer="sgd"',
     "client.lr=1.0",
     "client.weight_decay=0.0",
@@ -94,15 +124,20 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"fedavg": "tab:blue", "nesterov": "tab:orange", "sync-adam": "tab:green"}
-    offsets = {"fedavg": (4, 5), "nesterov": (4, -12), "sync-adam": (-60, 5)}
+    colours = {
+        "fedavg": "tab:blue",
+        "nesterov": "tab:orange",
+        "diloco": "tab:red",
+        "sync-adam": "tab:green",
+    }
+    offsets = {"fedavg": (4, 5), "nesterov": (4, -12), "diloco": (-40, -12), "sync-adam": (-60, 5)}
     for outer, colour in colours.items():
         runs = [(name, r) for name, r in results.items() if r["outer"] == outer]
         if not runs:
             continue
         xs = [r["bytes"] / 1e6 for _, r in runs]
         ys = [r["final_test_ppl"] for _, r in runs]
-        ax.plot(xs, ys, marker="o", color=colour, label=outer)
+        ax.plot(xs, ys, marker="o", color=colour, label=LABELS[outer])
         for (_, r), x, y in zip(runs, xs, ys, strict=True):
             label = f"H={r['local_steps']}"
             ax.annotate(label, (x, y), textcoords="offset points", xytext=offsets[outer])
@@ -159,6 +194,8 @@ def main() -> None:
         steps = [1] if outer == "sync-adam" else args.local_steps
         for h in steps:
             settings = SYNC_ADAM if outer == "sync-adam" else OUTER[outer]
+            if outer == "diloco":
+                settings = [*settings, f"client.warmup_steps={round(WARMUP_SHARE * args.budget)}"]
             plan.append((f"{outer}/H={h}", outer, h, settings))
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,6 +221,7 @@ def main() -> None:
             "budget_steps_per_client": args.budget,
             "shared": shared,
             "outer": {**OUTER, "sync-adam": SYNC_ADAM},
+            "diloco_warmup_steps": round(WARMUP_SHARE * args.budget),
             "results": results,
         },
     )
