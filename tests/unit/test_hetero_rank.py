@@ -25,7 +25,7 @@ from fedllm.algorithms.hetero_rank.plan import (
     compact,
 )
 from fedllm.algorithms.hetero_rank.server import RankExpansion
-from fedllm.algorithms.hetero_rank.sparsity import SparsityWeightedMean, lora_pairs
+from fedllm.algorithms.hetero_rank.sparsity import SparsityWeightedMean
 from fedllm.client.plugin import ClientPlugin
 from fedllm.client.side import ClientSide
 from fedllm.config import ClientConfig, ConfigError, MethodConfig, ModelConfig, parse_config
@@ -33,6 +33,7 @@ from fedllm.data import ClientData, Example
 from fedllm.message import ROUND, Message, Reply
 from fedllm.model.load import load_base_model
 from fedllm.model.methods import get_method
+from fedllm.model.methods.lora import lora_pairs
 from fedllm.model.state import get_trainable_state, set_trainable_state
 from fedllm.pipeline.stage import Pipeline, PipelineError, WeightedUpdate
 from fedllm.protocol.fedavg import TrainingSetup, run_round

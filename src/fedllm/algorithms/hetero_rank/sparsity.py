@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from fedllm.aggregate.mean import accumulator_dtype
-from fedllm.model.methods.lora import rank_axis
+from fedllm.model.methods.lora import lora_pairs
 from fedllm.pipeline.stage import BatchResult, WeightedUpdate
 from fedllm.types import Params
 
@@ -74,27 +74,6 @@ class SparsityWeightedMean:
                 if name not in out:
                     out[name] = weighted_sum([u.delta[name] for u in kept], plain, ref)
         return BatchResult(out)
-
-
-def lora_pairs(params: Params) -> list[tuple[str, str]]:
-    """``(lora_A name, lora_B name)`` of every adapted layer in ``params``.
-
-    Raises:
-        ValueError: a ``lora_A`` without its ``lora_B`` or the other way round.
-    """
-    a_names = [n for n in params if rank_axis(n) == 0]
-    b_names = {n for n in params if rank_axis(n) == 1}
-    pairs = []
-    for a_name in a_names:
-        head, _, tail = a_name.rpartition(".lora_A.")
-        b_name = f"{head}.lora_B.{tail}"
-        if b_name not in b_names:
-            raise ValueError(f"LoRA tensor {a_name!r} has no {b_name!r} beside it")
-        b_names.discard(b_name)
-        pairs.append((a_name, b_name))
-    if b_names:
-        raise ValueError(f"LoRA tensor {sorted(b_names)[0]!r} has no lora_A beside it")
-    return pairs
 
 
 def product_norm(a: torch.Tensor, b: torch.Tensor) -> float:

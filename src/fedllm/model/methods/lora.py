@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from peft import LoraConfig, PeftConfig
 from transformers import PreTrainedModel
@@ -90,3 +92,25 @@ def rank_axis(name: str) -> int | None:
     if ".lora_B." in name:
         return 1
     return None
+
+
+def lora_pairs(names: Iterable[str]) -> list[tuple[str, str]]:
+    """``(lora_A name, lora_B name)`` of every adapted layer among ``names``, in the
+    order of the ``lora_A`` names.
+
+    Raises:
+        ValueError: a ``lora_A`` without its ``lora_B`` or the other way round.
+    """
+    names = list(names)
+    b_names = {n for n in names if rank_axis(n) == 1}
+    pairs = []
+    for a_name in (n for n in names if rank_axis(n) == 0):
+        head, _, tail = a_name.rpartition(".lora_A.")
+        b_name = f"{head}.lora_B.{tail}"
+        if b_name not in b_names:
+            raise ValueError(f"LoRA tensor {a_name!r} has no {b_name!r} beside it")
+        b_names.discard(b_name)
+        pairs.append((a_name, b_name))
+    if b_names:
+        raise ValueError(f"LoRA tensor {sorted(b_names)[0]!r} has no lora_A beside it")
+    return pairs

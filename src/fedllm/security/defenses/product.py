@@ -18,30 +18,18 @@ from collections.abc import Sequence
 
 import torch
 
+from fedllm.model.methods.lora import lora_pairs
 from fedllm.pipeline.stage import WeightedUpdate
 from fedllm.types import Params
 
-A_PART, B_PART = ".lora_A.", ".lora_B."
 
-
-def lora_pairs(reference: Params) -> list[tuple[str, str]]:
+def product_pairs(reference: Params) -> list[tuple[str, str]]:
     """``(lora_A name, lora_B name)`` of every LoRA layer of ``reference``.
 
     Raises:
         ValueError: no LoRA factor at all, or one without its partner.
     """
-    a_names = [n for n in reference if A_PART in n]
-    b_names = {n for n in reference if B_PART in n}
-    pairs = []
-    for a_name in a_names:
-        head, _, tail = a_name.rpartition(A_PART)
-        b_name = f"{head}{B_PART}{tail}"
-        if b_name not in b_names:
-            raise ValueError(f"LoRA tensor {a_name!r} has no {b_name!r} beside it")
-        b_names.discard(b_name)
-        pairs.append((a_name, b_name))
-    if b_names:
-        raise ValueError(f"LoRA tensor {sorted(b_names)[0]!r} has no lora_A beside it")
+    pairs = lora_pairs(reference)
     if not pairs:
         raise ValueError(
             "distance = 'lora_product' needs LoRA updates (lora_A / lora_B tensors); "
@@ -54,7 +42,7 @@ def product_squared_distances(updates: Sequence[WeightedUpdate], reference: Para
     """``sum_layers ||P_i - P_j||_F^2 + sum_other ||d_i - d_j||^2`` for every pair of
     updates (float64, ``[n, n]``)."""
     n = len(updates)
-    pairs = lora_pairs(reference)
+    pairs = product_pairs(reference)
     factors = {name for pair in pairs for name in pair}
     out = torch.zeros((n, n), dtype=torch.float64)
     for a_name, b_name in pairs:
