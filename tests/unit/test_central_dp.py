@@ -379,3 +379,10 @@ def test_the_pipeline_central_dp_brings_divides_by_the_expected_cohort_under_poi
     noise = stages[1]
     assert isinstance(noise, GaussianNoiseStage)
     assert noise.expected == expected and noise.noise_multiplier == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("aggregator", ["median", "krum"])
+def test_central_dp_refuses_a_robust_aggregator_at_load(aggregator: str) -> None:
+    raw = central(aggregator=aggregator, clients_per_round=5, min_clients=5)
+    with pytest.raises(ConfigError, match=f"server.aggregator = '{aggregator}' combines them"):
+        parse_config(raw | {"data": {"num_clients": 6}})

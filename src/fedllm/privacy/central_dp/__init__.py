@@ -43,6 +43,13 @@ class CentralDP:
                 f"{server.clients_per_round} of up to {config.data.num_clients} clients without "
                 "replacement); use privacy.accountant = 'rdp', or server.sampling = 'poisson'"
             )
+        if server.aggregator != "mean":  # the noise is calibrated to the clipped mean
+            return (
+                f"privacy.dp = 'central' calibrates its noise to the mean of clipped updates, "
+                f"but server.aggregator = {server.aggregator!r} combines them otherwise (a "
+                "robust rule moves past the clip's bound the noise covers): use "
+                "server.aggregator = 'mean'"
+            )
         return None
 
     def refuses(self, config: Config) -> list[tuple[str, str]]:
