@@ -17,11 +17,10 @@ from safetensors.torch import load_file
 
 from fedllm.cli import main
 from fedllm.client.plugin import ClientContext, ClientPlugin
-from fedllm.components import ALGORITHMS, load_builtin
-from fedllm.composition import Algorithm, AlgorithmSetup
 from fedllm.config import load_config
 from fedllm.federation.setup import prepare
 from fedllm.types import ClientUpdate, Params
+from tests.support.plugins import register_client_plugin
 from tests.support.runs import TINY
 
 SENT: dict[tuple[int, str], Params] = {}
@@ -44,19 +43,9 @@ class SentRecorder(ClientPlugin):
         return update
 
 
-class Recorder:
-    order = 90
-    opt_in = True
-
-    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
-        return Algorithm("robust_recorder", client=SentRecorder())
-
-
 @pytest.fixture(scope="module", autouse=True)
 def registered() -> None:
-    load_builtin()
-    if "robust_recorder" not in ALGORITHMS:
-        ALGORITHMS.register("robust_recorder")(Recorder)
+    register_client_plugin("robust_recorder", SentRecorder)
 
 
 def krum_choice(deltas: dict[str, Params], f: int) -> str:

@@ -13,10 +13,9 @@ import torch
 
 from fedllm.client.hooks import TrainHook
 from fedllm.client.plugin import ClientContext, ClientPlugin
-from fedllm.components import ALGORITHMS, load_builtin
-from fedllm.composition import Algorithm, AlgorithmSetup
 from fedllm.federation.runner import resume, run
 from fedllm.types import ClientId
+from tests.support.plugins import register_client_plugin
 from tests.support.runs import InterruptAfter, stable, tiny_config
 
 RATES: dict[tuple[int, ClientId], list[float]] = {}
@@ -39,19 +38,9 @@ class RatePlugin(ClientPlugin):
         return RateLog((ctx.round, ctx.client_id))
 
 
-class RecordRates:
-    order = 99
-    opt_in = True
-
-    def build(self, setup: AlgorithmSetup) -> Algorithm:
-        return Algorithm("test_rates", client=RatePlugin())
-
-
 @pytest.fixture(scope="module", autouse=True)
 def registered() -> None:
-    load_builtin()
-    if "test_rates" not in ALGORITHMS:
-        ALGORITHMS.register("test_rates")(RecordRates)
+    register_client_plugin("test_rates", RatePlugin, order=99)
 
 
 LR, WARMUP, ROUNDS = 5e-3, 3, 3
