@@ -62,7 +62,18 @@ ALGORITHMS: Registry[Any] = Registry(
     | _each_own_module("fedllm.privacy", "central_dp local_dp")
     | _each_own_module("fedllm.secure", "secagg he"),
 )
-REGISTRIES = (DATA_SOURCES, PARTITIONERS, METHODS, SERVER_OPTIMIZERS, AGGREGATORS, ALGORITHMS)
+ATTACKS: Registry[Any] = Registry("attack", {})
+"""Simulated attacks (``attack.data``, ``attack.update``): each entry has ``kind``
+(``"data"`` or ``"update"``) and may have ``settings`` (its ``[attack.<name>]`` model)."""
+REGISTRIES = (
+    DATA_SOURCES,
+    PARTITIONERS,
+    METHODS,
+    SERVER_OPTIMIZERS,
+    AGGREGATORS,
+    ALGORITHMS,
+    ATTACKS,
+)
 
 
 def load_builtin() -> None:

@@ -28,6 +28,7 @@ from fedllm.privacy.settings import PrivacyConfig
 from fedllm.registry import Registry
 from fedllm.secure.he.settings import HEConfig
 from fedllm.secure.secagg.settings import SecAggConfig
+from fedllm.security.attacks.settings import AttackConfig
 from fedllm.server.settings import ServerConfig
 from fedllm.settings import NONE, ConfigError, Section, check_client_names
 
@@ -232,6 +233,7 @@ class Config(Section):
         "that declares them (its factory's `settings`; e.g. [aggregator.krum] f = 2), checked "
         "against it at load; server.aggregator picks the one used.",
     )
+    attack: AttackConfig = Field(default_factory=AttackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -250,6 +252,13 @@ class Config(Section):
         from fedllm.components import AGGREGATORS
 
         return _named_section(AGGREGATORS, self.aggregator, name)
+
+    def attack_settings_of(self, name: str) -> Any:
+        """The ``[attack.<name>]`` table, validated by the attack's ``settings`` model (its
+        defaults when the table is absent)."""
+        from fedllm.components import ATTACKS
+
+        return _named_section(ATTACKS, self.attack.settings, name)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Config:
@@ -534,6 +543,8 @@ def _check_components(config: Config) -> None:
         )
     _check_named_sections(components.ALGORITHMS, config.algorithm)
     _check_named_sections(components.AGGREGATORS, config.aggregator)
+    _check_named_sections(components.ATTACKS, config.attack.settings)
+    _check_attack_names(config)
     problems = components.composition_problems(config)
     if problems:
         raise ConfigError("\n".join(f"config error: {p}" for p in problems))
@@ -552,6 +563,25 @@ def _check_components(config: Config) -> None:
     if problems:
         raise ConfigError("\n".join(problems))
     _check_aggregator_needs(config)
+
+
+def _check_attack_names(config: Config) -> None:
+    """``attack.data`` names a registered data attack and ``attack.update`` an update
+    attack (or ``"none"``)."""
+    from fedllm.components import ATTACKS
+    from fedllm.security.attacks.settings import NO_ATTACK
+
+    for key in ("data", "update"):
+        name = getattr(config.attack, key)
+        if name == NO_ATTACK:
+            continue
+        kinds = {n: getattr(ATTACKS.get(n), "kind", None) for n in ATTACKS.names()}
+        valid = sorted(n for n, kind in kinds.items() if kind == key)
+        if kinds.get(name) != key:
+            raise ConfigError(
+                f"config error: attack.{key} = {name!r} is not a registered {key} attack; "
+                f"choose 'none' or one of {', '.join(valid) or '(none registered)'}"
+            )
 
 
 def _named_section(registry: Registry[Any], tables: dict[str, dict[str, Any]], name: str) -> Any:
