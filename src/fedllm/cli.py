@@ -125,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = sub.add_parser(
+        "matrix",
+        help="run an attack x defense x malicious-fraction matrix and draw its heat maps",
+        description="Run every cell of the matrix FILE (a [matrix] table: a base config, "
+        "attacks, defenses, fractions, partitions; see docs/security.md) into "
+        "OUT/cells/<cell>, then write OUT/matrix.json and one heat map per metric. A cell "
+        "that already finished with the same overrides is read back, not rerun.",
+    )
+    p.add_argument("file", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: runs/<file stem>")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser(
         "generate",
         help="generate a reply with a run's model",
         description="Reply to PROMPT with the model of RUN_DIR (chat template).",
@@ -576,6 +588,23 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _matrix(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.matrix.run import run_matrix
+    from fedllm.matrix.spec import load_matrix
+    from fedllm.matrix.table import matrix_progress, no_attack_table
+    from fedllm.report.heatmap import plot_matrix
+
+    matrix = load_matrix(args.file)
+    out = args.out or Path("runs") / args.file.stem
+    with matrix_progress(console, args.quiet) as progress:
+        summary = run_matrix(matrix, out, progress)
+    if not args.quiet:
+        console.print(no_attack_table(summary))
+    plots = plot_matrix(summary, out)
+    say(console, f"{out / 'matrix.json'}; {len(plots)} heat maps in {out}")
+    return 0
+
+
 def _generate(args: argparse.Namespace, console: Console) -> int:
     from fedllm.eval.generate import check_generation_options, generate_reply
     from fedllm.model.state import set_trainable_state
@@ -859,6 +888,7 @@ _HANDLERS = {
     "eval": _eval,
     "audit": _audit,
     "generate": _generate,
+    "matrix": _matrix,
     "export": _export,
     "report": _report,
     "config": _config,

@@ -1,0 +1,165 @@
+"""Run a matrix: its prepared model, then every cell, each resumed from disk if done.
+
+Every cell's config is built and checked before anything runs, so a bad override
+fails in seconds, naming its cell. A cell whose run directory already holds a
+finished run with the same overrides is read back, not rerun: an interrupted
+matrix continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedllm.config import Config, ConfigError, load_config
+from fedllm.matrix.metrics import cell_metrics, no_attack_cost
+from fedllm.matrix.spec import Cell, Matrix
+
+CELL_FILE = "cell.json"
+"""Beside a cell's run: the overrides it ran with (a finished cell with other
+overrides is rerun)."""
+
+PREPARED = "prepared_model"
+"""The prepared base model's folder in the matrix's output directory."""
+
+
+@dataclass
+class CellResult:
+    """One finished cell: what it was and what it measured."""
+
+    cell: Cell
+    metrics: dict[str, float]
+    reused: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.cell.name,
+            "attack": self.cell.attack,
+            "defense": self.cell.defense,
+            "fraction": self.cell.fraction,
+            "partition": self.cell.partition,
+            "metrics": self.metrics,
+        }
+
+
+Progress = Callable[[str, int, int], None]
+"""Told ``(what, done, total)`` before each step (the prepared model, then each cell)."""
+
+
+def run_matrix(matrix: Matrix, out: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every cell of ``matrix`` into ``out/cells/<cell>`` and write ``out/matrix.json``.
+
+    Returns:
+        what ``matrix.json`` holds: each cell's name, axes and metrics
+        (:func:`~fedllm.matrix.metrics.cell_metrics`), the axes in order, the seconds
+        each step took.
+
+    Raises:
+        ConfigError: a cell's config cannot run (every one is checked first).
+    """
+    tell = progress or (lambda what, done, total: None)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model_override = None
+    prepare_s = 0.0
+    if matrix.spec.prepare is not None:
+        total = len(matrix.cells()) + 1
+        tell("prepare the base model", 0, total)
+        begun = time.perf_counter()
+        model_override = f"model.name={_prepared_model(matrix, out)}"
+        prepare_s = time.perf_counter() - begun
+    cells = matrix.cells(model_override)
+    configs = _checked_configs(matrix, cells)
+    offset = 1 if model_override else 0
+    results = []
+    for index, (cell, config) in enumerate(zip(cells, configs, strict=True)):
+        tell(cell.name, index + offset, len(cells) + offset)
+        results.append(_run_cell(cell, config, out / "cells" / cell.name))
+    tell("done", len(cells) + offset, len(cells) + offset)
+    spec = matrix.spec
+    summary = {
+        "base": spec.base,
+        "prepare": spec.prepare.config if spec.prepare is not None else None,
+        "axes": {
+            "partitions": list(spec.partitions),
+            "defenses": list(spec.defenses),
+            "attacks": list(spec.attacks),
+            "fractions": spec.fractions,
+        },
+        "cells": [r.to_json() for r in results],
+        "no_attack_cost": no_attack_cost([r.to_json() for r in results], list(spec.defenses)),
+        "seconds": {
+            "prepare": prepare_s,
+            "cells": sum(r.metrics.get("wall_s", 0.0) for r in results if not r.reused),
+            "total": time.perf_counter() - started,
+        },
+        "reused_cells": sum(r.reused for r in results),
+    }
+    (out / "matrix.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _checked_configs(matrix: Matrix, cells: list[Cell]) -> list[Config]:
+    """Each cell's config, loaded and checked; every bad one named at once."""
+    configs: list[Config] = []
+    problems: list[str] = []
+    for cell in cells:
+        try:
+            configs.append(load_config(matrix.base, list(cell.overrides)))
+        except ConfigError as err:
+            problems.append(f"cell {cell.name}: {err}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return configs
+
+
+def _run_cell(cell: Cell, config: Config, run_dir: Path) -> CellResult:
+    """The cell's run (read back when it already finished with the same overrides)."""
+    from fedllm.federation.runner import run
+
+    done = _finished(run_dir, cell)
+    if done is not None:
+        return CellResult(cell, cell_metrics(*done), reused=True)
+    result = run(config, run_dir, overwrite=True)
+    (run_dir / CELL_FILE).write_text(json.dumps({"overrides": list(cell.overrides)}) + "\n")
+    return CellResult(cell, cell_metrics(result.summary, result.records), reused=False)
+
+
+def _finished(run_dir: Path, cell: Cell) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A finished run's summary and records in ``run_dir`` made with ``cell``'s
+    overrides, or None."""
+    summary, stamp, records = (run_dir / n for n in ("summary.json", CELL_FILE, "metrics.jsonl"))
+    if not (summary.is_file() and stamp.is_file() and records.is_file()):
+        return None
+    if json.loads(stamp.read_text()).get("overrides") != list(cell.overrides):
+        return None
+    lines = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
+    return json.loads(summary.read_text()), lines
+
+
+def _prepared_model(matrix: Matrix, out: Path) -> Path:
+    """The prepare step's run, merged and exported to ``out/prepared_model`` (reused when
+    its run finished with the same config)."""
+    from fedllm.federation.export import export_one
+    from fedllm.federation.rundir import RunDir
+    from fedllm.federation.runner import run
+    from fedllm.federation.setup import prepare
+    from fedllm.federation.trained import load_trained
+
+    step = matrix.spec.prepare
+    assert step is not None
+    config = load_config(matrix.root / step.config, list(step.set))
+    run_dir, target = out / "prepare", out / PREPARED
+    stamp = {"config": step.config, "overrides": list(step.set)}
+    stamp_file = target / "matrix_prepare.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        return target.resolve()
+    run(config, run_dir, overwrite=True)
+    ws = prepare(config, with_data=False)
+    export_one(ws, load_trained(RunDir(run_dir), ws.initial).pick(None, []), target, merge=True)
+    stamp_file.write_text(json.dumps(stamp) + "\n")
+    return target.resolve()
