@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,15 @@ Encoder = Callable[[Sequence[Record], int | None], Examples]
 RecordEncoder = Callable[[Sequence[Record], int | None], RecordExamples]
 """Records (and an optional cap) -> one example per record, and which were cut."""
 
+TrainTransform = Callable[[str, Mapping[str, list[Record]]], dict[str, list[Record]]]
+"""(record kind, client id -> training records) -> the training records to use instead,
+for the same clients: a change made before tokenizing (a simulated data attack's
+poisoning). Held-out and test records never reach it."""
+
+POISONED_KEY = "poisoned"
+"""The field a record changed by a simulated data attack carries (the attack's name);
+encoding ignores it, the data summary counts it."""
+
 _STAGE_TEST = 1
 _STAGE_CLIENT = 2
 
@@ -81,19 +90,23 @@ class FederatedData:
         test: the global test split, disjoint from every client's records.
         dropped: client id -> why it was left out (too few examples...).
         canaries: the canaries inserted (and the controls), when ``[privacy]`` asks.
+        poisoned: client id -> its training records a simulated data attack changed
+            (counted before tokenizing; only clients with one or more).
     """
 
     clients: dict[str, ClientData]
     test: Sequence[Example]
     dropped: dict[str, str] = field(default_factory=dict)
     canaries: list[Canary] = field(default_factory=list)
+    poisoned: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready sizes: clients, examples per client, test size, tokens.
 
         ``tokens`` counts input tokens, ``loss_tokens`` tokens with a label;
         ``truncated_records`` (only when every training example is one record) counts
-        the training records cut to ``seq_len``.
+        the training records cut to ``seq_len``; ``poisoned`` (only when a data attack
+        changed some) counts the changed training records per client, never their text.
         """
         per_client = {
             cid: {
@@ -109,6 +122,7 @@ class FederatedData:
         truncated = {"truncated_records": sum(counted)} if counted else {}
         train = Examples.concat([c.train for c in self.clients.values()])
         canaries = {"canaries": [c.to_json() for c in self.canaries]} if self.canaries else {}
+        poisoned = {"poisoned": dict(self.poisoned)} if self.poisoned else {}
         return {
             "num_clients": len(self.clients),
             "clients": per_client,
@@ -121,6 +135,7 @@ class FederatedData:
             "dropped": dict(self.dropped),
             **truncated,
             **canaries,
+            **poisoned,
         }
 
 
@@ -158,12 +173,20 @@ class ClientRecords:
     dropped: dict[str, str] = field(default_factory=dict)
     canaries: list[Canary] = field(default_factory=list)
 
+    @property
+    def poisoned(self) -> dict[str, int]:
+        """Client id -> its training records carrying :data:`POISONED_KEY` (those with
+        one or more)."""
+        counts = {cid: sum(POISONED_KEY in r for r in s.train) for cid, s in self.clients.items()}
+        return {cid: n for cid, n in counts.items() if n}
+
 
 def build_federated_data(
     cfg: DataConfig,
     tokenizer: PreTrainedTokenizerBase,
     seed: int,
     per_record: LongRecords | None = None,
+    transform: TrainTransform | None = None,
 ) -> FederatedData:
     """Load, split, partition and tokenize the data of a run.
 
@@ -186,12 +209,14 @@ def build_federated_data(
         seed: fixes every random choice; same seed, same data.
         per_record: one record per training example, and what to do with a longer
             one; None: text packed into ``seq_len`` blocks.
+        transform: changes the clients' training records before anything is
+            tokenized (:func:`build_client_records`); None: none.
 
     Raises:
         DataError: unusable input, no client left (with the reasons), or records
             longer than ``seq_len`` under ``per_record = "refuse"``.
     """
-    raw = build_client_records(cfg, seed)
+    raw = build_client_records(cfg, seed, transform)
     encode = _encoder(raw.kind, tokenizer, cfg.seq_len, cfg.format == "text")
     each = _record_encoder(raw.kind, tokenizer, cfg, per_record)
     if raw.canaries and raw.canaries[0].kind == "chat":
@@ -216,10 +241,13 @@ def build_federated_data(
     if per_record is not None:
         _report_truncated(list(clients.values()), cfg.seq_len, per_record)
     test = encode(raw.test, cfg.max_test_examples) if raw.test else Examples.pack([])
-    return FederatedData(clients=clients, test=test, dropped=dropped, canaries=raw.canaries)
+    poisoned = {cid: n for cid, n in raw.poisoned.items() if cid in clients}
+    return FederatedData(clients, test, dropped, raw.canaries, poisoned)
 
 
-def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
+def build_client_records(
+    cfg: DataConfig, seed: int, transform: TrainTransform | None = None
+) -> ClientRecords:
     """Every client's raw (untokenized) train/eval records and the raw test split.
 
     The partition and the per-client split are exactly those
@@ -230,9 +258,13 @@ def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
     Args:
         cfg: the data section of the config.
         seed: fixes every random choice; same seed, same split.
+        transform: applied to the kept clients' training records, before canaries are
+            inserted (a canary is never poisoned); held-out and test records never reach
+            it.
 
     Raises:
-        DataError: unusable input, or no client with 2 records or more.
+        DataError: unusable input, no client with 2 records or more, or a
+            ``transform`` that returns other clients than it was given.
     """
     seed = seed % 2**63
     records = load_records(cfg)
@@ -253,8 +285,36 @@ def build_client_records(cfg: DataConfig, seed: int) -> ClientRecords:
     if not clients:
         raise _no_client_left(cfg, len(partition), dropped)
     test = [records[i] for i in test_rows]
+    if transform is not None:
+        clients = _transformed(kind, clients, transform)
     canaries = _insert_canaries(cfg, kind, clients, seed)
     return ClientRecords(kind=kind, clients=clients, test=test, dropped=dropped, canaries=canaries)
+
+
+def load_test_records(cfg: DataConfig, seed: int) -> list[Record]:
+    """The global test split's raw records, in the order :func:`build_client_records`
+    holds them out (the order :func:`build_federated_data` tokenizes them in), without
+    partitioning or tokenizing anything."""
+    records = load_records(cfg)
+    test_rows, _ = _hold_out(len(records), cfg.test_fraction, _rng(seed % 2**63, _STAGE_TEST))
+    return [records[i] for i in test_rows]
+
+
+def _transformed(
+    kind: str, clients: dict[str, RecordSplit], transform: TrainTransform
+) -> dict[str, RecordSplit]:
+    """``clients`` with ``transform``'s training records (held-out records as they were).
+
+    Raises:
+        DataError: the transform returned other clients than it was given.
+    """
+    train = transform(kind, {cid: list(split.train) for cid, split in clients.items()})
+    if set(train) != set(clients):
+        raise DataError(
+            f"a training-record transform returned clients {sorted(train)}, "
+            f"but was given {sorted(clients)}"
+        )
+    return {cid: RecordSplit(cid, train[cid], split.eval) for cid, split in clients.items()}
 
 
 def _insert_canaries(
