@@ -1,0 +1,71 @@
+"""``fedllm matrix`` end to end on the tiny preset: a prepared base model, clean and
+attacked cells, the files it writes, and finished cells read back instead of rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedllm.cli import main
+from fedllm.matrix.run import run_matrix
+from fedllm.matrix.spec import load_matrix
+from tests.support.runs import TINY
+
+
+@pytest.fixture(scope="module")
+def matrix_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("matrix")
+    (root / "base.toml").write_text(TINY.read_text())
+    (root / "prepare.toml").write_text(TINY.read_text())
+    (root / "m.toml").write_text(
+        "[matrix]\n"
+        'base = "base.toml"\n'
+        'set = ["server.rounds=1", "server.clients_per_round=4", "server.min_clients=4"]\n'
+        "fractions = [0.0, 0.25]\n"
+        "[matrix.prepare]\n"
+        'config = "prepare.toml"\n'
+        'set = ["federation.mode=centralized", "method.kind=full", "server.rounds=1"]\n'
+        "[matrix.defenses]\n"
+        "fedavg = []\n"
+        'median = ["server.aggregator=median"]\n'
+    )
+    return root / "m.toml"
+
+
+def test_the_matrix_runs_its_cells_on_the_prepared_model(matrix_file: Path) -> None:
+    out = matrix_file.parent / "out"
+    assert main(["matrix", str(matrix_file), "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "matrix.json").read_text())
+    names = [c["name"] for c in summary["cells"]]
+    assert names == ["default__fedavg__none__0", "default__median__none__0"]
+    prepared = out / "prepared_model"
+    assert (prepared / "config.json").is_file()  # a merged, plain model
+    for name in names:
+        config = (out / "cells" / name / "config.toml").read_text()
+        assert f'name = "{prepared.resolve()}"' in config
+    median = summary["cells"][1]["metrics"]
+    recorded = json.loads((out / "cells" / names[1] / "summary.json").read_text())
+    assert median["test_ppl"] == recorded["final"]["test_ppl"]
+    cost = summary["no_attack_cost"]["default"]["median"]
+    assert cost["ppl_points"] == pytest.approx(
+        median["test_ppl"] - summary["cells"][0]["metrics"]["test_ppl"]
+    )
+    assert (out / "heatmap_test_ppl__default.png").stat().st_size > 0
+    assert summary["reused_cells"] == 0
+
+    again = run_matrix(load_matrix(matrix_file), out)
+    assert again["reused_cells"] == 2
+    assert again["cells"] == summary["cells"]
+
+
+def test_a_bad_cell_is_named_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text(TINY.read_text())
+    (tmp_path / "m.toml").write_text(
+        '[matrix]\nbase = "base.toml"\n[matrix.defenses]\nfedavg = []\n'
+        'krum = ["server.aggregator=krum"]\n'
+    )
+    out = tmp_path / "out"
+    assert main(["matrix", str(tmp_path / "m.toml"), "--out", str(out), "--quiet"]) == 2
+    assert not (out / "cells").exists()
