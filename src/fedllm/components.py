@@ -60,7 +60,8 @@ ALGORITHMS: Registry[Any] = Registry(
         "run_schedule",
     )
     | _each_own_module("fedllm.privacy", "central_dp local_dp")
-    | _each_own_module("fedllm.secure", "secagg he"),
+    | _each_own_module("fedllm.secure", "secagg he")
+    | _each_own_module("fedllm.security", "cleaning"),
 )
 ATTACKS: Registry[Any] = Registry("attack", {})
 """Simulated attacks (``attack.data``, ``attack.update``): each entry has ``kind``
