@@ -67,6 +67,13 @@ class ServerConfig(Section):
         "learning-rate-weighted local steps for any optimizer (AdamW), a heuristic outside "
         "the paper. For clients running different step counts.",
     )
+    keep_updates: bool = Field(
+        False,
+        description="Update forensics: write each round's accepted client updates (with ids "
+        "and weights) and the aggregate the rule made of them to updates/round_<r>.safetensors "
+        "in the run directory, with a JSON sidecar; refused with secagg and he, which hide "
+        "individual updates. Disk: one update per client per round.",
+    )
     weighting: Literal["examples", "uniform"] = Field(
         "examples", description="Aggregation weight of each client."
     )
