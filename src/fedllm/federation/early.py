@@ -9,6 +9,7 @@ SmolLM2's), so the parent never loads it itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,9 @@ from fedllm.data.apart import Pending, start_apart
 if TYPE_CHECKING:
     from fedllm.config import Config
     from fedllm.data import FederatedData
+    from fedllm.data.build import TrainTransform
     from fedllm.data.public import PublicData
+    from fedllm.data.sources import Record
 
 
 @dataclass
@@ -44,9 +47,36 @@ def build_run_data(config: Config) -> RunData:
 
     tokenizer = load_tokenizer(config.model)
     data = build_federated_data(
-        config.data, tokenizer, config.seed, per_record=config.privacy.per_record()
+        config.data,
+        tokenizer,
+        config.seed,
+        per_record=config.privacy.per_record(),
+        transform=train_transform(config),
     )
     return RunData(tokenizer, data, build_public_data(config, tokenizer))
+
+
+def train_transform(config: Config) -> TrainTransform | None:
+    """What the algorithms ``config`` turns on change in the clients' training records
+    before tokenizing (a simulated data attack's poisoning), one after the other; None:
+    nothing. An algorithm declares it as ``train_records(config)``."""
+    from fedllm.components import active_algorithms
+
+    found = [
+        make(config)
+        for _, factory in active_algorithms(config)
+        if (make := getattr(factory, "train_records", None)) is not None
+    ]
+    if len(found) <= 1:
+        return found[0] if found else None
+
+    def chained(kind: str, train: Mapping[str, list[Record]]) -> dict[str, list[Record]]:
+        out = dict(train)
+        for transform in found:
+            out = transform(kind, out)
+        return out
+
+    return chained
 
 
 def start_run_data(config: Config) -> Pending[RunData]:
