@@ -62,12 +62,14 @@ ALGORITHMS: Registry[Any] = Registry(
     | _each_own_module("fedllm.privacy", "central_dp local_dp")
     | _each_own_module("fedllm.secure", "secagg he")
     | _each_own_module("fedllm.security", "cleaning")
-    | _homes("fedllm.security.attacks.algorithm", "update_attack"),
+    | _homes("fedllm.security.attacks.algorithm", "update_attack")
+    | _homes("fedllm.security.attacks.data_attack", "data_attack"),
 )
 ATTACKS: Registry[Any] = Registry(
     "attack",
     _each_own_module("fedllm.security.attacks", "sign_flip scale noise free_ride alie ipm min_max")
-    | _homes("fedllm.security.attacks.min_max", "min_sum"),
+    | _homes("fedllm.security.attacks.min_max", "min_sum")
+    | _each_own_module("fedllm.security.attacks", "backdoor targeted flip safety"),
 )
 """Simulated attacks (``attack.data``, ``attack.update``): each entry has ``kind``
 (``"data"`` or ``"update"``) and may have ``settings`` (its ``[attack.<name>]`` model)."""
