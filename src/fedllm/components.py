@@ -48,7 +48,8 @@ AGGREGATORS: Registry[Any] = Registry(
     _homes("fedllm.aggregate.mean", "mean")
     | _each_own_module(
         "fedllm.security.defenses",
-        "median trimmed_mean krum bulyan geometric_median norm_bound centered_clip",
+        "median trimmed_mean krum bulyan geometric_median norm_bound centered_clip fltrust "
+        "foolsgold flame",
     )
     | _homes("fedllm.security.defenses.krum", "multi_krum"),
 )
@@ -63,7 +64,10 @@ ALGORITHMS: Registry[Any] = Registry(
     | _each_own_module("fedllm.secure", "secagg he")
     | _each_own_module("fedllm.security", "cleaning")
     | _homes("fedllm.security.attacks.algorithm", "update_attack")
-    | _homes("fedllm.security.attacks.data_attack", "data_attack"),
+    | _homes("fedllm.security.attacks.data_attack", "data_attack")
+    | _each_own_module("fedllm.security.defenses", "fltrust foolsgold flame")
+    | _each_own_module("fedllm.security", "screening")
+    | _homes("fedllm.security.forensics", "keep_updates"),
 )
 ATTACKS: Registry[Any] = Registry(
     "attack",
