@@ -121,3 +121,18 @@ def need(rule: str, n: int, fewest: int, why: str) -> None:
             f"{rule} needs at least {fewest} updates ({why}), got {n}: lower the assumed "
             "number of Byzantine clients or sample more clients per round"
         )
+
+
+def cosine_similarities(rows: torch.Tensor) -> torch.Tensor:
+    """``cos(x_i, x_j) = <x_i, x_j> / (||x_i|| ||x_j||)`` for every pair of rows (float64,
+    ``[n, n]``; 0 where a row is zero, so a zero row is like no other), one pair at a time
+    (memory: one update)."""
+    n = rows.shape[0]
+    gram = torch.zeros((n, n), dtype=torch.float64)
+    for i in range(n):
+        row = rows[i].double()
+        for j in range(i, n):
+            gram[i, j] = gram[j, i] = torch.dot(row, rows[j].double())
+    length = gram.diagonal().sqrt()
+    scale = length[:, None] * length[None, :]
+    return torch.where(scale > 0, gram / scale.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
