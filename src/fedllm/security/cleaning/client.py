@@ -24,6 +24,7 @@ from fedllm.client.plugin import ClientContext, ClientPlugin
 from fedllm.client.train import draw_batches
 from fedllm.data import Example
 from fedllm.model.device import input_device, use_bf16
+from fedllm.security.cleaning import CleaningSettings
 from fedllm.security.cleaning.rules import (
     loss_cut,
     loss_outliers,
@@ -111,7 +112,7 @@ class CleaningPlugin(ClientPlugin):
 
     def __init__(
         self,
-        settings: Any,
+        settings: CleaningSettings,
         words: Sequence[str],
         model: torch.nn.Module,
         tokenizer: Any,
@@ -141,7 +142,7 @@ class CleaningPlugin(ClientPlugin):
         left = [i for i in range(len(examples)) if i not in gone]
         cleaned = Cleaned(len(examples), dict(fixed.removed), dict(fixed.duplicate_of))
         settings = self.settings
-        if settings.loss_rule != "none" and left:
+        if settings.loss_rule != "none" and settings.loss_threshold is not None and left:
             device = input_device(self.model)
             losses = mean_token_losses(
                 self.model,
@@ -150,8 +151,9 @@ class CleaningPlugin(ClientPlugin):
                 int(self.tokenizer.pad_token_id),
                 use_bf16(self.bf16, device),
             )
-            cleaned.loss_cut = loss_cut(losses, settings.loss_rule, settings.loss_threshold)
-            outliers = loss_outliers(losses, settings.loss_rule, settings.loss_threshold)
+            rule, threshold = settings.loss_rule, settings.loss_threshold
+            cleaned.loss_cut = loss_cut(losses, rule, threshold)
+            outliers = loss_outliers(losses, rule, threshold)
             cleaned.removed["loss"] = [left[i] for i in outliers]
             dropped = set(cleaned.removed["loss"])
             left = [i for i in left if i not in dropped]
