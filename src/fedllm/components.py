@@ -62,7 +62,7 @@ ALGORITHMS: Registry[Any] = Registry(
     )
     | _each_own_module("fedllm.privacy", "central_dp local_dp")
     | _each_own_module("fedllm.secure", "secagg he")
-    | _each_own_module("fedllm.security", "cleaning")
+    | _each_own_module("fedllm.security", "cleaning freelb")
     | _homes("fedllm.security.attacks.algorithm", "update_attack")
     | _homes("fedllm.security.attacks.data_attack", "data_attack")
     | _each_own_module("fedllm.security.defenses", "fltrust foolsgold flame")
