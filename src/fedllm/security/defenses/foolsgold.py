@@ -14,8 +14,9 @@ for the clients of the round:
 5. ``w_{t+1} = w_t + sum_i alpha_i * Delta_i``.
 
 Edge cases as in the authors' code (``foolsgold.py``): the similarity matrix is
-``cos - I``, so its row maxima include a 0 on the diagonal (``v_i >= 0``); when every
-``alpha_i`` is 0 (all histories alike), every weight is 0.
+``cos - I``, so its row maxima include a 0 on the diagonal (``v_i >= 0``; fedllm sets
+the diagonal to exactly 0, where rounding would leave ``-2e-16`` and a pardon would
+divide by 0); when every ``alpha_i`` is 0 (all histories alike), every weight is 0.
 
 fedllm: histories are flattened full updates (all tensors concatenated, float64; LoRA's
 ``A`` and ``B`` as coordinates, not ``B A``), one per client that ever sent one, kept
@@ -64,7 +65,7 @@ def foolsgold_weights(histories: torch.Tensor, kappa: float) -> torch.Tensor:
     from fedllm.security.defenses.flat import cosine_similarities
 
     n = histories.shape[0]
-    cs = cosine_similarities(histories) - torch.eye(n, dtype=torch.float64)
+    cs = cosine_similarities(histories).fill_diagonal_(0.0)  # cos - I, with cos(H_i, H_i) = 1
     v = cs.max(dim=1).values
     pardon = (v[:, None] < v[None, :]) & ~torch.eye(n, dtype=torch.bool)
     ratio = v[:, None] / torch.where(pardon, v[None, :], 1.0)
