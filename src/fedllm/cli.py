@@ -125,6 +125,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = sub.add_parser(
+        "attack",
+        help="adversarial examples against a run's model: PGD on embeddings, a suffix search",
+        description="On RUN_DIR's held-out test prompts: raise the reference response's loss "
+        "by PGD on the prompt's input embeddings within each --eps, and search a --suffix-"
+        "tokens adversarial suffix that makes the greedy reply start with --target (success "
+        "rate). Writes RUN_DIR/attack.json. See docs/security.md.",
+    )
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--prompts", type=int, default=8, help="held-out test prompts attacked")
+    p.add_argument("--eps", type=float, nargs="+", default=[0.01, 0.05, 0.1], help="PGD budgets")
+    p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="PGD's norm")
+    p.add_argument(
+        "--scale",
+        choices=["relative", "absolute"],
+        default="relative",
+        help="eps as a fraction of each prompt's embedding norm, or in embedding units",
+    )
+    p.add_argument("--pgd-steps", type=int, default=10, help="PGD steps per budget")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per PGD batch")
+    p.add_argument("--target", default="Sure, here is", help="the reply the suffix should force")
+    p.add_argument("--suffix-tokens", type=int, default=8, help="the suffix's token budget")
+    p.add_argument("--search-steps", type=int, default=20, help="search steps per prompt")
+    p.add_argument("--candidates", type=int, default=32, help="suffixes scored per step")
+    p.add_argument("--top-k", type=int, default=64, help="candidate tokens per position")
+    p.add_argument(
+        "--proposals",
+        choices=["gradient", "random"],
+        default="gradient",
+        help="candidate tokens by the one-hot gradient (GCG) or at random",
+    )
+    p.add_argument(
+        "--success-loss",
+        type=float,
+        default=None,
+        help="a target loss (nats per token) that also counts as success",
+    )
+    p.add_argument("--client", default=None, help="which client's model (local-mode runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+
+    p = sub.add_parser(
         "matrix",
         help="run an attack x defense x malicious-fraction matrix and draw its heat maps",
         description="Run every cell of the matrix FILE (a [matrix] table: a base config, "
@@ -449,6 +489,7 @@ USER_ERRORS = (
     ("fedllm.eval.generate", "GenerationError"),
     ("fedllm.privacy.audit.audit", "AuditError"),
     ("fedllm.deploy.local", "DeployError"),
+    ("fedllm.security.evasion.attack", "AttackError"),
 )
 """Errors that mean bad input, not a bug (module, class): shown as one line, no traceback."""
 
@@ -602,6 +643,51 @@ def _matrix(args: argparse.Namespace, console: Console) -> int:
         console.print(no_attack_table(summary))
     plots = plot_matrix(summary, out)
     say(console, f"{out / 'matrix.json'}; {len(plots)} heat maps in {out}")
+    return 0
+
+
+def _attack(args: argparse.Namespace, console: Console) -> int:
+    from dataclasses import replace
+
+    from fedllm.algorithms.personal.split import PersonalSplit
+    from fedllm.federation.setup import prepare
+    from fedllm.federation.trained import load_trained
+    from fedllm.model.state import set_trainable_state
+    from fedllm.security.evasion.attack import AttackOptions, attack_model, no_progress
+    from fedllm.security.evasion.table import pgd_table, rich_progress, suffix_table
+
+    options = AttackOptions(
+        args.prompts,
+        tuple(args.eps),
+        args.norm,
+        args.scale,
+        args.pgd_steps,
+        args.batch_size,
+        args.target,
+        args.suffix_tokens,
+        args.search_steps,
+        args.candidates,
+        args.top_k,
+        args.proposals,
+        args.success_loss,
+    )
+    options.check()  # before the model loads
+    rundir = RunDir(args.run_dir)
+    config = rundir.load_config()
+    check_writable(rundir.root, "run directory")
+    ws = prepare(config)
+    assert ws.data is not None
+    trained = load_trained(rundir, ws.initial, PersonalSplit.from_config(ws.config.personal))
+    set_trainable_state(ws.model, trained.pick(args.client, list(ws.data.clients)))
+    progress = no_progress if args.quiet else rich_progress(console)
+    options = replace(options, seed=config.seed)
+    report = attack_model(ws.model, ws.tokenizer, ws.data.test, options, progress)
+    head = {"run": str(rundir.root), "round": trained.round, "client": args.client}
+    (rundir.root / "attack.json").write_text(json.dumps({**head, **report}, indent=2) + "\n")
+    stdout = Console()
+    stdout.print(pgd_table(report["pgd"], str(rundir.root)))
+    stdout.print(suffix_table(report["suffix"], str(rundir.root)))
+    say(console, f"wrote {rundir.root / 'attack.json'}")
     return 0
 
 
@@ -887,6 +973,7 @@ _HANDLERS = {
     "resume": _resume,
     "eval": _eval,
     "audit": _audit,
+    "attack": _attack,
     "generate": _generate,
     "matrix": _matrix,
     "export": _export,
