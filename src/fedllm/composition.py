@@ -114,7 +114,10 @@ class AlgorithmFactory(Protocol):
     registers), ``modes`` and ``modes_why`` (the federation modes it applies to,
     default all), ``refuses(config)`` (``(other algorithm, why)`` pairs it cannot
     run with), ``problem(config)`` (a check of its own settings), ``guarantee(config)``
-    (what it promises and against whom, for the start banner's privacy line).
+    (what it promises and against whom, for the start banner's privacy line),
+    ``train_records(config)`` (a :data:`fedllm.data.build.TrainTransform` the run's
+    data build applies to the clients' training records before tokenizing: a simulated
+    data attack's poisoning; see :func:`fedllm.federation.early.train_transform`).
 
     Attributes:
         order: where its hooks run among the others (lower first).
