@@ -2,11 +2,14 @@
 the named client sends exactly minus what it sends in the same run without the attack,
 and the global model moves by the mean of what was sent; with the colluding IPM, the
 server aggregates ``-epsilon`` times the colluders' mean in their place. The rounds
-record who attacked, ``summary.json`` the malicious clients."""
+record who attacked, ``summary.json`` the malicious clients. The attacks' modules and
+their algorithm's checks import no torch."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +126,25 @@ def test_ipm_colluders_replace_their_updates_at_the_server(tmp_path: Path) -> No
     record, summary = records(out)
     assert record["attacked"] == colluders
     assert summary["update_attack"]["malicious"] == colluders
+
+
+def test_the_update_attacks_and_their_algorithm_load_without_torch() -> None:
+    """What the config reads of them (the entries, their settings, ``colluding``, the
+    algorithm's switch and refusals) imports no torch."""
+    probe = (
+        "import sys; from fedllm.config import load_config; "
+        "from fedllm.components import ALGORITHMS, ATTACKS; "
+        "from fedllm.security.attacks.update import is_colluding; "
+        "names = 'sign_flip scale noise free_ride alie ipm min_max min_sum'.split(); "
+        "c = load_config(sys.argv[1], []); "
+        "f = ALGORITHMS.get('update_attack')(); "
+        "[(ATTACKS.get(n), is_colluding(n), "
+        "f.refuses(c.model_copy(update={'attack': c.attack.model_copy(update={'update': n})}))) "
+        "for n in names]; "
+        "print(sum(ATTACKS.get(n).kind == 'update' for n in names), 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(TINY)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["8", "False"]
