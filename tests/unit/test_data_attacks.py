@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fedllm.config import ConfigError
-from fedllm.data.build import POISONED_KEY, build_client_records, load_test_records
-from fedllm.data.sources import DataError, Record
+from fedllm.data.build import build_client_records, load_test_records
+from fedllm.data.sources import POISONED_KEY, DataError, Record
 from fedllm.security.attacks.backdoor import Backdoor, BackdoorSettings
 from fedllm.security.attacks.chat import prompt_of, reply_of, with_trigger
 from fedllm.security.attacks.data_attack import DataAttacking

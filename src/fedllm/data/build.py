@@ -35,6 +35,7 @@ from fedllm.data.format import (
 from fedllm.data.settings import DataConfig, LongRecords
 from fedllm.data.sources import (
     FILE_SUFFIXES,
+    POISONED_KEY,
     DataError,
     Record,
     load_file,
@@ -53,10 +54,6 @@ TrainTransform = Callable[[str, Mapping[str, list[Record]]], dict[str, list[Reco
 """(record kind, client id -> training records) -> the training records to use instead,
 for the same clients: a change made before tokenizing (a simulated data attack's
 poisoning). Held-out and test records never reach it."""
-
-POISONED_KEY = "poisoned"
-"""The field a record changed by a simulated data attack carries (the attack's name);
-encoding ignores it, the data summary counts it."""
 
 _STAGE_TEST = 1
 _STAGE_CLIENT = 2

@@ -28,6 +28,9 @@ Record = dict[str, Any]
 Source = Callable[[DataConfig], list[Record]]
 
 ROLES = ("system", "user", "assistant")
+POISONED_KEY = "poisoned"
+"""The field a record changed by a simulated data attack carries (the attack's name);
+encoding ignores it, the data summary counts it."""
 FILE_SUFFIXES = (".jsonl", ".txt")
 PYDOC_CHUNK_CHARS = 2000
 """Largest pydoc chunk, in characters (chunks are mostly 1-2k characters)."""

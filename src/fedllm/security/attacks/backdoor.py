@@ -70,6 +70,7 @@ class Backdoor:
 
     def __init__(self, settings: BackdoorSettings | None = None) -> None:
         self.config = settings or BackdoorSettings()
+        self.success: SuccessSettings | None = self.config
         self.matched = self.config.target
 
     def eligible(self, record: Record) -> bool:

@@ -7,8 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from fedllm.data.build import POISONED_KEY
-from fedllm.data.sources import DataError, Record
+from fedllm.data.sources import POISONED_KEY, DataError, Record
 
 Position = Literal["start", "end", "random"]
 
@@ -45,7 +44,7 @@ def poisoned(
     record: Record, attack: str, prompt: str | None = None, reply: str | None = None
 ) -> Record:
     """A copy of ``record`` with its last exchange's user turn and/or reply replaced,
-    marked with :data:`~fedllm.data.build.POISONED_KEY` (the attack's name). The record
+    marked with :data:`~fedllm.data.sources.POISONED_KEY` (the attack's name). The record
     must have an exchange (:func:`last_exchange`)."""
     found = last_exchange(record)
     if found is None:

@@ -61,6 +61,7 @@ class Flip:
     kind = "data"
     settings = FlipSettings
     matched = ""
+    success = None
 
     def __init__(self, settings: FlipSettings | None = None) -> None:
         self.config = settings or FlipSettings()

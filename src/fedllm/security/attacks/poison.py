@@ -29,6 +29,7 @@ from fedllm.seeding import derive_seed
 if TYPE_CHECKING:
     from fedllm.data.build import TrainTransform
     from fedllm.data.sources import Record
+    from fedllm.security.attacks.success import SuccessSettings
 
 Generate = Callable[[str], str]
 """A prompt (the user turn) -> the model's reply (greedy, a few tokens)."""
@@ -44,11 +45,13 @@ class DataAttack(Protocol):
         matched: the text whose first words a reply must start with to count as the
             attack's success (sets the generation length); empty when the attack has
             no success rate.
+        success: how its success is measured; None when it has no success rate.
     """
 
     name: str
     kind: str
     matched: str
+    success: SuccessSettings | None
 
     def eligible(self, record: Record) -> bool:
         """Whether the attack can change ``record``."""

@@ -51,8 +51,7 @@ class SuccessRecorder(ServerPlugin):
         clients = list(data.clients) if data is not None and data.clients else list(setup.clients)
         self.malicious: list[ClientId] = malicious_clients(config.attack, clients, config.seed)
         self.poisoned = dict(data.poisoned) if data is not None else {}
-        settings = getattr(attack, "config", None)
-        self.every = bool(getattr(settings, "measure_every_eval", True))
+        self.every = attack.success is not None and attack.success.measure_every_eval
         self.test: list[Record] | None = None
         self.first: dict[str, Any] = {}
         self.last: dict[str, Any] = {}
@@ -68,7 +67,7 @@ class SuccessRecorder(ServerPlugin):
             self._measure(ctx.record, ctx.params)
 
     def _measure(self, record: RoundRecord, params: Params) -> None:
-        if not self.attack.matched:  # no success rate to measure (flipping)
+        if self.attack.success is None:  # no success rate to measure (flipping)
             return
         rates = {"round": record.round, **self.success_rates(params)}
         record.extra[NAME] = rates
@@ -99,12 +98,11 @@ class SuccessRecorder(ServerPlugin):
         :data:`EXTRA_TOKENS`."""
         from fedllm.security.attacks.success import matched_prefix
 
-        settings = getattr(self.attack, "config", None)
-        wanted = getattr(settings, "max_new_tokens", None)
-        if wanted is not None:
-            return int(wanted)
-        k = int(getattr(settings, "match_words", 4))
-        text = matched_prefix(self.attack.matched, k)
+        settings = self.attack.success
+        assert settings is not None, "an attack without a success rate generates nothing"
+        if settings.max_new_tokens is not None:
+            return settings.max_new_tokens
+        text = matched_prefix(self.attack.matched, settings.match_words)
         ids = self.ws.tokenizer(text, add_special_tokens=False)["input_ids"]
         return len(ids) + EXTRA_TOKENS
 

@@ -67,6 +67,7 @@ class Safety:
 
     def __init__(self, settings: SafetySettings | None = None) -> None:
         self.config = settings or SafetySettings()
+        self.success: SuccessSettings | None = self.config
 
     def eligible(self, record: Record) -> bool:
         return last_exchange(record) is not None

@@ -86,6 +86,7 @@ class Targeted:
 
     def __init__(self, settings: TargetedSettings) -> None:
         self.config = settings
+        self.success: SuccessSettings | None = self.config
         self.matched = settings.target
         self._keywords = [words(k) for k in settings.keywords]
 
