@@ -22,19 +22,21 @@ cleaning (the kept count is a function of the data; the size the server already 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from fedllm.components import ALGORITHMS
 from fedllm.composition import Algorithm, AlgorithmSetup
-from fedllm.security.cleaning.rules import LossRule
 from fedllm.settings import Section
 
 if TYPE_CHECKING:
     from fedllm.config import Config
 
 NAME = "cleaning"
+
+LossRule = Literal["none", "absolute", "quantile", "zscore"]
+"""How the loss rule cuts (see :func:`fedllm.security.cleaning.rules.loss_cut`)."""
 
 
 class CleaningSettings(Section):

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse
 
-LossRule = Literal["none", "absolute", "quantile", "zscore"]
+if TYPE_CHECKING:
+    from fedllm.security.cleaning import LossRule
 
 BLOCK_ROWS = 512
 """Examples whose similarities to all others are held at once (a dense ``[512, n]`` block)."""

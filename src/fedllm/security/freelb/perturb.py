@@ -22,7 +22,7 @@ def start_delta(
     mask = attention_mask.to(dtype).unsqueeze(-1)
     if magnitude == 0:
         return torch.zeros(shape, dtype=dtype, device=attention_mask.device)
-    uniform = torch.rand(shape, dtype=dtype, device=attention_mask.device) * 2 - 1
+    uniform = torch.empty(shape, dtype=dtype, device=attention_mask.device).uniform_(-1, 1)
     dims = attention_mask.sum(dim=1).to(dtype).clamp(min=1) * shape[-1]
     return uniform * mask * (magnitude / dims.sqrt()).view(-1, 1, 1)
 
@@ -33,22 +33,27 @@ def example_norms(delta: torch.Tensor) -> torch.Tensor:
     return norms
 
 
+def unit_steps(grad: torch.Tensor) -> torch.Tensor:
+    """``g / ||g||`` per example (a zero gradient stays zero)."""
+    return grad / example_norms(grad).clamp(min=TINY).view(-1, 1, 1).to(grad.dtype)
+
+
+def into_ball(delta: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """``delta`` scaled per example onto ``||delta_i|| <= bound_i`` where it lies outside
+    (``bound``: ``[batch]``); detached."""
+    norms = example_norms(delta)
+    scale = torch.where(norms > bound, bound / norms.clamp(min=TINY), torch.ones_like(norms))
+    return (delta * scale.view(-1, 1, 1).to(delta.dtype)).detach()
+
+
 def ascend(
     delta: torch.Tensor, grad: torch.Tensor, step_size: float, epsilon: float
 ) -> torch.Tensor:
     """One ascent step and projection: ``delta + alpha g / ||g||`` (per example), then
     scaled back onto ``||delta|| <= epsilon`` where it is outside (``epsilon = 0``: no
     bound). A new tensor, detached."""
-    step = grad / example_norms(grad).clamp(min=TINY).view(-1, 1, 1).to(grad.dtype)
-    moved = (delta + step_size * step).detach()
-    return project(moved, epsilon)
-
-
-def project(delta: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``delta`` scaled per example onto the ball ``||delta|| <= epsilon`` where it lies
-    outside (``epsilon = 0``: unchanged)."""
+    moved = (delta + step_size * unit_steps(grad)).detach()
     if epsilon == 0:
-        return delta
-    norms = example_norms(delta)
-    scale = torch.where(norms > epsilon, epsilon / norms.clamp(min=TINY), torch.ones_like(norms))
-    return delta * scale.view(-1, 1, 1).to(delta.dtype)
+        return moved
+    bound = torch.full((delta.shape[0],), epsilon, dtype=torch.float32, device=delta.device)
+    return into_ball(moved, bound)
