@@ -20,6 +20,7 @@ from scipy.stats import norm
 from fedllm.aggregate.mean import WeightedMean
 from fedllm.client.plugin import ClientContext
 from fedllm.client.store import ClientStateStore
+from fedllm.components import active_algorithms
 from fedllm.config import ConfigError
 from fedllm.pipeline.stage import WeightedUpdate
 from fedllm.security.attacks.alie import Alie, AlieSettings, z_max
@@ -343,6 +344,19 @@ def test_the_record_names_the_accepted_malicious_clients_from_from_round() -> No
 def test_bad_attack_configs_are_refused_naming_the_key(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         tiny_config(*overrides)
+
+
+def test_the_colluders_channel_wraps_every_other_aggregator() -> None:
+    """Composed last, it is the outermost aggregator: a round rule and screening see the
+    crafted updates."""
+    config = tiny_config(
+        "attack.update=alie",
+        "attack.fraction=0.5",
+        "server.aggregator=foolsgold",
+        "algorithm.screening.enabled=true",
+    )
+    names = [name for name, _ in active_algorithms(config)]
+    assert names[-1] == "update_attack" and {"foolsgold", "screening"} <= set(names)
 
 
 def test_an_own_update_attack_runs_under_secure_aggregation() -> None:

@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 class UpdateAttacking:
     """The malicious clients' model poisoning, by ``attack.update``."""
 
-    order = 85  # after every plug-in that changes the update: it sends the last word
+    # last: a malicious client's plug-in has the last word on its update, and the
+    # colluders' channel wraps every other aggregator (screening, round rules), so all
+    # the server does sees the crafted updates
+    order = 99
     modes = ("federated",)
     modes_why = "malicious clients poison what they send to a federation's server"
 
