@@ -7,6 +7,8 @@ attacker, and the kept updates read back equal what was sent and aggregated."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +189,25 @@ def test_screening_flags_a_scaling_attacker_and_counts_it(tmp_path: Path) -> Non
     part = summary["screening"]
     assert {k: part[k] for k in totals} == totals
     assert part["tpr"] == 1.0 and part["fpr"] == totals["fp"] / (totals["fp"] + totals["tn"])
+
+
+def test_the_new_settings_are_checked_without_torch() -> None:
+    probe = (
+        "import sys; from fedllm.config import load_config; "
+        "c = load_config(sys.argv[1], sys.argv[2:]); "
+        "assert c.aggregator_settings_of('fltrust').root_steps == 2; "
+        "print('torch' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    sets = [
+        "server.aggregator=fltrust",
+        "public.source=chitchat",
+        "aggregator.fltrust.root_steps=2",
+        "algorithm.screening.enabled=true",
+        "server.keep_updates=true",
+        "aggregator.flame.noise=0.01",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(TINY), *sets], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False False"

@@ -307,6 +307,36 @@ def test_flame_noise_comes_from_the_rounds_seed() -> None:
     assert torch.equal(results[0], results[1]) and not torch.equal(results[0], results[2])
 
 
+# --- LoRA: the factors as one vector --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NEW_RULES)
+def test_each_rule_sees_a_lora_update_as_its_factors_concatenated(name: str) -> None:
+    """dA and dB of every layer (and any other tensor) are coordinates of one vector: the
+    rule on the LoRA update is the rule on that vector (not on B A)."""
+    from tests.unit.test_robust_aggregators import lora_round
+
+    lr = lora_round(np.random.default_rng(15), 7, factor_of=2)
+    names = list(lr.base)
+    x = np.stack([np.concatenate([d[k].reshape(-1) for k in names]) for d in lr.deltas])
+    as_one = from_matrix(x)
+    rules = []
+    for _ in range(2):
+        if name == "fltrust":
+            rules.append(fltrust_with(x.mean(axis=0) + 0.05, Round([[row] for row in x], [1.0])))
+        elif name == "foolsgold":
+            rules.append(FoolsGold())
+        else:
+            rules.append(Flame(FlameSettings(noise=0.01, measure="update")))
+        rules[-1].begin(1, 5)
+    factors = rules[0].aggregate(lr.updates, lr.reference)
+    flat_one = rules[1].aggregate(as_one.updates, as_one.reference)
+    np.testing.assert_allclose(
+        flat(factors, lr.reference), flat(flat_one, as_one.reference), rtol=1e-12, atol=1e-15
+    )
+    assert factors.excluded == flat_one.excluded
+
+
 # --- LoRA-update screening -------------------------------------------------------------
 
 
