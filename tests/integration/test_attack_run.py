@@ -34,7 +34,8 @@ ALL_CLIENTS = ["server.rounds=1", "server.clients_per_round=4", "run.checkpoint_
 
 
 class SentRecorder(ClientPlugin):
-    """Runs after the attack's client half (order 90 > 85): what the client sends."""
+    """Runs after the attack's client half (order 100, the attack's is 99): what the
+    client sends."""
 
     name = "attack_recorder"
 
@@ -46,7 +47,7 @@ class SentRecorder(ClientPlugin):
 
 @pytest.fixture(scope="module", autouse=True)
 def registered() -> None:
-    register_client_plugin("attack_recorder", SentRecorder)
+    register_client_plugin("attack_recorder", SentRecorder, order=100)
 
 
 def run(tmp_path: Path, label: str, *sets: str) -> tuple[Path, list[str]]:
