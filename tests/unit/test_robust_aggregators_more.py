@@ -305,6 +305,11 @@ def test_flame_noise_comes_from_the_rounds_seed() -> None:
         rule.begin(3, round_seed)
         results.append(rule.aggregate(r.updates, r.reference).combined["t0"])
     assert torch.equal(results[0], results[1]) and not torch.equal(results[0], results[2])
+    secure = [Flame(FlameSettings(noise=0.1, measure="update"), secure=True) for _ in range(2)]
+    for rule in secure:  # run.randomness = 'secure': the OS CSPRNG, whatever the round's seed
+        rule.begin(3, 11)
+    a, b = (rule.aggregate(r.updates, r.reference).combined["t0"] for rule in secure)
+    assert not torch.equal(a, b)
 
 
 # --- LoRA: the factors as one vector --------------------------------------------------

@@ -6,4 +6,9 @@ Every rule works on each client's flattened full update (all its tensors concate
 in the broadcast's order, :mod:`fedllm.security.defenses.flat`); Krum, Multi-Krum and
 Bulyan can measure their distances on LoRA's per-layer product ``B A`` instead
 (:mod:`fedllm.security.defenses.product`).
+
+FLTrust, FoolsGold and FLAME need more than a round's updates (the server's root update,
+client histories across rounds, the round's seed): each is a
+:class:`~fedllm.security.defenses.round_rule.RoundRule`, fed by an algorithm of its
+name that choosing it turns on (:mod:`fedllm.security.defenses.round_rule`).
 """

@@ -17,7 +17,8 @@ the angles between the updates ``Delta_i`` instead: the broadcast, common to all
 longer makes every local model look alike. ``n/2 + 1`` is ``floor(n/2) + 1``; with one
 update there is nothing to cluster and it is admitted. The mean is uniform (the paper's;
 client weights are not used). The noise is drawn from a generator seeded from the
-round's seed (a rerun draws the same noise), with ``lambda = noise`` (0.001 by default).
+round's seed (a rerun draws the same noise; under ``run.randomness = "secure"`` from the
+OS CSPRNG instead, as privacy noise is), with ``lambda = noise`` (0.001 by default).
 It is the paper's robustness device against what survives the clip, **not** a
 differential-privacy guarantee: no accountant, no bound on a client's influence. The
 clients not admitted are ``excluded``; each round's clip ``S_t`` and noise are recorded.
@@ -111,22 +112,24 @@ class Flame(RoundRule):
     name = "flame"
     settings = FlameSettings
 
-    def __init__(self, settings: FlameSettings | None = None) -> None:
+    def __init__(self, settings: FlameSettings | None = None, secure: bool = False) -> None:
         super().__init__()
         self.chosen = settings or FlameSettings()
+        self.secure = secure
 
     def aggregate(self, updates: Sequence[WeightedUpdate], reference: Params) -> BatchResult:
         import torch
 
         from fedllm.pipeline.stage import BatchResult, WeightedUpdate
         from fedllm.security.defenses.flat import cosine_similarities, stack, unstack
+        from fedllm.seeding import secret_seed
 
         rows = stack(updates, reference)
         points = rows
         if self.chosen.measure == "model":
             points = rows + stack([WeightedUpdate("", reference, 0.0)], reference)
         admitted = flame_admitted(1.0 - cosine_similarities(points))
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(secret_seed() if self.secure else self.seed)
         combined, clip = flame_combine(rows, admitted, self.chosen.noise, generator)
         ids = [u.client_id for u in updates]
         excluded = [cid for i, cid in enumerate(ids) if i not in set(admitted)]
@@ -145,4 +148,5 @@ class FlameNoise(RoundRuleAlgorithm):
     rule_name = "flame"
 
     def make(self, setup: AlgorithmSetup) -> RoundRule:
-        return Flame(setup.ws.config.aggregator_settings_of(self.rule_name))
+        config = setup.ws.config
+        return Flame(config.aggregator_settings_of(self.rule_name), config.secure_randomness)
