@@ -490,6 +490,7 @@ USER_ERRORS = (
     ("fedllm.privacy.audit.audit", "AuditError"),
     ("fedllm.deploy.local", "DeployError"),
     ("fedllm.security.evasion.attack", "AttackError"),
+    ("fedllm.security.cleaning.client", "CleaningError"),
 )
 """Errors that mean bad input, not a bug (module, class): shown as one line, no traceback."""
 
