@@ -277,3 +277,14 @@ def test_a_client_left_with_nothing_is_told_why(ws: Workspace) -> None:
     cleaner = plugin(ws, words=["the", "what", "how", "which", "can", "why", "tell", "recommend"])
     with pytest.raises(CleaningError, match="removed all 8 training examples of client 'a'"):
         cleaner.clean("a", encode(ws, CLEAN))
+
+
+def test_the_word_file_is_read_and_a_missing_one_named(tmp_path: Path) -> None:
+    from fedllm.security.cleaning.client import read_words
+
+    words = tmp_path / "words.txt"
+    words.write_text("# a blocklist\nrobot\n\n  bad phrase  \n", encoding="utf-8")
+    assert read_words(str(words)) == ["robot", "bad phrase"]
+    assert read_words(None) == []
+    with pytest.raises(ConfigError, match="algorithm.cleaning.words_file = .*cannot be read"):
+        read_words(str(tmp_path / "missing.txt"))

@@ -174,3 +174,22 @@ def test_freelb_is_off_by_default_and_refuses_dp_sgd_and_fp16() -> None:
         )
     )
     assert problem is not None and "client.fp16" in problem
+
+
+def test_the_k_passes_of_a_micro_batch_draw_the_same_dropout(ws: Workspace) -> None:
+    model = ws.model
+    draws: list[torch.Tensor] = []
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        draws.append(torch.rand(4))  # what a dropout layer would draw in this pass
+        loss: torch.Tensor = model(**batch).loss
+        return loss
+
+    torch.manual_seed(5)
+    FreeLBHook(model.get_input_embeddings(), 3, 0.1, 0.5, 0.1).compute_gradients(
+        batch_of(ws), loss_of
+    )
+    assert len(draws) == 3 and all(torch.equal(d, draws[0]) for d in draws)
+    assert not torch.equal(torch.rand(4), draws[0])  # the stream went on after them
+    for p in model.parameters():
+        p.grad = None

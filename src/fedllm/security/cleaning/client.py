@@ -33,6 +33,7 @@ from fedllm.security.cleaning.rules import (
     word_pattern,
 )
 from fedllm.security.embeds import mean_token_losses
+from fedllm.settings import ConfigError
 from fedllm.types import ClientId, ClientUpdate
 
 NAME = "cleaning"
@@ -215,11 +216,17 @@ def read_words(path: str | None) -> list[str]:
     none for no file.
 
     Raises:
-        FileNotFoundError: the file is not there.
+        ConfigError: the file cannot be read.
     """
     if path is None:
         return []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"config error: algorithm.cleaning.words_file = {path!r} cannot be read ({err}); "
+            "give a UTF-8 text file of words, one a line"
+        ) from None
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
