@@ -20,7 +20,7 @@ import torch
 
 from fedllm.composition import AlgorithmSetup
 from fedllm.data.build import build_client_records, load_test_records
-from fedllm.federation.runner import run
+from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import Workspace, prepare
 from fedllm.security.attacks.chat import prompt_of
 from fedllm.security.attacks.data_attack import DataAttacking, build_data_attack
@@ -146,3 +146,15 @@ def test_checking_a_config_with_a_data_attack_imports_no_torch() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_a_resumed_run_keeps_its_first_measurement_and_its_poison(tmp_path: Path) -> None:
+    config = tiny_config(*BACKDOOR, "attack.backdoor.max_prompts=4", "server.rounds=1")
+    first = run(config, tmp_path / "run")
+    resumed = resume(tmp_path / "run", ["server.rounds=2"])
+    whole = run(tiny_config(*BACKDOOR, "attack.backdoor.max_prompts=4"), tmp_path / "whole")
+    part = resumed.summary["data_attack"]
+    assert part["initial"] == first.summary["data_attack"]["initial"]
+    assert part["final"]["round"] == 2
+    assert part["poisoned"] == whole.summary["data_attack"]["poisoned"]
+    assert stable(resumed.records[-1]["eval"]) == stable(whole.records[-1]["eval"])
