@@ -52,16 +52,29 @@ def z_max(n: int, m: int) -> float:
     return NormalDist().inv_cdf(p) if 0 < p < 1 else 0.0
 
 
-def mean_and_std(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each coordinate's mean and sample standard deviation over the rows (float64;
-    the standard deviation is 0 for one row)."""
+def row_mean(rows: torch.Tensor) -> torch.Tensor:
+    """Each coordinate's mean over the rows (float64), one row at a time."""
     import torch
 
-    values = rows.double()
-    mean = values.mean(dim=0)
-    if rows.shape[0] < 2:
-        return mean, torch.zeros_like(mean)
-    return mean, values.std(dim=0, correction=1)
+    mean = rows[0].to(torch.float64, copy=True)
+    for row in rows[1:]:
+        mean.add_(row)
+    return mean.div_(rows.shape[0])
+
+
+def mean_and_std(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each coordinate's mean and sample standard deviation (``n - 1``) over the rows
+    (float64; the standard deviation is 0 for one row). Row by row: torch's reduction
+    across rows (``std(dim=0)``) is some ten times slower here."""
+    import torch
+
+    mean = row_mean(rows)
+    spread = torch.zeros_like(mean)
+    for row in rows:
+        spread.add_((row.double() - mean).square_())
+    if rows.shape[0] > 1:
+        spread.div_(rows.shape[0] - 1)
+    return mean, spread.sqrt_()
 
 
 @ATTACKS.register("alie")

@@ -45,4 +45,6 @@ class Ipm:
         self.epsilon = (settings or IpmSettings()).epsilon
 
     def craft(self, rows: torch.Tensor, n: int) -> torch.Tensor:
-        return (rows.double().mean(dim=0) * -self.epsilon).to(rows.dtype)
+        from fedllm.security.attacks.alie import row_mean
+
+        return (row_mean(rows) * -self.epsilon).to(rows.dtype)

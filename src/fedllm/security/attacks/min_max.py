@@ -55,11 +55,11 @@ def perturbation(rows: torch.Tensor, kind: Perturbation) -> torch.Tensor:
     """``p`` for the rows (float64)."""
     import torch
 
-    from fedllm.security.attacks.alie import mean_and_std
+    from fedllm.security.attacks.alie import mean_and_std, row_mean
 
-    mean, std = mean_and_std(rows)
     if kind == "std":
-        return -std
+        return -mean_and_std(rows)[1]
+    mean = row_mean(rows)
     if kind == "sign":
         return -torch.sign(mean)
     norm = float(mean.norm())
@@ -71,14 +71,16 @@ def largest_gamma(rows: torch.Tensor, mean: torch.Tensor, p: torch.Tensor, budge
     Shejwalkar & Houmansadr's min-max (``"max"``) or min-sum (``"sum"``) over the rows."""
     from fedllm.security.defenses.flat import squared_distances
 
-    values = rows.double()
-    q = float(p.double().pow(2).sum())
+    q = float(p @ p)
     if q == 0:
         return 0.0
-    offsets = [mean - row for row in values]  # mu - x_i
-    a = [float(o.pow(2).sum()) for o in offsets]
-    b = [float(p.double() @ o) for o in offsets]
-    pairs = squared_distances(values)
+    a: list[float] = []  # ||mu - x_i||^2
+    b: list[float] = []  # <p, mu - x_i>
+    for row in rows:
+        offset = mean - row.double()
+        a.append(float(offset @ offset))
+        b.append(float(p @ offset))
+    pairs = squared_distances(rows)
     if budget == "max":
         limit = float(pairs.max())
         return min(_largest_root(q, bi, ai - limit) for ai, bi in zip(a, b, strict=True))
@@ -106,11 +108,15 @@ class MinMax:
 
     def gamma(self, rows: torch.Tensor) -> float:
         """``gamma`` for the colluders' ``rows``."""
-        return largest_gamma(rows, rows.double().mean(dim=0), self._p(rows), self.budget)
+        from fedllm.security.attacks.alie import row_mean
+
+        return largest_gamma(rows, row_mean(rows), self._p(rows), self.budget)
 
     def craft(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        from fedllm.security.attacks.alie import row_mean
+
         p = self._p(rows)
-        mean = rows.double().mean(dim=0)
+        mean = row_mean(rows)
         return (mean + largest_gamma(rows, mean, p, self.budget) * p).to(rows.dtype)
 
     def _p(self, rows: torch.Tensor) -> torch.Tensor:
