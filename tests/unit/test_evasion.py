@@ -153,3 +153,59 @@ def test_the_search_succeeds_where_a_suffix_forces_the_greedy_reply(ws: Workspac
     )
     assert found.success
     assert greedy_reply(model, [*head, *found.suffix, *tail], len(target)) == target
+
+
+def pgd_by_hand(
+    model: torch.nn.Module, prompt: Prompt, eps: float, steps: int, norm: str
+) -> tuple[torch.Tensor, float]:
+    """Madry et al.'s PGD on one prompt's embeddings, written out: the final delta and
+    the highest loss reached."""
+    example = prompt.example()
+    ids, labels = torch.tensor([example.input_ids]), torch.tensor([example.labels])
+    x = model.get_input_embeddings()(ids).detach()
+    n = len(prompt.ids)
+    delta = torch.zeros_like(x)
+    alpha = 2.5 * eps / steps
+    best = float(model(inputs_embeds=x, labels=labels).loss.detach())
+    for _ in range(steps):
+        d = delta.clone().requires_grad_(True)
+        perturbed = torch.cat([x[:, :n] + d[:, :n], x[:, n:]], dim=1)
+        loss = model(inputs_embeds=perturbed, labels=labels).loss
+        best = max(best, float(loss.detach()))
+        (g,) = torch.autograd.grad(loss, d)
+        if norm == "l2":
+            delta = delta + alpha * g / g.norm()
+            if delta.norm() > eps:
+                delta = delta * (eps / delta.norm())
+        else:
+            delta = (delta + alpha * g.sign()).clamp(-eps, eps)
+    with torch.no_grad():
+        final = torch.cat([x[:, :n] + delta[:, :n], x[:, n:]], dim=1)
+        best = max(best, float(model(inputs_embeds=final, labels=labels).loss))
+    return delta[0], best
+
+
+@pytest.mark.parametrize(("norm", "eps"), [("l2", 0.4), ("linf", 0.02)])
+def test_pgd_is_madrys_pgd_written_out(ws: Workspace, norm: str, eps: float) -> None:
+    prompt = chats(ws, 1)[0]
+    delta, best = pgd_by_hand(ws.model, prompt, eps, 4, norm)
+    found = pgd(
+        ws.model, ws.model.get_input_embeddings(), [prompt], eps, 4, ws.pad_id, norm, "absolute"
+    )  # type: ignore[arg-type]
+    torch.testing.assert_close(found.delta[0], delta, rtol=1e-4, atol=1e-6)
+    assert float(found.attacked[0]) == pytest.approx(best, rel=1e-5)
+
+
+def test_the_search_never_moves_to_a_worse_suffix() -> None:
+    goal = torch.tensor([3, 1, 4])
+
+    def score(suffixes: torch.Tensor) -> Scored:  # the goal is best, but never a success
+        wrong = (suffixes != goal).sum(dim=1).float()
+        return Scored(wrong, torch.zeros(len(suffixes), dtype=torch.bool))
+
+    def other_tokens(current: torch.Tensor) -> torch.Tensor:  # every proposal is worse
+        return torch.stack([(current + shift) % 8 for shift in range(1, 8)], dim=1)
+
+    found = greedy_suffix(score, other_tokens, goal, 5, 6, torch.Generator().manual_seed(0))
+    assert found.suffix == goal.tolist() and found.loss == 0 and not found.success
+    assert found.steps == 5

@@ -120,8 +120,7 @@ def pgd(
         delta.requires_grad_(True)
         loss = embedded_loss(model, embeds + delta * on_prompt, mask, labels)
         (grad,) = torch.autograd.grad(loss.sum(), delta)
-        best = torch.maximum(best, loss.detach())
-        grad = grad * on_prompt
+        best = torch.maximum(best, loss.detach())  # grad is zero off the prompt
         if norm == "l2":
             delta = into_ball(delta.detach() + step.view(-1, 1, 1) * unit_steps(grad), budget)
         else:
