@@ -337,6 +337,10 @@ def test_the_record_names_the_accepted_malicious_clients_from_from_round() -> No
             ["attack.update=ipm", "method.rank_min=2"],
             "attack.update = 'ipm' cannot be combined with heterogeneous LoRA ranks",
         ),
+        (
+            ["attack.update=alie", "server.keep_updates=true"],
+            "attack.update = 'alie' cannot be combined with server.keep_updates = true",
+        ),
         (["attack.update=scale", "runtime.engine=flower"], "needs runtime.engine = 'simulation'"),
         (["attack.update=noise", "federation.mode=local"], "federation.mode = 'local'"),
     ],

@@ -7,7 +7,8 @@ makes the malicious clients poison what they send.
 - A colluding attack (ALIE, IPM, min-max, min-sum) is the colluders' channel around the
   aggregator (:mod:`.collusion`); it needs each update in the clear, so SecAgg+ and CKKS
   are refused at load, and heterogeneous ranks (whose partial updates a batch cannot
-  take).
+  take), and update forensics (``server.keep_updates``, which keeps each update as it
+  arrives, before the channel).
 
 The malicious clients are the same in every round
 (:func:`~fedllm.security.attacks.targets.malicious_clients` over the whole federation);
@@ -54,6 +55,11 @@ class UpdateAttacking:
             ("secagg", f"{why}, which masking hides"),
             ("he", f"{why}, which encryption hides"),
             ("hetero_rank", "its updates cover part of the state, which a batch cannot take"),
+            (
+                "keep_updates",
+                "it keeps each update as it arrives, before the colluders' channel replaces "
+                "theirs at the aggregator: it would keep their honest updates as malicious",
+            ),
         ]
 
     def problem(self, config: Config) -> str | None:

@@ -52,31 +52,6 @@ def z_max(n: int, m: int) -> float:
     return NormalDist().inv_cdf(p) if 0 < p < 1 else 0.0
 
 
-def row_mean(rows: torch.Tensor) -> torch.Tensor:
-    """Each coordinate's mean over the rows (float64), one row at a time."""
-    import torch
-
-    mean = rows[0].to(torch.float64, copy=True)
-    for row in rows[1:]:
-        mean.add_(row)
-    return mean.div_(rows.shape[0])
-
-
-def mean_and_std(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each coordinate's mean and sample standard deviation (``n - 1``) over the rows
-    (float64; the standard deviation is 0 for one row). Row by row: torch's reduction
-    across rows (``std(dim=0)``) is some ten times slower here."""
-    import torch
-
-    mean = row_mean(rows)
-    spread = torch.zeros_like(mean)
-    for row in rows:
-        spread.add_((row.double() - mean).square_())
-    if rows.shape[0] > 1:
-        spread.div_(rows.shape[0] - 1)
-    return mean, spread.sqrt_()
-
-
 @ATTACKS.register("alie")
 class Alie:
     """``attack.update = "alie"``: every colluder sends ``mu - z sigma``."""
@@ -93,5 +68,7 @@ class Alie:
         return self.z if self.z is not None else z_max(n, m)
 
     def craft(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        from fedllm.security.attacks.moments import mean_and_std
+
         mean, std = mean_and_std(rows)
         return (mean - self.z_for(n, rows.shape[0]) * std).to(rows.dtype)

@@ -45,6 +45,6 @@ class Ipm:
         self.epsilon = (settings or IpmSettings()).epsilon
 
     def craft(self, rows: torch.Tensor, n: int) -> torch.Tensor:
-        from fedllm.security.attacks.alie import row_mean
+        from fedllm.security.attacks.moments import row_mean
 
         return (row_mean(rows) * -self.epsilon).to(rows.dtype)

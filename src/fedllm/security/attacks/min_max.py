@@ -51,15 +51,14 @@ class MinMaxSettings(Section):
     )
 
 
-def perturbation(rows: torch.Tensor, kind: Perturbation) -> torch.Tensor:
-    """``p`` for the rows (float64)."""
+def perturbation(rows: torch.Tensor, mean: torch.Tensor, kind: Perturbation) -> torch.Tensor:
+    """``p`` for the rows, given their ``mean`` (float64)."""
     import torch
 
-    from fedllm.security.attacks.alie import mean_and_std, row_mean
+    from fedllm.security.attacks.moments import mean_and_std
 
     if kind == "std":
         return -mean_and_std(rows)[1]
-    mean = row_mean(rows)
     if kind == "sign":
         return -torch.sign(mean)
     norm = float(mean.norm())
@@ -108,19 +107,17 @@ class MinMax:
 
     def gamma(self, rows: torch.Tensor) -> float:
         """``gamma`` for the colluders' ``rows``."""
-        from fedllm.security.attacks.alie import row_mean
+        from fedllm.security.attacks.moments import row_mean
 
-        return largest_gamma(rows, row_mean(rows), self._p(rows), self.budget)
+        mean = row_mean(rows)
+        return largest_gamma(rows, mean, perturbation(rows, mean, self.perturbation), self.budget)
 
     def craft(self, rows: torch.Tensor, n: int) -> torch.Tensor:
-        from fedllm.security.attacks.alie import row_mean
+        from fedllm.security.attacks.moments import row_mean
 
-        p = self._p(rows)
         mean = row_mean(rows)
+        p = perturbation(rows, mean, self.perturbation)
         return (mean + largest_gamma(rows, mean, p, self.budget) * p).to(rows.dtype)
-
-    def _p(self, rows: torch.Tensor) -> torch.Tensor:
-        return perturbation(rows, self.perturbation)
 
 
 @ATTACKS.register("min_sum")
