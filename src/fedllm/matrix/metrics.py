@@ -6,7 +6,7 @@ import math
 from statistics import fmean
 from typing import Any
 
-SECTIONS = ("attack", "screening")
+SECTIONS = ("data_attack", "update_attack", "screening")
 """Sections of ``summary.json`` whose numbers a cell reports (attack success rates;
 screening's true and false positive rates), as ``<section>.<key>``."""
 

@@ -147,15 +147,18 @@ def run_round(
 
     start = time.perf_counter()
     record.skipped = apply_aggregate(state, ctx, setup)
+    ended = time.perf_counter()
     for plugin in setup.plugins:
         plugin.end_round(ctx)
+    # the plug-ins' end of round (e.g. a measurement of the stepped model) is not aggregation
+    record.time_s["end_round"] = time.perf_counter() - ended
     accepted = [tally.client_metrics[c] for c in record.accepted]
     report = RoundReport(round_num, len(accepted), accepted, ctx.accepted_weight, seed)
     setup.pipeline.end_round(report)
     moved = setup.pipeline.estimates()
     if moved:  # an adaptive parameter: its value for the next round, in the record
         record.extra["estimates"] = moved
-    record.time_s["aggregate"] = time.perf_counter() - start
+    record.time_s["aggregate"] = time.perf_counter() - start - record.time_s["end_round"]
     state.round = round_num
     return record
 
