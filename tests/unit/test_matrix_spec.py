@@ -90,8 +90,12 @@ def test_cell_metrics_read_the_summary_and_the_applied_rounds() -> None:
     summary = {
         "final": {"test_ppl": 12.5, "clients_ppl_mean": 13.0},
         "wall_s": 4.0,
-        "data_attack": {"final": {"asr": 0.75, "false_trigger_rate": 0.0}, "malicious": ["a"]},
-        "screening": {"tpr": 1.0, "fpr": 0.25, "flagged": True},
+        "data_attack": {
+            "final": {"asr": 0.75, "false_trigger_rate": 0.0, "round": 6},
+            "initial": {"asr": 0.0},
+            "poisoned": {"a": 3},
+        },
+        "screening": {"tpr": 1.0, "fpr": 0.25, "flagged": 3, "action": "flag", "tp": 3},
     }
     records = [
         {"round": 0, "time_s": {}},
@@ -107,10 +111,11 @@ def test_cell_metrics_read_the_summary_and_the_applied_rounds() -> None:
         "excluded": 3.0,
         "rounds_applied": 2.0,
         "wall_s": 4.0,
-        "data_attack.final.asr": 0.75,
-        "data_attack.final.false_trigger_rate": 0.0,
+        "data_attack.asr": 0.75,
+        "data_attack.false_trigger_rate": 0.0,
         "screening.tpr": 1.0,
         "screening.fpr": 0.25,
+        "screening.flagged": 3.0,
     }
 
 

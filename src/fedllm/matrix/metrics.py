@@ -6,9 +6,23 @@ import math
 from statistics import fmean
 from typing import Any
 
-SECTIONS = ("data_attack", "update_attack", "screening")
-"""Sections of ``summary.json`` whose numbers a cell reports (attack success rates;
-screening's true and false positive rates), as ``<section>.<key>``."""
+SECTIONS = {
+    "data_attack": (
+        "final",
+        (
+            "asr",
+            "false_trigger_rate",
+            "success_rate",
+            "off_topic_rate",
+            "harmful_rate",
+            "no_refusal_rate",
+        ),
+    ),
+    "screening": (None, ("tpr", "fpr", "flagged")),
+}
+"""Where in ``summary.json`` a cell's attack numbers are: each section's sub-table (None:
+the section itself) and the keys reported, as ``<section>.<key>`` (a data attack's
+success rates after the last round; screening's true and false positive rates)."""
 
 
 def cell_metrics(summary: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, float]:
@@ -20,7 +34,7 @@ def cell_metrics(summary: dict[str, Any], records: list[dict[str, Any]]) -> dict
       cohort's replies to the stepped model (the rule, plug-ins, server optimizer),
       mean over rounds;
     - ``excluded``: updates the rule left out, summed over rounds;
-    - every number under ``summary.json``'s :data:`SECTIONS` (nested keys joined by ``.``);
+    - the attack's success rates and screening's rates (:data:`SECTIONS`);
     - ``wall_s``: the run's seconds.
     """
     final = summary.get("final", {})
@@ -35,21 +49,15 @@ def cell_metrics(summary: dict[str, Any], records: list[dict[str, Any]]) -> dict
         "rounds_applied": float(len(rounds)),
         "wall_s": _number(summary.get("wall_s")),
     }
-    for section in SECTIONS:
-        out.update(_numbers(summary.get(section, {}), section))
+    for section, (part, keys) in SECTIONS.items():
+        table = summary.get(section) or {}
+        table = table.get(part) or {} if part is not None else table
+        out.update({f"{section}.{k}": float(table[k]) for k in keys if _is_number(table.get(k))})
     return out
 
 
-def _numbers(tree: Any, prefix: str) -> dict[str, float]:
-    """Every int or float leaf of ``tree`` (nested dicts), keyed by its dotted path."""
-    if isinstance(tree, dict):
-        found: dict[str, float] = {}
-        for key, value in tree.items():
-            found.update(_numbers(value, f"{prefix}.{key}"))
-        return found
-    if isinstance(tree, bool) or not isinstance(tree, int | float):
-        return {}
-    return {prefix: float(tree)}
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _number(value: Any) -> float:
