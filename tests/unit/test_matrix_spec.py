@@ -54,6 +54,11 @@ def test_cells_are_clean_ones_then_every_attack_fraction_and_defense(tmp_path: P
     assert flip.overrides[-1] == "attack.fraction=0.3"
     assert flip.name == "iid__fedavg__flip__30"
     assert len({c.name for c in cells}) == len(cells)
+    only = load_matrix(path)
+    only = type(only)(only.spec.model_copy(update={"attacked_partitions": ["nat"]}), only.root)
+    narrowed = only.cells()
+    assert {c.partition for c in narrowed if c.attack == CLEAN} == {"iid", "nat"}
+    assert {c.partition for c in narrowed if c.attack != CLEAN} == {"nat"}
 
 
 @pytest.mark.parametrize(
@@ -64,6 +69,7 @@ def test_cells_are_clean_ones_then_every_attack_fraction_and_defense(tmp_path: P
         ("colour = 1\n", "matrix.colour"),
         ('[matrix.defenses]\n"a b" = []\n', "matrix.defenses"),
         ("[matrix.attacks]\nnone = []\n", "matrix.attacks"),
+        ('attacked_partitions = ["x"]\n', "attacked_partitions names \\['x'\\]"),
     ],
 )
 def test_bad_keys_are_named(tmp_path: Path, body: str, named: str) -> None:

@@ -7,13 +7,15 @@ they make.
     base = "tiny.toml"                 # a run config, relative to this file
     set = ["server.rounds=6"]          # overrides of every cell
     fractions = [0.0, 0.1, 0.3]        # malicious share (0: the clean run)
+    attacked_partitions = ["iid"]      # the attacks run on these (default: all)
 
     [matrix.prepare]                   # optional: train the base model first
     config = "security_base.toml"      # a run (e.g. centralized, method full), merged and
                                        # exported; every cell starts from it
 
-    [matrix.partitions]
+    [matrix.partitions]                # the clean cells run on each
     iid = ["data.partition=iid"]
+    dirichlet = ["data.partition=dirichlet", "data.dirichlet_alpha=0.3"]
 
     [matrix.attacks]
     backdoor = ["attack.data=backdoor"]
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from fedllm.settings import ConfigError, Section
 
@@ -67,6 +69,11 @@ class MatrixSpec(Section):
     fractions: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.3])
     prepare: PrepareStep | None = None
     partitions: dict[str, list[str]] = Field(default_factory=lambda: {"default": list[str]()})
+    attacked_partitions: list[str] | None = Field(
+        None,
+        description="The partitions the attacks run on; none: all. The clean cells run on "
+        "every partition (what each defense costs when nobody attacks, IID and not).",
+    )
     attacks: dict[str, AttackAxis] = Field(default_factory=dict)
     defenses: dict[str, list[str]] = Field(default_factory=lambda: {"fedavg": list[str]()})
 
@@ -77,6 +84,16 @@ class MatrixSpec(Section):
         if isinstance(value, dict):
             return {k: {"set": v} if isinstance(v, list) else v for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _attacked_are_partitions(self) -> MatrixSpec:
+        unknown = sorted(set(self.attacked_partitions or []) - set(self.partitions))
+        if unknown:
+            raise ValueError(
+                f"attacked_partitions names {unknown}, not in [matrix.partitions]: "
+                f"choose from {sorted(self.partitions)}"
+            )
+        return self
 
     @field_validator("fractions")
     @classmethod
@@ -140,7 +157,10 @@ class Matrix:
         for partition, p_set in spec.partitions.items():
             for defense, d_set in spec.defenses.items():
                 cells.append(Cell(CLEAN, defense, 0.0, partition, (*common, *p_set, *d_set)))
+        attacked = spec.attacked_partitions
         for partition, p_set in spec.partitions.items():
+            if attacked is not None and partition not in attacked:
+                continue
             for attack, axis in spec.attacks.items():
                 for fraction in spec.fractions:
                     if fraction == 0.0:
