@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from fedllm.cli import main
-from tests.support.runs import TINY
+from fedllm.federation.runner import resume
+from fedllm.federation.runner import run as run_config
+from tests.support.runs import TINY, InterruptAfter, stable, tiny_config
 
 WORDS = 'algorithm.cleaning.words=["robot", "computer"]'
 
@@ -86,3 +88,21 @@ def test_attack_writes_attack_json_on_a_trained_run(tmp_path: Path, capsys: Any)
         assert row["scored"] == 1 + 4 * row["steps"]
     printed = capsys.readouterr().out
     assert "PGD" in printed and "suffix" in printed
+
+
+def test_cleaning_and_freelb_resume_as_the_uninterrupted_run(tmp_path: Path) -> None:
+    overrides = (
+        WORDS,
+        "algorithm.cleaning.loss_rule=zscore",
+        "algorithm.cleaning.loss_threshold=1.0",
+        "algorithm.cleaning.report_counts=true",
+        "algorithm.freelb.steps=2",
+        "server.rounds=3",
+        "run.checkpoint_every=1",
+    )
+    whole = run_config(tiny_config(*overrides), tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run_config(tiny_config(*overrides), tmp_path / "cut", reporter=InterruptAfter(2))
+    resumed = resume(tmp_path / "cut")
+    assert stable(resumed.records) == stable(whole.records)
+    assert reports(tmp_path / "cut") == reports(tmp_path / "whole")
