@@ -209,3 +209,20 @@ def test_the_search_never_moves_to_a_worse_suffix() -> None:
     found = greedy_suffix(score, other_tokens, goal, 5, 6, torch.Generator().manual_seed(0))
     assert found.suffix == goal.tolist() and found.loss == 0 and not found.success
     assert found.steps == 5
+
+
+def test_the_attack_runs_on_a_bf16_base_as_the_run_trained_it() -> None:
+    from fedllm.security.evasion.attack import AttackOptions, attack_model
+
+    ws = prepare(tiny_config('model.dtype="bfloat16"', "client.bf16=true"), with_data=False)
+    trainable = [n for n, p in ws.model.named_parameters() if p.requires_grad]
+    test = [p.example() for p in chats(ws, 2)]
+    options = AttackOptions(
+        prompts=2, eps=(0.1,), pgd_steps=2, suffix_tokens=2, search_steps=1, candidates=2, top_k=4
+    )
+    report = attack_model(ws.model, ws.tokenizer, test, options, bf16=True)
+    row = report["pgd"]["results"][0]
+    assert row["attacked_loss"] >= row["clean_loss"] > 0
+    assert all(p["norm"] <= p["budget"] * (1 + 1e-3) for p in row["per_prompt"])
+    assert len(report["suffix"]["per_prompt"]) == 2
+    assert [n for n, p in ws.model.named_parameters() if p.requires_grad] == trainable

@@ -109,3 +109,10 @@ def embedded_loss(
     )
     scored = (targets != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return per_token.sum(dim=1) / scored
+
+
+def working_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype to perturb embeddings in: float32 under autocast (which casts them where
+    the model multiplies), else the embedding weight's own (a model held in bf16 without
+    autocast takes only bf16 inputs)."""
+    return torch.float32 if torch.is_autocast_enabled(weight.device.type) else weight.dtype

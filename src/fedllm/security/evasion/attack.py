@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from fedllm.data import Example
+from fedllm.model.device import autocast, input_device
 from fedllm.security.embeds import input_embeddings
 from fedllm.security.evasion.pgd import Norm, Scale, pgd
 from fedllm.security.evasion.prompts import Prompt, held_out_prompts
@@ -100,8 +101,11 @@ def attack_model(
     test: Sequence[Example],
     options: AttackOptions,
     progress: Progress = no_progress,
+    bf16: bool = False,
 ) -> dict[str, Any]:
-    """Both attacks on the first ``options.prompts`` test prompts; JSON-ready.
+    """Both attacks on the first ``options.prompts`` test prompts; JSON-ready. ``bf16``:
+    run the model under bf16 autocast, as the run trained and evaluated it
+    (:func:`fedllm.model.device.use_bf16` of ``client.bf16``).
 
     Raises:
         AttackError: no test example splits into a prompt and a response.
@@ -121,11 +125,12 @@ def attack_model(
     for p in trainable:  # gradients reach the perturbation only
         p.requires_grad_(False)
     try:
-        return {
-            "prompts": len(prompts),
-            "pgd": pgd_report(model, embeddings, prompts, tokenizer, options, progress),
-            "suffix": suffix_report(model, embeddings, prompts, tokenizer, options, progress),
-        }
+        with autocast(input_device(model), bf16):
+            return {
+                "prompts": len(prompts),
+                "pgd": pgd_report(model, embeddings, prompts, tokenizer, options, progress),
+                "suffix": suffix_report(model, embeddings, prompts, tokenizer, options, progress),
+            }
     finally:
         for p in trainable:
             p.requires_grad_(True)

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from fedllm.data import collate
-from fedllm.security.embeds import embedded_loss
+from fedllm.security.embeds import embedded_loss, working_dtype
 from fedllm.security.evasion.prompts import Prompt
 from fedllm.security.freelb.perturb import example_norms, into_ball, unit_steps
 
@@ -104,12 +104,13 @@ def pgd(
     batch = collate([p.example() for p in prompts], pad_id)
     ids, mask = batch["input_ids"].to(weight.device), batch["attention_mask"].to(weight.device)
     labels = batch["labels"]
-    on_prompt = torch.zeros(ids.shape, dtype=weight.dtype, device=weight.device)
+    dtype = working_dtype(weight)
+    on_prompt = torch.zeros(ids.shape, dtype=dtype, device=weight.device)
     for row, p in enumerate(prompts):
         on_prompt[row, : len(p.ids)] = 1
     on_prompt = on_prompt.unsqueeze(-1)
     with torch.no_grad():
-        embeds = embeddings(ids)
+        embeds = embeddings(ids).to(dtype)
     budget = budgets_of(embeds, on_prompt, eps, norm, scale)
     step = STEP_FACTOR * budget / steps
     delta = torch.zeros_like(embeds)

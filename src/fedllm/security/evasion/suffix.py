@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fedllm.eval.evaluate import hidden_states_out
+from fedllm.security.embeds import working_dtype
 from fedllm.security.evasion.prompts import Prompt
 
 
@@ -170,13 +171,18 @@ class SuffixAttack:
 
         def propose(current: torch.Tensor) -> torch.Tensor:
             weight = next(self.embeddings.parameters())
-            one_hot = F.one_hot(current.to(self.device), weight.shape[0]).to(weight.dtype)
+            dtype = working_dtype(weight)
+            one_hot = F.one_hot(current.to(self.device), weight.shape[0]).to(dtype)
             one_hot.requires_grad_(True)
             ids = self.sequences(current[None])
-            embeds = self.embeddings(ids).detach()
+            embeds = self.embeddings(ids).detach().to(dtype)
             start = len(self.head)
             embeds = torch.cat(
-                [embeds[:, :start], (one_hot @ weight)[None], embeds[:, start + len(current) :]],
+                [
+                    embeds[:, :start],
+                    (one_hot @ weight.to(dtype))[None],
+                    embeds[:, start + len(current) :],
+                ],
                 dim=1,
             )
             out = self.model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids)).logits
