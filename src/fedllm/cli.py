@@ -653,6 +653,7 @@ def _attack(args: argparse.Namespace, console: Console) -> int:
     from fedllm.algorithms.personal.split import PersonalSplit
     from fedllm.federation.setup import prepare
     from fedllm.federation.trained import load_trained
+    from fedllm.model.device import input_device, use_bf16
     from fedllm.model.state import set_trainable_state
     from fedllm.security.evasion.attack import AttackOptions, attack_model, no_progress
     from fedllm.security.evasion.table import pgd_table, rich_progress, suffix_table
@@ -682,7 +683,8 @@ def _attack(args: argparse.Namespace, console: Console) -> int:
     set_trainable_state(ws.model, trained.pick(args.client, list(ws.data.clients)))
     progress = no_progress if args.quiet else rich_progress(console)
     options = replace(options, seed=config.seed)
-    report = attack_model(ws.model, ws.tokenizer, ws.data.test, options, progress)
+    bf16 = use_bf16(config.client.bf16, input_device(ws.model))
+    report = attack_model(ws.model, ws.tokenizer, ws.data.test, options, progress, bf16)
     head = {"run": str(rundir.root), "round": trained.round, "client": args.client}
     (rundir.root / "attack.json").write_text(json.dumps({**head, **report}, indent=2) + "\n")
     stdout = Console()
