@@ -59,6 +59,12 @@ def test_the_matrix_runs_its_cells_on_the_prepared_model(matrix_file: Path) -> N
     assert again["reused_cells"] == 2
     assert again["cells"] == summary["cells"]
 
+    changed = load_matrix(matrix_file)
+    spec = changed.spec.model_copy(update={"set": [*changed.spec.set, "client.local_steps=1"]})
+    rerun = run_matrix(type(changed)(spec, changed.root), out)
+    assert rerun["reused_cells"] == 0  # other overrides: the cells ran again
+    assert rerun["cells"][0]["metrics"]["test_ppl"] != summary["cells"][0]["metrics"]["test_ppl"]
+
 
 def test_a_bad_cell_is_named_before_anything_runs(tmp_path: Path) -> None:
     (tmp_path / "base.toml").write_text(TINY.read_text())
