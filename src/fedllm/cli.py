@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run an attack x defense x malicious-fraction matrix and draw its heat maps",
         description="Run every cell of the matrix FILE (a [matrix] table: a base config, "
         "attacks, defenses, fractions, partitions; see docs/security.md) into "
-        "OUT/cells/<cell>, then write OUT/matrix.json and one heat map per metric. A cell "
+        "OUT/cells/<cell>, then write OUT/matrix.json, OUT/matrix.md (tables) and one heat "
+        "map per metric. A cell "
         "that already finished with the same overrides is read back, not rerun.",
     )
     p.add_argument("file", type=Path)
@@ -631,6 +632,7 @@ def _audit(args: argparse.Namespace, console: Console) -> int:
 
 
 def _matrix(args: argparse.Namespace, console: Console) -> int:
+    from fedllm.matrix.markdown import matrix_markdown
     from fedllm.matrix.run import run_matrix
     from fedllm.matrix.spec import load_matrix
     from fedllm.matrix.table import matrix_progress, no_attack_table
@@ -643,7 +645,8 @@ def _matrix(args: argparse.Namespace, console: Console) -> int:
     if not args.quiet:
         console.print(no_attack_table(summary))
     plots = plot_matrix(summary, out)
-    say(console, f"{out / 'matrix.json'}; {len(plots)} heat maps in {out}")
+    (out / "matrix.md").write_text(matrix_markdown(summary))
+    say(console, f"{out / 'matrix.json'}, matrix.md and {len(plots)} heat maps in {out}")
     return 0
 
 

@@ -53,6 +53,8 @@ def test_the_matrix_runs_its_cells_on_the_prepared_model(matrix_file: Path) -> N
         median["test_ppl"] - summary["cells"][0]["metrics"]["test_ppl"]
     )
     assert (out / "heatmap_test_ppl__default.png").stat().st_size > 0
+    tables = (out / "matrix.md").read_text()
+    assert f"| default | median | {median['test_ppl']:.2f} | {cost['ppl_points']:+.2f} |" in tables
     assert summary["reused_cells"] == 0
 
     again = run_matrix(load_matrix(matrix_file), out)
