@@ -95,6 +95,7 @@ def run_matrix(matrix: Matrix, out: Path, progress: Progress | None = None) -> d
         "seconds": {
             "prepare": prepare_s,
             "cells": sum(r.metrics.get("wall_s", 0.0) for r in results if not r.reused),
+            "cells_recorded": sum(r.metrics.get("wall_s", 0.0) for r in results),
             "total": time.perf_counter() - started,
         },
         "reused_cells": sum(r.reused for r in results),
