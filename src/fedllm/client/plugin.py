@@ -5,12 +5,14 @@ at the same points, in the order they were composed:
 
 1. :meth:`ClientPlugin.start`: change the state training starts from
    (merge personal parameters, truncate to the client's LoRA rank);
-2. :meth:`ClientPlugin.train_hook`: act inside the training loop
+2. :meth:`ClientPlugin.local_steps`: change how many steps the client trains this
+   round (a simulated attacker's own budget);
+3. :meth:`ClientPlugin.train_hook`: act inside the training loop
    (:class:`~fedllm.client.hooks.TrainHook`: FedProx, SCAFFOLD's correction,
    public examples, a kept optimizer state);
-3. :meth:`ClientPlugin.after_train`: change the update before it leaves
+4. :meth:`ClientPlugin.after_train`: change the update before it leaves
    (keep the personal part, divide by the step norm, keep only the rank's slices);
-4. :meth:`ClientPlugin.encode`: add its own tensors to the reply (SCAFFOLD's
+5. :meth:`ClientPlugin.encode`: add its own tensors to the reply (SCAFFOLD's
    control-variate change), which travel as ``<name>/<tensor>``.
 
 Each call gets a :class:`ClientContext`: who, which round, a derived seed, the
@@ -78,6 +80,11 @@ class ClientPlugin:
     def start(self, ctx: ClientContext, state: Params) -> Params:
         """The state to train from, given the broadcast (as changed by earlier plug-ins)."""
         return state
+
+    def local_steps(self, ctx: ClientContext, steps: int) -> int:
+        """The optimizer steps to train this round, given ``steps`` (the client's budget,
+        as changed by earlier plug-ins)."""
+        return steps
 
     def train_hook(self, ctx: ClientContext) -> TrainHook | None:
         """A hook into the training loop for this round, or None."""

@@ -95,6 +95,8 @@ class ClientSide:
             if hook is not None:
                 hooks.append(hook)
         steps = client_steps(self.cfg, client_id, len(data.train), self.seed)
+        for plugin, ctx in zip(self.plugins, contexts, strict=True):
+            steps = plugin.local_steps(ctx, steps)
         update = compute_update(self.model, state, data, self.cfg, seed, self.pad_id, steps, hooks)
         for plugin, ctx in zip(self.plugins, contexts, strict=True):
             update = plugin.after_train(ctx, update)

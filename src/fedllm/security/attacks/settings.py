@@ -9,6 +9,9 @@ malicious, so that defenses can be measured against it. Two kinds compose:
 - an **update** attack (``attack.update``) changes what a malicious client sends
   (sign flip, scaling, ALIE, IPM, free riding).
 
+A malicious client may also train with its own budget (``attack.local_steps``,
+``attack.lr``: :mod:`fedllm.security.attacks.budget`).
+
 Which clients are malicious: ``attack.clients`` by name, or ``attack.fraction`` of
 the federation drawn from the run seed (:func:`fedllm.security.attacks.targets.malicious_clients`).
 """
@@ -64,6 +67,19 @@ class AttackConfig(Section):
         gt=0.0,
         le=1.0,
         description="Share of each affected client's training records a data attack poisons.",
+    )
+    local_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Optimizer steps per round of each malicious client, from 'from_round' "
+        "on (an attacker trains as long as it likes: Bagdasaryan et al.'s backdoor "
+        "clients train longer); none: the recipe's budget, like every client.",
+    )
+    lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="Base learning rate of each malicious client's local optimizer, from "
+        "'from_round' on (the schedule still applies to it); none: client.lr.",
     )
     settings: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -1,0 +1,131 @@
+"""An attacker's own training budget (``attack.local_steps``, ``attack.lr``): the
+malicious clients train as long and as fast as they like, from ``attack.from_round`` on.
+
+A real malicious client runs its own software: nothing makes it train with the
+recipe's steps or learning rate. Bagdasaryan et al. 2020 ("How To Backdoor Federated
+Learning", section 4) give their backdoor clients more local epochs and their own
+learning rate so that the backdoor is learned before the update is sent (and boosted,
+``attack.update = "scale"``). Here each malicious client trains ``attack.local_steps``
+optimizer steps (none: its recipe budget) with base learning rate ``attack.lr`` (none:
+``client.lr``); the learning-rate schedule (warm-up, decay) still shapes the steps.
+Honest clients are untouched. The reply's ``steps`` and ``lr_sum`` metrics say what the
+client ran, as they would from a real client that reports honestly about itself.
+
+The simulator only, in federated mode, with some attack set (``attack.data`` or
+``attack.update``) and some malicious client (the budget of nobody is refused).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from fedllm.client.hooks import TrainHook
+from fedllm.client.plugin import ClientContext, ClientPlugin
+from fedllm.components import ALGORITHMS
+from fedllm.composition import Algorithm, AlgorithmSetup
+from fedllm.types import ClientId
+
+if TYPE_CHECKING:
+    from fedllm.config import Config
+
+NAME = "attack_budget"
+"""The algorithm's name (its client plug-in's too)."""
+
+
+class BaseRate(TrainHook):
+    """Sets the local optimizer's base learning rate, before the schedule is built
+    (so warm-up and decay scale this rate)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def start_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr
+
+
+class AttackerBudget(ClientPlugin):
+    """The malicious clients' own steps and learning rate.
+
+    Args:
+        malicious: the malicious clients (the same in every round).
+        from_round: the first round in which they train with this budget.
+        local_steps: their optimizer steps per round; None: their recipe budget.
+        lr: their base learning rate; None: the recipe's.
+    """
+
+    name = NAME
+
+    def __init__(
+        self,
+        malicious: frozenset[ClientId],
+        from_round: int,
+        local_steps: int | None,
+        lr: float | None,
+    ) -> None:
+        self.malicious = malicious
+        self.from_round = from_round
+        self.steps = local_steps
+        self.lr = lr
+
+    def _acts(self, ctx: ClientContext) -> bool:
+        return ctx.client_id in self.malicious and ctx.round >= self.from_round
+
+    def local_steps(self, ctx: ClientContext, steps: int) -> int:
+        return self.steps if self.steps is not None and self._acts(ctx) else steps
+
+    def train_hook(self, ctx: ClientContext) -> TrainHook | None:
+        return BaseRate(self.lr) if self.lr is not None and self._acts(ctx) else None
+
+
+@ALGORITHMS.register(NAME)
+class AttackBudget:
+    """``attack.local_steps`` and ``attack.lr``: the malicious clients' own budget."""
+
+    # after every other client plug-in that touches the optimizer (a kept optimizer
+    # state loads its own learning rate), before the update attack (99)
+    order = 98
+    modes = ("federated",)
+    modes_why = "it is the budget of malicious clients of a federation"
+
+    def setting(self, config: Config) -> str | None:
+        attack = config.attack
+        set_ = [
+            f"attack.{key} = {value}"
+            for key, value in (("local_steps", attack.local_steps), ("lr", attack.lr))
+            if value is not None
+        ]
+        return ", ".join(set_) if set_ else None
+
+    def problem(self, config: Config) -> str | None:
+        attack = config.attack
+        if not attack.on:
+            return (
+                "attack.local_steps and attack.lr are the malicious clients' own budget, but "
+                "no attack is set: set attack.data or attack.update (or drop them)"
+            )
+        if not attack.clients and attack.fraction == 0:
+            return (
+                "attack.local_steps and attack.lr are the malicious clients' own budget, but "
+                "there are none: set attack.fraction (> 0) or attack.clients"
+            )
+        if config.runtime.engine != "simulation":
+            return (
+                "attack.local_steps and attack.lr are simulated: they need runtime.engine = "
+                "'simulation' (a Flower node cannot tell whether it is a malicious client)"
+            )
+        return None
+
+    def build(self, setup: AlgorithmSetup) -> Algorithm | None:
+        from fedllm.security.attacks.targets import malicious_clients
+
+        config = setup.ws.config
+        attack = config.attack
+        off = attack.local_steps is None and attack.lr is None
+        if off or setup.mode != "federated" or setup.partial:
+            return None
+        malicious = frozenset(malicious_clients(attack, setup.clients, config.seed))
+        plugin = AttackerBudget(malicious, attack.from_round, attack.local_steps, attack.lr)
+        return Algorithm(NAME, client=plugin)
