@@ -16,6 +16,7 @@ from fedllm.client.plugin import ClientContext, ClientPlugin
 from fedllm.config import ConfigError
 from fedllm.types import ClientUpdate, Params
 from tests.support.plugins import register_client_plugin
+from tests.support.processes import python_stdout
 from tests.support.runs import TINY, tiny_config
 
 SENT: dict[tuple[str, int, str], tuple[Params, dict[str, float]]] = {}
@@ -105,3 +106,14 @@ def test_before_from_round_the_malicious_client_keeps_the_recipe_budget(tmp_path
 def test_a_budget_without_an_attacker_is_refused(sets: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         tiny_config(*sets)
+
+
+def test_checking_a_config_with_a_budget_imports_no_torch() -> None:
+    probe = (
+        "import sys\n"
+        "from fedllm.config import load_config\n"
+        "load_config(sys.argv[1], ['attack.update=sign_flip', 'attack.fraction=0.5',"
+        " 'attack.local_steps=9', 'attack.lr=1e-2'])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    assert python_stdout(probe, str(TINY)).split() == ["False"]

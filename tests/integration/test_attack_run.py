@@ -8,8 +8,6 @@ their algorithm's checks import no torch."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from fedllm.config import load_config
 from fedllm.federation.setup import prepare
 from fedllm.types import ClientUpdate, Params
 from tests.support.plugins import register_client_plugin
+from tests.support.processes import python_stdout
 from tests.support.runs import TINY
 
 SENT: dict[tuple[str, str], tuple[Params, int]] = {}
@@ -144,8 +143,4 @@ def test_the_update_attacks_and_their_algorithm_load_without_torch() -> None:
         "for n in names]; "
         "print(sum(ATTACKS.get(n).kind == 'update' for n in names), 'torch' in sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(TINY)], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["8", "False"]
+    assert python_stdout(probe, str(TINY)).split() == ["8", "False"]

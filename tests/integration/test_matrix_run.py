@@ -57,9 +57,15 @@ def test_the_matrix_runs_its_cells_on_the_prepared_model(matrix_file: Path) -> N
     assert f"| default | median | {median['test_ppl']:.2f} | {cost['ppl_points']:+.2f} |" in tables
     assert summary["reused_cells"] == 0
 
+    prepare_run = json.loads((out / "prepare" / "summary.json").read_text())
+    assert summary["seconds"]["prepare_recorded"] == prepare_run["wall_s"] > 0
+
     again = run_matrix(load_matrix(matrix_file), out)
     assert again["reused_cells"] == 2
     assert again["cells"] == summary["cells"]
+    # the prepared model was read back: the check took less than the run it reused,
+    # whose own time is still the one recorded
+    assert again["seconds"]["prepare_recorded"] == prepare_run["wall_s"]
 
     changed = load_matrix(matrix_file)
     spec = changed.spec.model_copy(update={"set": [*changed.spec.set, "client.local_steps=1"]})

@@ -6,8 +6,6 @@ by the kept update. Checking such a config imports no torch."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from fedllm.config import load_config
 from fedllm.federation.setup import prepare
 from fedllm.types import ClientUpdate, Params
 from tests.support.plugins import register_client_plugin
+from tests.support.processes import python_stdout
 from tests.support.runs import TINY
 
 SENT: dict[tuple[int, str], Params] = {}
@@ -94,8 +93,4 @@ def test_a_krum_config_is_checked_without_torch() -> None:
         "assert c.aggregator_settings_of('krum').f == 1; "
         "print('torch' in sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(TINY), *KRUM], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "False"
+    assert python_stdout(probe, str(TINY), *KRUM).strip() == "False"

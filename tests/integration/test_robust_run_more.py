@@ -7,8 +7,6 @@ attacker, and the kept updates read back equal what was sent and aggregated."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from fedllm.federation.runner import resume, run
 from fedllm.federation.setup import prepare
 from fedllm.types import ClientUpdate, Params
 from tests.support.plugins import register_client_plugin
+from tests.support.processes import python_stdout
 from tests.support.runs import TINY, InterruptAfter, stable
 
 SENT: dict[tuple[int, str], Params] = {}
@@ -206,8 +205,4 @@ def test_the_new_settings_are_checked_without_torch() -> None:
         "server.keep_updates=true",
         "aggregator.flame.noise=0.01",
     ]
-    done = subprocess.run(
-        [sys.executable, "-c", probe, str(TINY), *sets], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "False False"
+    assert python_stdout(probe, str(TINY), *sets).strip() == "False False"

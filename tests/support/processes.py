@@ -35,3 +35,16 @@ def processes_mentioning(text: str) -> list[int]:
         if text in argv and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def python_stdout(code: str, *argv: str, timeout: float = 300) -> str:
+    """What ``python -c code argv...`` printed, in a fresh interpreter (for probes of
+    what an import pulls in); fails the test, with the end of its stderr, if it failed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

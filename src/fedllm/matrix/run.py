@@ -94,6 +94,7 @@ def run_matrix(matrix: Matrix, out: Path, progress: Progress | None = None) -> d
         "no_attack_cost": no_attack_cost([r.to_json() for r in results], list(spec.defenses)),
         "seconds": {
             "prepare": prepare_s,
+            "prepare_recorded": _recorded_wall_s(out / "prepare") if spec.prepare else 0.0,
             "cells": sum(r.metrics.get("wall_s", 0.0) for r in results if not r.reused),
             "cells_recorded": sum(r.metrics.get("wall_s", 0.0) for r in results),
             "total": time.perf_counter() - started,
@@ -140,6 +141,15 @@ def _finished(run_dir: Path, cell: Cell) -> tuple[dict[str, Any], list[dict[str,
         return None
     lines = [json.loads(line) for line in records.read_text().splitlines() if line.strip()]
     return json.loads(summary.read_text()), lines
+
+
+def _recorded_wall_s(run_dir: Path) -> float:
+    """The seconds the run in ``run_dir`` recorded it took (``summary.json``'s
+    ``wall_s``; 0 if it has none)."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return 0.0
+    return float(json.loads(summary.read_text()).get("wall_s", 0.0))
 
 
 def _prepared_model(matrix: Matrix, out: Path) -> Path:

@@ -15,6 +15,15 @@ LABELS = {
     "clients_ppl_mean": "clean held-out perplexity (client mean)",
     "aggregate_s": "server seconds per round (aggregation)",
     "excluded": "updates excluded by the rule (all rounds)",
+    "data_attack.asr": "backdoor attack success rate (after the last round)",
+    "data_attack.false_trigger_rate": "backdoor replies without the trigger",
+    "data_attack.success_rate": "targeted attack success rate",
+    "data_attack.off_topic_rate": "targeted attack replies off topic",
+    "data_attack.harmful_rate": "safety attack harmful rate",
+    "data_attack.no_refusal_rate": "safety attack no-refusal rate",
+    "screening.tpr": "screening true positive rate",
+    "screening.fpr": "screening false positive rate",
+    "screening.flagged": "updates screening flagged",
 }
 SKIPPED = {"wall_s", "rounds_applied"}
 """Metrics the matrix records but draws no map of."""
@@ -61,12 +70,18 @@ def plot_matrix(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                 continue
             fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(columns), 1.0 + 0.45 * len(rows)))
             ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
+            low, high = float(np.nanmin(grid)), float(np.nanmax(grid))
             for (i, j), value in np.ndenumerate(grid):
                 text = "-" if math.isnan(value) else _short(value)
-                ax.text(j, i, text, ha="center", va="center", color="w", fontsize=7)
+                shade = (value - low) / (high - low) if high > low else 0.0
+                color = "black" if math.isnan(value) else _ink(shade)
+                ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
             ax.set_xticks(range(len(columns)))
             ax.set_xticklabels(
-                ["no attack" if a == CLEAN else f"{a}\n{f:.0%}" for a, f in columns], fontsize=7
+                ["no attack" if a == CLEAN else f"{a}\n{f:.0%}" for a, f in columns],
+                fontsize=7,
+                rotation=30,
+                ha="right",
             )
             ax.set_yticks(range(len(rows)))
             ax.set_yticklabels(rows, fontsize=8)
@@ -74,6 +89,13 @@ def plot_matrix(summary: dict[str, Any], out_dir: Path) -> list[Path]:
             path = out_dir / f"heatmap_{metric}__{partition}.png"
             written.append(save_figure(fig, path))
     return written
+
+
+def _ink(shade: float) -> str:
+    """Text colour readable on a viridis cell of normalised ``shade`` (0 dark purple,
+    1 bright yellow; the grid's linear min-max, as ``imshow`` scales it): black on the
+    bright upper part, white below."""
+    return "black" if shade > 0.55 else "white"
 
 
 def _short(value: float) -> str:
