@@ -108,6 +108,29 @@ def test_a_budget_without_an_attacker_is_refused(sets: list[str], message: str) 
         tiny_config(*sets)
 
 
+ATTACKING = ["attack.update=sign_flip", f"attack.clients=['{ATTACKER}']", "attack.local_steps=5"]
+RUN_LONG = ["client.lr_schedule_span=run", "client.lr_schedule=cosine"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "other"),
+    [
+        (["privacy.dp=local", "privacy.noise_multiplier=1.0", "privacy.clip_norm=1.0"], "dp"),
+        (["server.normalize=fednova_steps"], "server.normalize"),
+        ([*RUN_LONG, "attack.from_round=2"], "lr_schedule_span"),
+    ],
+)
+def test_a_budget_is_refused_where_the_run_would_miscount_it(sets: list[str], other: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"attack.local_steps = 5 cannot be combined with .*{other}"
+    ):
+        tiny_config(*ATTACKING, *sets)
+
+
+def test_a_run_long_schedule_takes_a_budget_from_the_first_round() -> None:
+    assert tiny_config(*ATTACKING, *RUN_LONG).attack.local_steps == 5
+
+
 def test_checking_a_config_with_a_budget_imports_no_torch() -> None:
     probe = (
         "import sys\n"

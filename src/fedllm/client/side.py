@@ -89,14 +89,14 @@ class ClientSide:
         contexts = [self._context(p, client_id, message, parts, seed) for p in self.plugins]
         for plugin, ctx in zip(self.plugins, contexts, strict=True):
             state = plugin.start(ctx, state)
+        steps = client_steps(self.cfg, client_id, len(data.train), self.seed)
+        for plugin, ctx in zip(self.plugins, contexts, strict=True):
+            steps = plugin.local_steps(ctx, steps)
         hooks: list[TrainHook] = []
         for plugin, ctx in zip(self.plugins, contexts, strict=True):
             hook = plugin.train_hook(ctx)
             if hook is not None:
                 hooks.append(hook)
-        steps = client_steps(self.cfg, client_id, len(data.train), self.seed)
-        for plugin, ctx in zip(self.plugins, contexts, strict=True):
-            steps = plugin.local_steps(ctx, steps)
         update = compute_update(self.model, state, data, self.cfg, seed, self.pad_id, steps, hooks)
         for plugin, ctx in zip(self.plugins, contexts, strict=True):
             update = plugin.after_train(ctx, update)

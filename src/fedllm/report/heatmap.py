@@ -70,11 +70,12 @@ def plot_matrix(summary: dict[str, Any], out_dir: Path) -> list[Path]:
                 continue
             fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(columns), 1.0 + 0.45 * len(rows)))
             ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", aspect="auto")
-            low, high = float(np.nanmin(grid)), float(np.nanmax(grid))
+            shown = grid[np.isfinite(grid)]  # what imshow scales (inf is masked too)
+            low, high = (float(shown.min()), float(shown.max())) if shown.size else (0.0, 0.0)
             for (i, j), value in np.ndenumerate(grid):
                 text = "-" if math.isnan(value) else _short(value)
                 shade = (value - low) / (high - low) if high > low else 0.0
-                color = "black" if math.isnan(value) else _ink(shade)
+                color = _ink(shade) if math.isfinite(value) else "black"
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
             ax.set_xticks(range(len(columns)))
             ax.set_xticklabels(

@@ -33,8 +33,9 @@ NAME = "attack_budget"
 class AttackBudget:
     """``attack.local_steps`` and ``attack.lr``: the malicious clients' own budget."""
 
-    # after every other client plug-in that touches the optimizer (a kept optimizer
-    # state loads its own learning rate), before the update attack (99)
+    # late among the client plug-ins, before the update attack (99), which crafts from
+    # the update this budget trained (the order of the steps and rate hooks does not
+    # matter: a kept optimizer state keeps the optimizer's learning rate as it is)
     order = 98
     modes = ("federated",)
     modes_why = "it is the budget of malicious clients of a federation"
@@ -48,22 +49,45 @@ class AttackBudget:
         ]
         return ", ".join(set_) if set_ else None
 
+    def refuses(self, config: Config) -> list[tuple[str, str]]:
+        refused = [
+            (
+                "local_dp",
+                "each client's privacy ledger charges the recipe's steps, not the attacker's",
+            ),
+            (
+                "fednova",
+                "it divides each update by the steps and rates its client reports, which "
+                "undoes the attacker's budget (a real attacker would report the recipe's)",
+            ),
+        ]
+        if config.attack.from_round > 1:
+            refused.append(
+                (
+                    "run_schedule",
+                    "a run-long schedule places each round at the recipe's steps of the "
+                    "rounds before; with attack.from_round > 1 the attacker's would jump back",
+                )
+            )
+        return refused
+
     def problem(self, config: Config) -> str | None:
         attack = config.attack
+        switched = self.setting(config)
         if not attack.on:
             return (
-                "attack.local_steps and attack.lr are the malicious clients' own budget, but "
-                "no attack is set: set attack.data or attack.update (or drop them)"
+                f"{switched} is the malicious clients' own budget, but no attack is set: set "
+                "attack.data or attack.update (or drop it)"
             )
         if not attack.clients and attack.fraction == 0:
             return (
-                "attack.local_steps and attack.lr are the malicious clients' own budget, but "
-                "there are none: set attack.fraction (> 0) or attack.clients"
+                f"{switched} is the malicious clients' own budget, but there are none: set "
+                "attack.fraction (> 0) or attack.clients"
             )
         if config.runtime.engine != "simulation":
             return (
-                "attack.local_steps and attack.lr are simulated: they need runtime.engine = "
-                "'simulation' (a Flower node cannot tell whether it is a malicious client)"
+                f"{switched} is simulated: it needs runtime.engine = 'simulation' (a Flower "
+                "node cannot tell whether it is a malicious client)"
             )
         return None
 

@@ -53,8 +53,9 @@ class AttackConfig(Section):
     from_round: int = Field(
         1,
         ge=1,
-        description="The first round in which update attacks act (data attacks poison the "
-        "records once, before training).",
+        description="The first round in which update attacks act and malicious clients "
+        "train with their own budget (local_steps, lr); data attacks poison the records "
+        "once, before training.",
     )
     placement: Literal["malicious", "everywhere"] = Field(
         "malicious",
