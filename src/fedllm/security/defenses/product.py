@@ -40,7 +40,7 @@ def product_pairs(reference: Params) -> list[tuple[str, str]]:
 
 def product_squared_distances(updates: Sequence[WeightedUpdate], reference: Params) -> torch.Tensor:
     """``sum_layers ||P_i - P_j||_F^2 + sum_other ||d_i - d_j||^2`` for every pair of
-    updates (float64, ``[n, n]``)."""
+    updates (float64, ``[n, n]``, exactly symmetric)."""
     n = len(updates)
     pairs = product_pairs(reference)
     factors = {name for pair in pairs for name in pair}
@@ -58,5 +58,9 @@ def product_squared_distances(updates: Sequence[WeightedUpdate], reference: Para
             continue
         flat = torch.stack([u.delta[name].double().reshape(-1) for u in updates])
         out += torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    # <P_i, P_j> and <P_j, P_i> are summed in different orders: the mean of the two
+    # halves makes the matrix exactly symmetric, so that equal distances tie (Krum's and
+    # Bulyan's ties go by arrival order, not by rounding).
+    out = (out + out.T) / 2
     out.fill_diagonal_(0.0)
     return out.clamp_(min=0.0)
