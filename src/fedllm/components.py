@@ -66,7 +66,7 @@ ALGORITHMS: Registry[Any] = Registry(
     | _homes("fedllm.security.attacks.algorithm", "update_attack")
     | _homes("fedllm.security.attacks.data_attack", "data_attack")
     | _homes("fedllm.security.attacks.budget", "attack_budget")
-    | _each_own_module("fedllm.security.defenses", "fltrust foolsgold flame")
+    | _each_own_module("fedllm.security.defenses", "centered_clip fltrust foolsgold flame")
     | _each_own_module("fedllm.security", "screening")
     | _homes("fedllm.security.forensics", "keep_updates"),
 )

@@ -1,8 +1,9 @@
-"""FLTrust, FoolsGold, FLAME, update screening and update forensics in whole tiny runs:
-the model moves by what each rule's formula makes of the updates the clients sent
-(recomputed here from the recorded deltas and the round's record), FoolsGold's
-histories survive a resume bit for bit, screening counts its flags against a simulated
-attacker, and the kept updates read back equal what was sent and aggregated."""
+"""FLTrust, FoolsGold, FLAME, centered clipping, update screening and update forensics
+in whole tiny runs: the model moves by what each rule's formula makes of the updates
+the clients sent (recomputed here from the recorded deltas and the round's record),
+FoolsGold's histories and centered clipping's previous result survive a resume bit for
+bit, screening counts its flags against a simulated attacker, and the kept updates read
+back equal what was sent and aggregated."""
 
 from __future__ import annotations
 
@@ -142,6 +143,67 @@ def test_foolsgold_resumed_equals_uninterrupted(tmp_path: Path) -> None:
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def paper_centered_clip(x: np.ndarray, tau: float, iterations: int, v: np.ndarray) -> np.ndarray:
+    """Karimireddy et al. 2021 with equal weights: L steps of v <- v + mean_i (x_i - v)
+    min(1, tau / ||x_i - v||) from v."""
+    for _ in range(iterations):
+        gaps = x - v
+        v = v + np.mean(gaps * np.minimum(1.0, tau / np.linalg.norm(gaps, axis=1))[:, None], 0)
+    return v
+
+
+def test_centered_clip_starts_from_the_previous_round_and_resumes_bit_for_bit(
+    tmp_path: Path,
+) -> None:
+    """Three clients of four a round (the cohorts differ), tau under the updates'
+    spread (about 0.5 on the tiny model: the start matters). The model moves by the
+    paper's v_L each round, v_0 = 0 in round 1 and the previous v_L after; a crash after
+    round 2 resumes to the same records and checkpoints."""
+    tau = 0.1
+    sets = [
+        "server.aggregator=centered_clip",
+        f"aggregator.centered_clip.tau={tau}",
+        "server.weighting=uniform",
+        "server.rounds=3",
+        "data.num_clients=4",
+        "server.clients_per_round=3",
+        "run.checkpoint_every=1",
+        RECORDED,
+    ]
+    config = load_config(TINY, sets)
+    SENT.clear()
+    whole = run(config, tmp_path / "whole")
+    v = np.zeros(0)
+    for record in whole.records[1:]:
+        ids = sorted(sent_in(record["round"]))
+        assert sorted(record["accepted"]) == ids and len(ids) == 3
+        x = rows(sent_in(record["round"]), ids)
+        v = paper_centered_clip(x, tau, 3, np.zeros_like(x[0]) if v.size == 0 else v)
+        start = record["centered_clip"]
+        assert start == (
+            {"start": "zero"}
+            if record["round"] == 1
+            else {"start": "previous", "from_round": record["round"] - 1}
+        )
+    assert np.linalg.norm(v - x.mean(axis=0)) > 1e-3  # clipped: not the mean
+    last = "checkpoints/round-00003"
+    centre = load_file(tmp_path / "whole" / last / "centered_clip.safetensors")["centre"]
+    np.testing.assert_allclose(centre.double().numpy(), v, atol=1e-6, rtol=1e-4)
+    before = load_file(tmp_path / "whole" / "checkpoints" / "round-00002" / "global.safetensors")
+    after = load_file(tmp_path / "whole" / last / "global.safetensors")
+    step = np.concatenate([(after[k].double() - before[k].double()).numpy().ravel() for k in after])
+    np.testing.assert_allclose(step, v, atol=1e-6, rtol=1e-4)  # FedAvg at lr 1: v_L
+
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "cut", reporter=InterruptAfter(2))
+    resumed = resume(tmp_path / "cut")
+    assert stable(resumed.records) == stable(whole.records)
+    for group in ("global", "centered_clip"):
+        a = load_file(tmp_path / "whole" / last / f"{group}.safetensors")
+        b = load_file(tmp_path / "cut" / last / f"{group}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_kept_updates_are_what_was_sent_and_what_was_aggregated(tmp_path: Path) -> None:
     sets = ["server.keep_updates=true", "server.rounds=1", RECORDED, *ALL_FOUR]
     records, _ = run_tiny(tmp_path / "run", *sets)
@@ -195,6 +257,9 @@ def test_the_new_settings_are_checked_without_torch() -> None:
         "import sys; from fedllm.config import load_config; "
         "c = load_config(sys.argv[1], sys.argv[2:]); "
         "assert c.aggregator_settings_of('fltrust').root_steps == 2; "
+        "cc = c.aggregator_settings_of('centered_clip'); "
+        "assert (cc.start, cc.tau) == ('previous', 0.5); "
+        "load_config(sys.argv[1], ['server.aggregator=centered_clip']); "
         "print('torch' in sys.modules, 'sklearn' in sys.modules)"
     )
     sets = [
@@ -204,5 +269,6 @@ def test_the_new_settings_are_checked_without_torch() -> None:
         "algorithm.screening.enabled=true",
         "server.keep_updates=true",
         "aggregator.flame.noise=0.01",
+        "aggregator.centered_clip.tau=0.5",
     ]
     assert python_stdout(probe, str(TINY), *sets).strip() == "False False"

@@ -1,11 +1,14 @@
 """The robust aggregators (``fedllm.security.defenses``) against their papers' formulas,
-computed here directly with numpy on random rounds, and against Flower's reference
-implementations (``flwr.server.strategy.aggregate``); what each does with no attacker
-and with attackers sending huge updates; which clients Krum, Multi-Krum and Bulyan leave
-out; and the errors for impossible parameters, at aggregation and at config load."""
+computed here directly with numpy on random rounds (centered clipping also over several
+rounds, each from the previous result, and through a checkpoint), and against Flower's
+reference implementations (``flwr.server.strategy.aggregate``); what each does with no
+attacker and with attackers sending huge updates; which clients Krum, Multi-Krum and
+Bulyan leave out; and the errors for impossible parameters, at aggregation and at config
+load."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -315,15 +318,122 @@ def test_norm_bound_clips_each_update_then_takes_the_weighted_mean(r: Round, bou
 
 
 @settings(max_examples=30, deadline=None)
-@given(rounds(), st.floats(1e-3, 1e3), st.integers(1, 6), st.sampled_from(["median", "zero"]))
+@given(
+    rounds(),
+    st.floats(1e-3, 1e3),
+    st.integers(1, 6),
+    st.sampled_from(["previous", "median", "zero"]),
+)
 def test_centered_clip_iterates_the_clipped_mean(
     r: Round, tau: float, iterations: int, start: str
 ) -> None:
+    """One round: ``previous`` has no previous result yet and starts from zero."""
     chosen = CenteredClipSettings(tau=tau, iterations=iterations, start=start)  # type: ignore[arg-type]
-    result = CenteredClip(chosen).aggregate(r.updates, r.reference)
+    rule = CenteredClip(chosen)
+    result = rule.aggregate(r.updates, r.reference)
     v0 = paper_median(r.matrix) if start == "median" else np.zeros(r.matrix.shape[1])
     expected = paper_centered_clip(r.matrix, r.w, tau, iterations, v0)
     close(flat(result, r.reference), expected, np.abs(r.matrix).max() + tau)
+    assert rule.details() == {"start": "zero" if start == "previous" else start}
+
+
+@st.composite
+def round_series(draw: Any) -> list[Round]:
+    """Two or three rounds of one model (the same tensor shapes), each with its own
+    clients (1 to 9), weights and updates; one scale for the run."""
+    shapes = draw(
+        st.lists(st.lists(st.integers(1, 4), max_size=2).map(tuple), min_size=1, max_size=3)
+    )
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    scale = draw(st.sampled_from([1e-3, 1.0, 1e3]))
+    series = []
+    for _ in range(draw(st.integers(2, 3))):
+        n = draw(st.integers(1, 9))
+        shift = 3 * rng.normal()  # rounds apart: where a round starts matters
+        arrays = [[(rng.normal(size=s) + shift) * scale for s in shapes] for _ in range(n)]
+        series.append(Round(arrays, draw(st.lists(st.floats(0.1, 10.0), min_size=n, max_size=n))))
+    return series
+
+
+@settings(max_examples=30, deadline=None)
+@given(round_series(), st.floats(1e-3, 1e3), st.integers(1, 6))
+def test_centered_clip_starts_each_round_from_the_previous_result(
+    series: list[Round], tau: float, iterations: int
+) -> None:
+    """Karimireddy et al. 2021 over rounds: v_0 of round t is v_L of round t - 1, and
+    v_0 = 0 in round 1 (the paper's momentum starts at 0)."""
+    rule = CenteredClip(CenteredClipSettings(tau=tau, iterations=iterations))
+    v = np.zeros(series[0].matrix.shape[1])
+    for t, r in enumerate(series, start=1):
+        rule.begin(t, 0)
+        result = rule.aggregate(r.updates, r.reference)
+        v = paper_centered_clip(r.matrix, r.w, tau, iterations, v)
+        scale = max(np.abs(s.matrix).max() for s in series[:t]) + t * iterations * tau
+        close(flat(result, r.reference), v, scale)
+        assert result.excluded == []
+        start = {"start": "zero"} if t == 1 else {"start": "previous", "from_round": t - 1}
+        assert rule.details() == start
+
+
+def test_centered_clip_keeps_its_centre_through_rounds_that_do_not_reach_it() -> None:
+    """Round 2 never reaches the rule (skipped), round 3's result is not finite (float32
+    overflow: the model is left unchanged): round 4 starts from round 1's result."""
+    tau = 1e38
+
+    def one_coordinate(*values: float) -> Round:
+        return Round([[np.array([v])] for v in values], [1.0] * len(values), torch.float32)
+
+    first, overflowing = one_coordinate(-3e38, -3e38), one_coordinate(3e38, 3e38)
+    last = one_coordinate(-2e38, -2.5e38, -1e38)
+    rule = CenteredClip(CenteredClipSettings(tau=tau, iterations=3))
+    rule.begin(1, 0)
+    v1 = flat(rule.aggregate(first.updates, first.reference), first.reference)
+    np.testing.assert_allclose(v1, [-3e38], rtol=1e-6)  # three steps of tau from zero
+    rule.begin(3, 0)
+    result = rule.aggregate(overflowing.updates, overflowing.reference)
+    assert not np.isfinite(flat(result, overflowing.reference)).all()  # 3e38 - -3e38: inf
+    rule.begin(4, 0)
+    got = flat(rule.aggregate(last.updates, last.reference), last.reference)
+    assert rule.details() == {"start": "previous", "from_round": 1}
+    np.testing.assert_allclose(got, paper_centered_clip(last.matrix, last.w, tau, 3, v1), rtol=1e-5)
+
+
+def test_centered_clip_resumes_from_its_state_bit_for_bit() -> None:
+    rng = np.random.default_rng(2)
+    rounds_ = [from_matrix(rng.normal(size=(5, 7)).astype(np.float32)) for _ in range(3)]
+    rounds_ = [Round(r.arrays, r.weights, torch.float32) for r in rounds_]
+    chosen = CenteredClipSettings(tau=0.5, iterations=2)
+    whole = CenteredClip(chosen)
+    outputs = []
+    for t, r in enumerate(rounds_, start=1):
+        whole.begin(t, 0)
+        outputs.append(whole.aggregate(r.updates, r.reference).combined)
+    cut = CenteredClip(chosen)
+    for t, r in enumerate(rounds_[:2], start=1):
+        cut.begin(t, 0)
+        cut.aggregate(r.updates, r.reference)
+    tensors, meta = cut.state()
+    assert set(tensors) == {"centre"} and meta == {"round": 2}
+    resumed = CenteredClip(chosen)
+    resumed.restore({k: v.clone() for k, v in tensors.items()}, json.loads(json.dumps(meta)))
+    resumed.begin(3, 0)
+    again = resumed.aggregate(rounds_[2].updates, rounds_[2].reference).combined
+    assert all(torch.equal(again[k], outputs[2][k]) for k in again)
+    assert resumed.details() == {"start": "previous", "from_round": 2}
+    fresh = CenteredClip(chosen)  # without the restore: round 3 from zero, another result
+    fresh.begin(3, 0)
+    other = fresh.aggregate(rounds_[2].updates, rounds_[2].reference).combined
+    assert not all(torch.equal(other[k], outputs[2][k]) for k in other)
+    assert CenteredClip(CenteredClipSettings(start="median")).state() == ({}, {})
+
+
+def test_centered_clip_refuses_a_previous_result_of_another_length() -> None:
+    rule = CenteredClip()
+    r = from_matrix(np.ones((3, 4)))
+    rule.aggregate(r.updates, r.reference)
+    other = from_matrix(np.ones((3, 5)))
+    with pytest.raises(ValueError, match="previous result has 4 entries, this round's updates 5"):
+        rule.aggregate(other.updates, other.reference)
 
 
 def test_float32_updates_come_back_in_float32_close_to_the_float64_formula() -> None:
@@ -481,7 +591,9 @@ def test_every_robust_rule_is_tested() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "start"), [(name, "median") for name in ROBUST] + [("centered_clip", "zero")]
+    ("name", "start"),
+    [(name, "median") for name in ROBUST]
+    + [("centered_clip", "zero"), ("centered_clip", "previous")],
 )
 def test_identical_updates_give_that_update(name: str, start: str) -> None:
     """``start``: centered clipping's v_0 (its tau, 10, exceeds the update's norm)."""
@@ -525,7 +637,7 @@ def test_robust_rules_stay_with_the_honest_updates_where_the_mean_does_not(
         assert np.linalg.norm(got - centre) <= 2 * radius
     elif name == "norm_bound":
         assert np.linalg.norm(got) <= 10.0 + 1e-9
-    elif name == "centered_clip":  # a median start in the box, then 3 steps of at most tau
+    elif name == "centered_clip":  # round 1 starts at zero, in the box; 3 steps of at most tau
         assert np.all(got >= low - 3.0) and np.all(got <= high + 3.0)
     else:
         assert np.all(got >= low - 1e-12) and np.all(got <= high + 1e-12)

@@ -7,8 +7,9 @@ in the broadcast's order, :mod:`fedllm.security.defenses.flat`); Krum, Multi-Kru
 Bulyan can measure their distances on LoRA's per-layer product ``B A`` instead
 (:mod:`fedllm.security.defenses.product`).
 
-FLTrust, FoolsGold and FLAME need more than a round's updates (the server's root update,
-client histories across rounds, the round's seed): each is a
+FLTrust, FoolsGold, FLAME and centered clipping need more than a round's updates (the
+server's root update, client histories across rounds, the round's seed, the previous
+round's result): each is a
 :class:`~fedllm.security.defenses.round_rule.RoundRule`, fed by an algorithm of its
 name that choosing it turns on (:mod:`fedllm.security.defenses.round_rule`).
 """

@@ -2,8 +2,9 @@
 
 A batch aggregator sees a round's updates and the broadcast, nothing else. FLTrust also
 needs the server's own update on its root data, FoolsGold every client's updates of
-earlier rounds (state that a resumed run must get back), FLAME the round's seed for its
-noise, and update screening the round number and who is malicious. Such a rule is a
+earlier rounds and centered clipping its previous result (state that a resumed run must
+get back), FLAME the round's seed for its noise, and update screening the round number
+and who is malicious. Such a rule is a
 :class:`RoundRule`; choosing it (``server.aggregator = "foolsgold"``, or
 ``[algorithm.screening]``) turns on a :class:`RoundRuleAlgorithm`, whose server plug-in
 (:class:`~fedllm.security.defenses.round_plugin.RoundRulePlugin`) tells the rule each
