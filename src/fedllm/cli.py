@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", type=Path)
     p.add_argument("--out", type=Path, default=None, help="default: runs/<file stem>")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        metavar="MATRIX_JSON",
+        help="an earlier matrix.json (e.g. the committed one): cells whose resolved config "
+        "and prepared model match one of its cells are taken from it, not run",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
     p = sub.add_parser(
@@ -640,14 +648,28 @@ def _matrix(args: argparse.Namespace, console: Console) -> int:
 
     matrix = load_matrix(args.file)
     out = args.out or Path("runs") / args.file.stem
+    reuse = _matrix_summary(args.reuse) if args.reuse is not None else None
     with matrix_progress(console, args.quiet) as progress:
-        summary = run_matrix(matrix, out, progress)
+        summary = run_matrix(matrix, out, progress, reuse)
     if not args.quiet:
         console.print(no_attack_table(summary))
     plots = plot_matrix(summary, out)
     (out / "matrix.md").write_text(matrix_markdown(summary))
     say(console, f"{out / 'matrix.json'}, matrix.md and {len(plots)} heat maps in {out}")
     return 0
+
+
+def _matrix_summary(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a ``matrix.json``), or a ConfigError naming why not."""
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"--reuse {path}: {err}; give a matrix.json `fedllm matrix` wrote"
+        ) from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"--reuse {path}: not a JSON object; give a matrix.json")
+    return content
 
 
 def _attack(args: argparse.Namespace, console: Console) -> int:

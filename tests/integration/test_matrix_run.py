@@ -74,6 +74,53 @@ def test_the_matrix_runs_its_cells_on_the_prepared_model(matrix_file: Path) -> N
     assert rerun["cells"][0]["metrics"]["test_ppl"] != summary["cells"][0]["metrics"]["test_ppl"]
 
 
+def test_a_grown_matrix_takes_its_old_cells_from_the_earlier_matrix_json(
+    matrix_file: Path,
+) -> None:
+    first = run_matrix(load_matrix(matrix_file), matrix_file.parent / "first")
+    assert first["borrowed_cells"] == 0
+    digests = [c["config_digest"] for c in first["cells"]]
+    assert len(set(digests)) == 2 and all(len(d) == 64 for d in digests)
+
+    # elsewhere, with one more defense: the prepared model is made again (the same
+    # bytes: the same digest although it lies elsewhere), the old cells are taken from
+    # the earlier matrix.json, and only the new row runs
+    grown = load_matrix(matrix_file)
+    defenses = {**grown.spec.defenses, "trimmed": ["server.aggregator=trimmed_mean"]}
+    spec = grown.spec.model_copy(update={"defenses": defenses})
+    out = matrix_file.parent / "grown"
+    summary = run_matrix(type(grown)(spec, grown.root), out, reuse=first)
+    assert summary["prepared_model_digest"] == first["prepared_model_digest"]
+    assert summary["borrowed_cells"] == summary["reused_cells"] == 2
+    assert summary["cells"][:2] == first["cells"]
+    assert sorted(p.name for p in (out / "cells").iterdir()) == ["default__trimmed__none__0"]
+    assert summary["seconds"]["cells"] == summary["cells"][2]["metrics"]["wall_s"]
+    assert summary["seconds"]["cells_recorded"] == pytest.approx(
+        sum(c["metrics"]["wall_s"] for c in summary["cells"])
+    )
+
+    # a changed setting is another config: nothing is taken
+    spec = grown.spec.model_copy(update={"set": [*grown.spec.set, "client.lr=0.02"]})
+    changed = run_matrix(type(grown)(spec, grown.root), matrix_file.parent / "lr", reuse=first)
+    assert changed["borrowed_cells"] == 0
+    assert changed["cells"][0]["config_digest"] not in digests
+
+
+def test_reuse_refuses_what_is_not_a_matrix_json(
+    matrix_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"rounds": []}')
+    out = tmp_path / "out"
+    argv = ["matrix", str(matrix_file), "--out", str(out), "--quiet", "--reuse", str(bad)]
+    assert main(argv) == 2
+    assert "has no 'cells' list" in capsys.readouterr().err
+    bad.write_text("not json")
+    assert main(argv) == 2
+    assert "give a matrix.json" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_bad_cell_is_named_before_anything_runs(tmp_path: Path) -> None:
     (tmp_path / "base.toml").write_text(TINY.read_text())
     (tmp_path / "m.toml").write_text(

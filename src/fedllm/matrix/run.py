@@ -3,11 +3,14 @@
 Every cell's config is built and checked before anything runs, so a bad override
 fails in seconds, naming its cell. A cell whose run directory already holds a
 finished run with the same overrides is read back, not rerun: an interrupted
-matrix continues where it stopped.
+matrix continues where it stopped. A cell whose config digest (:func:`config_digest`)
+is in an earlier ``matrix.json`` given as ``reuse`` is taken from it: a committed
+matrix grows by new rows without rerunning the old ones.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedllm.config import Config, ConfigError, load_config
+from fedllm.config import Config, ConfigError, dump_config, load_config
 from fedllm.matrix.metrics import cell_metrics, no_attack_cost
 from fedllm.matrix.spec import Cell, Matrix
 
@@ -26,6 +29,9 @@ overrides is rerun)."""
 PREPARED = "prepared_model"
 """The prepared base model's folder in the matrix's output directory."""
 
+PREPARE_STAMP = "matrix_prepare.json"
+"""In the prepared model's folder: the config and overrides it was made with."""
+
 
 @dataclass
 class CellResult:
@@ -34,6 +40,9 @@ class CellResult:
     cell: Cell
     metrics: dict[str, float]
     reused: bool
+    digest: str
+    borrowed: bool = False
+    """Taken from the earlier ``matrix.json`` given as ``reuse`` (not from a run here)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +51,7 @@ class CellResult:
             "defense": self.cell.defense,
             "fraction": self.cell.fraction,
             "partition": self.cell.partition,
+            "config_digest": self.digest,
             "metrics": self.metrics,
         }
 
@@ -50,27 +60,41 @@ Progress = Callable[[str, int, int], None]
 """Told ``(what, done, total)`` before each step (the prepared model, then each cell)."""
 
 
-def run_matrix(matrix: Matrix, out: Path, progress: Progress | None = None) -> dict[str, Any]:
+def run_matrix(
+    matrix: Matrix,
+    out: Path,
+    progress: Progress | None = None,
+    reuse: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Run every cell of ``matrix`` into ``out/cells/<cell>`` and write ``out/matrix.json``.
 
+    Args:
+        reuse: an earlier ``matrix.json``'s content: each cell whose config digest is
+            one of its cells' is read from it, not run.
+
     Returns:
-        what ``matrix.json`` holds: each cell's name, axes and metrics
+        what ``matrix.json`` holds: each cell's name, axes, config digest and metrics
         (:func:`~fedllm.matrix.metrics.cell_metrics`), the axes in order, the seconds
         each step took.
 
     Raises:
-        ConfigError: a cell's config cannot run (every one is checked first).
+        ConfigError: a cell's config cannot run (every one is checked first), or
+            ``reuse`` is not a matrix summary.
     """
     tell = progress or (lambda what, done, total: None)
+    earlier = _earlier_cells(reuse)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model_override = None
+    prepared_digest = None
     prepare_s = 0.0
     if matrix.spec.prepare is not None:
         total = len(matrix.cells()) + 1
         tell("prepare the base model", 0, total)
         begun = time.perf_counter()
-        model_override = f"model.name={_prepared_model(matrix, out)}"
+        prepared = _prepared_model(matrix, out)
+        model_override = f"model.name={prepared}"
+        prepared_digest = folder_digest(prepared)
         prepare_s = time.perf_counter() - begun
     cells = matrix.cells(model_override)
     configs = _checked_configs(matrix, cells)
@@ -78,7 +102,11 @@ def run_matrix(matrix: Matrix, out: Path, progress: Progress | None = None) -> d
     results = []
     for index, (cell, config) in enumerate(zip(cells, configs, strict=True)):
         tell(cell.name, index + offset, len(cells) + offset)
-        results.append(_run_cell(cell, config, out / "cells" / cell.name))
+        digest = config_digest(config, prepared_digest)
+        if digest in earlier:
+            results.append(CellResult(cell, earlier[digest], True, digest, borrowed=True))
+            continue
+        results.append(_run_cell(cell, config, out / "cells" / cell.name, digest))
     tell("done", len(cells) + offset, len(cells) + offset)
     spec = matrix.spec
     summary = {
@@ -100,6 +128,8 @@ def run_matrix(matrix: Matrix, out: Path, progress: Progress | None = None) -> d
             "total": time.perf_counter() - started,
         },
         "reused_cells": sum(r.reused for r in results),
+        "borrowed_cells": sum(r.borrowed for r in results),
+        "prepared_model_digest": prepared_digest,
     }
     (out / "matrix.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -119,16 +149,54 @@ def _checked_configs(matrix: Matrix, cells: list[Cell]) -> list[Config]:
     return configs
 
 
-def _run_cell(cell: Cell, config: Config, run_dir: Path) -> CellResult:
+def config_digest(config: Config, prepared_digest: str | None) -> str:
+    """SHA-256 of the cell's resolved config (every setting, defaults included), where a
+    prepared base model is named by its files' digest, not by where it lies: the same
+    cell on another machine, or run from another output folder, has the same digest."""
+    if prepared_digest is not None:
+        model = config.model.model_copy(update={"name": f"prepared:{prepared_digest}"})
+        config = config.model_copy(update={"model": model})
+    return hashlib.sha256(dump_config(config).encode()).hexdigest()
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over every file of ``folder`` (names and bytes, in name order) but the
+    matrix's own stamp: two prepared models with this digest are the same model."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != PREPARE_STAMP):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _earlier_cells(reuse: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """The metrics of an earlier matrix's cells by config digest (cells without one,
+    from before digests were recorded, are not reused)."""
+    if reuse is None:
+        return {}
+    cells = reuse.get("cells") if isinstance(reuse, dict) else None
+    if not isinstance(cells, list):
+        raise ConfigError(
+            "the matrix given to reuse has no 'cells' list: give a matrix.json that "
+            "`fedllm matrix` wrote"
+        )
+    return {
+        c["config_digest"]: dict(c["metrics"])
+        for c in cells
+        if isinstance(c, dict) and "config_digest" in c and "metrics" in c
+    }
+
+
+def _run_cell(cell: Cell, config: Config, run_dir: Path, digest: str) -> CellResult:
     """The cell's run (read back when it already finished with the same overrides)."""
     from fedllm.federation.runner import run
 
     done = _finished(run_dir, cell)
     if done is not None:
-        return CellResult(cell, cell_metrics(*done), reused=True)
+        return CellResult(cell, cell_metrics(*done), True, digest)
     result = run(config, run_dir, overwrite=True)
     (run_dir / CELL_FILE).write_text(json.dumps({"overrides": list(cell.overrides)}) + "\n")
-    return CellResult(cell, cell_metrics(result.summary, result.records), reused=False)
+    return CellResult(cell, cell_metrics(result.summary, result.records), False, digest)
 
 
 def _finished(run_dir: Path, cell: Cell) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -166,7 +234,7 @@ def _prepared_model(matrix: Matrix, out: Path) -> Path:
     config = load_config(matrix.root / step.config, list(step.set))
     run_dir, target = out / "prepare", out / PREPARED
     stamp = {"config": step.config, "overrides": list(step.set)}
-    stamp_file = target / "matrix_prepare.json"
+    stamp_file = target / PREPARE_STAMP
     if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         return target.resolve()
     run(config, run_dir, overwrite=True)
