@@ -82,6 +82,33 @@ def test_scale_multiplies_by_the_factor_exactly_and_defaults_to_n_over_eta() -> 
         assert torch.equal(default[k], delta[k] * 16.0)
 
 
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    factor=st.floats(0.5, 200.0),
+    max_norm=st.floats(0.1, 50.0),
+)
+def test_constrain_and_scale_boosts_by_gamma_up_to_the_norm_bound(
+    seed: int, factor: float, max_norm: float
+) -> None:
+    delta = update_of(np.random.default_rng(seed))
+    sent = Scale(ScaleSettings(factor=factor, max_norm=max_norm)).craft(delta, sight())
+    # Bagdasaryan et al.: gamma = S / ||X - G|| when the bound S binds, else gamma
+    length = float(np.linalg.norm(flat(delta)))
+    boost = min(factor, max_norm / length)
+    np.testing.assert_allclose(flat(sent), boost * flat(delta), rtol=1e-12)
+    assert np.linalg.norm(flat(sent)) <= max_norm * (1 + 1e-12)
+    if factor * length >= max_norm:
+        assert np.linalg.norm(flat(sent)) == pytest.approx(max_norm, rel=1e-12)
+
+
+def test_constrain_and_scale_leaves_a_zero_update_zero_and_refuses_a_bad_bound() -> None:
+    zero = {k: torch.zeros(s, dtype=torch.float64) for k, s in SHAPES.items()}
+    sent = Scale(ScaleSettings(factor=10.0, max_norm=1.0)).craft(zero, sight())
+    assert all(torch.equal(sent[k], zero[k]) for k in SHAPES)
+    with pytest.raises(ConfigError, match=r"attack\.scale\.max_norm"):
+        tiny_config("attack.update=scale", "attack.fraction=0.25", "attack.scale.max_norm=0")
+
+
 @pytest.mark.parametrize("mode", ["replace", "add"])
 def test_noise_has_the_claimed_standard_deviation(mode: str) -> None:
     big = {"w": torch.full((400, 500), 3.0)}  # 200,000 entries
