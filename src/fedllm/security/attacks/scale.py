@@ -90,4 +90,3 @@ class Scale:
             if norm > 0.0:
                 gamma = min(gamma, self.max_norm / norm)
         return {name: tensor * gamma for name, tensor in delta.items()}
-
