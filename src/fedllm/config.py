@@ -702,7 +702,8 @@ def _valid_keys(loc: list[str]) -> str:
     elsewhere = _sections_with_key(loc[-1])
     if elsewhere:
         fixes = " or ".join(f"--set {_dotted(place, loc[-1])}=..." for place in elsewhere)
-        tail = f"; {loc[-1]!r} is a key of {' and '.join(elsewhere)} ({fixes})"
+        places = ", ".join(elsewhere[:-1]) + " and " if len(elsewhere) > 1 else ""
+        tail = f"; {loc[-1]!r} is a key of {places}{elsewhere[-1]} ({fixes})"
     else:
         hint = difflib.get_close_matches(loc[-1], valid, n=1)
         tail = f" (did you mean {hint[0]!r}?)" if hint else ""

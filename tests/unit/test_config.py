@@ -96,7 +96,9 @@ def test_a_key_under_the_wrong_section_names_where_it_belongs() -> None:
     with pytest.raises(ConfigError, match=r"'prox_mu' is a key of \[client\] \(--set client\."):
         parse_config({"run": {"prox_mu": 1}})
     with pytest.raises(
-        ConfigError, match=r"of \[client\] and \[server\] \(--set client\.lr=\.\.\. or"
+        ConfigError,
+        match=r"'lr' is a key of \[client\], \[server\] and \[attack\] "
+        r"\(--set client\.lr=\.\.\. or --set server\.lr=\.\.\. or --set attack\.lr=\.\.\.\)",
     ):
         parse_config({"run": {"lr": 1}})
 
