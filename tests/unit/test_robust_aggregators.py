@@ -818,6 +818,95 @@ def test_bulyan_on_products_selects_recursively_on_the_product_distances(
     close(flat(result, r.reference), expected, np.abs(factors).max())
 
 
+def formed_change_norm(r: LoraRound, i: int, c: float) -> float:
+    """||(B + c dB)(A + c dA) - B A|| over both layers, with the bias's c d, formed."""
+    total = float(np.sum((c * r.deltas[i]["l1.bias"]) ** 2))
+    for layer in ("l0", "l1"):
+        a, b = f"{layer}.lora_A.default.weight", f"{layer}.lora_B.default.weight"
+        d = r.deltas[i]
+        moved = (r.base[b] + c * d[b]) @ (r.base[a] + c * d[a])
+        total += float(np.sum((moved - r.base[b] @ r.base[a]) ** 2))
+    return float(np.sqrt(total))
+
+
+def largest_scale_at(r: LoraRound, i: int, bound: float) -> float:
+    """The largest c in [0, 1] whose formed change is within ``bound`` (1 if the whole
+    update is): a grid scan down from 1 for the last point within, then bisection."""
+    if formed_change_norm(r, i, 1.0) <= bound:
+        return 1.0
+    grid = np.linspace(0.0, 1.0, 2001)
+    lo = max(c for c in grid if formed_change_norm(r, i, c) <= bound)
+    hi = lo + grid[1]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if formed_change_norm(r, i, mid) <= bound else (lo, mid)
+    return float(lo)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    st.integers(3, 7),
+    st.integers(0, 2**32 - 1),
+    st.floats(0.01, 3.0),
+    st.one_of(st.none(), st.integers(0, 2)),
+)
+def test_norm_bound_on_products_scales_each_update_to_the_formed_change_bound(
+    n: int, seed: int, bound: float, factor_of: int | None
+) -> None:
+    r = lora_round(np.random.default_rng(seed), n, factor_of)
+    settings = NormBoundSettings(bound=bound, measure="lora_product")
+    result = NormBound(settings).aggregate(r.updates, r.reference)
+    scales = [largest_scale_at(r, i, bound) for i in range(n)]
+    for i, c in enumerate(scales):
+        if c < 1.0:  # clipped: its change is the bound's length
+            assert formed_change_norm(r, i, c) == pytest.approx(bound, rel=1e-6)
+    rows = np.stack([np.concatenate([d[k].reshape(-1) for k in r.base]) for d in r.deltas])
+    expected = (np.array(scales)[:, None] * rows).mean(axis=0)
+    # the quartic's root (numpy.roots) against bisection on the formed products
+    np.testing.assert_allclose(flat(result, r.reference), expected, rtol=1e-7, atol=1e-10)
+
+
+def test_the_product_scale_is_the_last_crossing_when_the_change_dips_back() -> None:
+    """c^2 (10 - 40 c + 40.5 c^2) rises above 0.1, falls below it and rises again: the
+    scale kept is the largest within the bound, not the first crossing."""
+    from fedllm.security.defenses.product import largest_scale_within
+
+    def f(c: float) -> float:
+        return c * c * (10 - 40 * c + 40.5 * c * c)
+
+    grid = np.linspace(0.0, 1.0, 100001)
+    within = grid[[f(c) <= 0.1 for c in grid]]
+    assert within.max() > 0.5 and f(0.25) > 0.1  # two intervals: it dips back
+    got = largest_scale_within(torch.tensor([10.0, -40.0, 40.5], dtype=torch.float64), 0.1**0.5)
+    assert got == pytest.approx(within.max(), abs=2e-5)
+    assert f(got) == pytest.approx(0.1, rel=1e-9)
+    assert largest_scale_within(torch.tensor([0.01, 0.0, 0.0]), 1.0) == 1.0
+
+
+def test_norm_bound_on_products_keeps_an_update_that_only_rescales_the_factors() -> None:
+    """Client c1 multiplies A by 4 and B by 1/4: a long update of the factors, no change
+    of B A. On the factors it is clipped; on the products it is kept whole."""
+    r = lora_round(np.random.default_rng(3), 4, factor_of=1)
+    rows = np.stack([np.concatenate([d[k].reshape(-1) for k in r.base]) for d in r.deltas])
+    assert formed_change_norm(r, 1, 1.0) < 1e-12 < 0.5 < np.linalg.norm(rows[1])
+    bound = 0.5 * float(np.linalg.norm(rows[1]))
+    on_products = NormBound(NormBoundSettings(bound=bound, measure="lora_product"))
+    on_factors = NormBound(NormBoundSettings(bound=bound))
+    kept = flat(on_products.aggregate(r.updates, r.reference), r.reference)
+    clipped = flat(on_factors.aggregate(r.updates, r.reference), r.reference)
+    others = [i for i in range(4) if i != 1 and formed_change_norm(r, i, 1.0) <= bound]
+    assert len(others) == 3  # the honest updates are within the bound either way
+    close(kept, rows.mean(axis=0), 1e-9)
+    close(clipped, (rows.sum(axis=0) - 0.5 * rows[1]) / 4, 1e-9)
+
+
+def test_norm_bound_on_products_needs_lora_factors() -> None:
+    r = from_matrix(np.random.default_rng(0).normal(size=(5, 3)))
+    settings = NormBoundSettings(bound=1.0, measure="lora_product")
+    with pytest.raises(ValueError, match="measure = 'lora_product' needs LoRA updates"):
+        NormBound(settings).aggregate(r.updates, r.reference)
+
+
 def paper_krum_scores_from(distances: np.ndarray, f: int) -> np.ndarray:
     n = distances.shape[0]
     return np.array(

@@ -23,17 +23,18 @@ from fedllm.pipeline.stage import WeightedUpdate
 from fedllm.types import Params
 
 
-def product_pairs(reference: Params) -> list[tuple[str, str]]:
+def product_pairs(reference: Params, setting: str = "distance") -> list[tuple[str, str]]:
     """``(lora_A name, lora_B name)`` of every LoRA layer of ``reference``.
 
     Raises:
-        ValueError: no LoRA factor at all, or one without its partner.
+        ValueError: no LoRA factor at all (naming the rule's ``setting`` that asked for
+            products), or one without its partner.
     """
     pairs = lora_pairs(reference)
     if not pairs:
         raise ValueError(
-            "distance = 'lora_product' needs LoRA updates (lora_A / lora_B tensors); "
-            "this run's updates have none: use distance = 'flat'"
+            f"{setting} = 'lora_product' needs LoRA updates (lora_A / lora_B tensors); "
+            f"this run's updates have none: use {setting} = 'flat'"
         )
     return pairs
 
@@ -64,3 +65,47 @@ def product_squared_distances(updates: Sequence[WeightedUpdate], reference: Para
     out = (out + out.T) / 2
     out.fill_diagonal_(0.0)
     return out.clamp_(min=0.0)
+
+
+def product_norm_polynomials(updates: Sequence[WeightedUpdate], reference: Params) -> torch.Tensor:
+    """For each update ``x``, the coefficients ``(a2, a3, a4)`` of the squared norm of the
+    change it makes when its factors' deltas are scaled by ``c``:
+    ``sum_layers ||(B + c dB)(A + c dA) - B A||_F^2 + sum_other ||c d||^2
+    = a2 c^2 + a3 c^3 + a4 c^4`` (float64, ``[n, 3]``).
+
+    Per layer the change is ``c L + c^2 Q`` with ``L = dB A + B dA`` and ``Q = dB dA``, so
+    ``a2 = ||L||^2`` (plus every other tensor's squared norm), ``a3 = 2 <L, Q>`` and
+    ``a4 = ||Q||^2``; each from ``r x r`` Gram matrices (``<X Y, U V>_F =
+    sum((X^T U) * (Y V^T))``), without forming an ``out x in`` product.
+    """
+    pairs = product_pairs(reference, setting="measure")
+    factors = {name for pair in pairs for name in pair}
+    out = torch.zeros((len(updates), 3), dtype=torch.float64)
+    for i, update in enumerate(updates):
+        for a_name, b_name in pairs:
+            a, b = reference[a_name].double(), reference[b_name].double()
+            da, db = update.delta[a_name].double(), update.delta[b_name].double()
+            db_db, da_da = db.T @ db, da @ da.T
+            l_l = (db_db * (a @ a.T)).sum() + ((b.T @ b) * da_da).sum()
+            l_l += 2 * ((db.T @ b) * (a @ da.T)).sum()
+            l_q = (db_db * (a @ da.T)).sum() + ((b.T @ db) * da_da).sum()
+            out[i] += torch.stack([l_l, 2 * l_q, (db_db * da_da).sum()])
+        for name in reference:
+            if name not in factors:
+                out[i, 0] += update.delta[name].double().pow(2).sum()
+    return out
+
+
+def largest_scale_within(coefficients: torch.Tensor, bound: float) -> float:
+    """The largest ``c`` in ``[0, 1]`` with ``a2 c^2 + a3 c^3 + a4 c^4 <= bound^2``: 1 when
+    the whole update is within ``bound``, else the largest root in ``(0, 1)`` of
+    ``a4 c^4 + a3 c^3 + a2 c^2 = bound^2`` (the squared norm is 0 at ``c = 0`` and above
+    ``bound^2`` at 1, so there is one): the least shrinking that bounds the change."""
+    import numpy as np
+
+    a2, a3, a4 = (float(v) for v in coefficients)
+    if a2 + a3 + a4 <= bound * bound:
+        return 1.0
+    roots = np.roots([a4, a3, a2, 0.0, -bound * bound])
+    real = [r.real for r in roots if abs(r.imag) <= 1e-9 * max(1.0, abs(r)) and 0 < r.real < 1]
+    return float(max(real, default=0.0))
