@@ -563,6 +563,7 @@ def _check_components(config: Config) -> None:
     if problems:
         raise ConfigError("\n".join(problems))
     _check_aggregator_needs(config)
+    _check_product_measures(config)
 
 
 def _check_attack_names(config: Config) -> None:
@@ -638,6 +639,26 @@ def _check_aggregator_needs(config: Config) -> None:
             f"server.min_clients to {count} or more, and server.clients_per_round to at "
             "least that (a round with fewer accepted updates leaves the model unchanged)"
         )
+
+
+def _check_product_measures(config: Config) -> None:
+    """An aggregator setting set to ``"lora_product"`` (Krum's ``distance``, norm bounding's
+    ``measure``) measures LoRA's ``B A``: the run must train LoRA factors."""
+    from fedllm.components import AGGREGATORS
+
+    name = config.server.aggregator
+    if name == "mean" or config.method.kind == "lora":
+        return
+    if getattr(AGGREGATORS.get(name), "settings", None) is None:
+        return
+    settings = config.aggregator_settings_of(name)
+    for key, value in settings.model_dump().items():
+        if value == "lora_product":
+            raise ConfigError(
+                f"config error: aggregator.{name}.{key} = 'lora_product' measures each LoRA "
+                f"layer's B A, but method.kind = {config.method.kind!r} trains no LoRA "
+                f"factors: set aggregator.{name}.{key} = 'flat', or method.kind = 'lora'"
+            )
 
 
 def _unknown_source(value: str) -> str:

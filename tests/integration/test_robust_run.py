@@ -94,3 +94,6 @@ def test_a_krum_config_is_checked_without_torch() -> None:
         "print('torch' in sys.modules)"
     )
     assert python_stdout(probe, str(TINY), *KRUM).strip() == "False"
+    # full fine-tuning: the product-measure check reads the rule's settings, torch-free
+    full = (*KRUM, "method.kind=full", "aggregator.krum.distance=flat")
+    assert python_stdout(probe, str(TINY), *full).strip() == "False"

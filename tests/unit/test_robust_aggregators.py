@@ -1020,6 +1020,29 @@ def test_a_rule_that_cannot_have_enough_updates_is_refused_at_load(
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("rule", "key"),
+    [
+        ("krum", "distance"),
+        ("multi_krum", "distance"),
+        ("bulyan", "distance"),
+        ("norm_bound", "measure"),
+    ],
+)
+def test_a_product_measure_without_lora_is_refused_at_load(rule: str, key: str) -> None:
+    chosen = (f"server.aggregator='{rule}'", f"aggregator.{rule}.{key}='lora_product'")
+    enough = ("server.clients_per_round=8", "server.min_clients=8", "data.num_clients=8")
+    assert tiny_config(*chosen, *enough).method.kind == "lora"  # loads with LoRA
+    with pytest.raises(ConfigError) as caught:
+        tiny_config(*chosen, *enough, "method.kind='full'")
+    assert (
+        f"aggregator.{rule}.{key} = 'lora_product' measures each LoRA layer's B A, but "
+        f"method.kind = 'full' trains no LoRA factors: set aggregator.{rule}.{key} = 'flat'"
+        in str(caught.value)
+    )
+    tiny_config(f"server.aggregator='{rule}'", *enough, "method.kind='full'")  # flat: fine
+
+
 @pytest.mark.parametrize("protocol", ["secagg.enabled=true", "he.enabled=true"])
 def test_krum_is_refused_with_the_sum_only_protocols(protocol: str) -> None:
     with pytest.raises(ConfigError) as caught:
