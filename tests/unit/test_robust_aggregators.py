@@ -744,6 +744,12 @@ class LoraRound:
             for i, d in enumerate(self.deltas)
         ]
 
+    @property
+    def rows(self) -> np.ndarray:
+        """Each client's delta flattened, every tensor in ``base``'s order (``[n, d]``)."""
+        flat_deltas = [np.concatenate([d[k].reshape(-1) for k in self.base]) for d in self.deltas]
+        return np.stack(flat_deltas)
+
     def product(self, i: int, layer: str) -> np.ndarray:
         """Client ``i``'s ``(B + dB)(A + dA)`` of ``layer``, formed (``out x in``)."""
         a, b = f"{layer}.lora_A.default.weight", f"{layer}.lora_B.default.weight"
@@ -812,7 +818,7 @@ def test_bulyan_on_products_selects_recursively_on_the_product_distances(
     r = lora_round(np.random.default_rng(seed), n, factor_of)
     f = (n - 3) // 4
     result = Bulyan(BulyanSettings(f=f, distance="lora_product")).aggregate(r.updates, r.reference)
-    factors = np.stack([np.concatenate([d[k].reshape(-1) for k in r.base]) for d in r.deltas])
+    factors = r.rows
     expected, chosen = paper_bulyan(factors, f, paper_product_distances(r))
     assert result.excluded == [u.client_id for i, u in enumerate(r.updates) if i not in chosen]
     close(flat(result, r.reference), expected, np.abs(factors).max())
@@ -860,7 +866,7 @@ def test_norm_bound_on_products_scales_each_update_to_the_formed_change_bound(
     for i, c in enumerate(scales):
         if c < 1.0:  # clipped: its change is the bound's length
             assert formed_change_norm(r, i, c) == pytest.approx(bound, rel=1e-6)
-    rows = np.stack([np.concatenate([d[k].reshape(-1) for k in r.base]) for d in r.deltas])
+    rows = r.rows
     expected = (np.array(scales)[:, None] * rows).mean(axis=0)
     # the quartic's root (numpy.roots) against bisection on the formed products
     np.testing.assert_allclose(flat(result, r.reference), expected, rtol=1e-7, atol=1e-10)
@@ -887,7 +893,7 @@ def test_norm_bound_on_products_keeps_an_update_that_only_rescales_the_factors()
     """Client c1 multiplies A by 4 and B by 1/4: a long update of the factors, no change
     of B A. On the factors it is clipped; on the products it is kept whole."""
     r = lora_round(np.random.default_rng(3), 4, factor_of=1)
-    rows = np.stack([np.concatenate([d[k].reshape(-1) for k in r.base]) for d in r.deltas])
+    rows = r.rows
     assert formed_change_norm(r, 1, 1.0) < 1e-12 < 0.5 < np.linalg.norm(rows[1])
     bound = 0.5 * float(np.linalg.norm(rows[1]))
     on_products = NormBound(NormBoundSettings(bound=bound, measure="lora_product"))

@@ -174,7 +174,7 @@ def _earlier_cells(reuse: dict[str, Any] | None) -> dict[str, dict[str, float]]:
     from before digests were recorded, are not reused)."""
     if reuse is None:
         return {}
-    cells = reuse.get("cells") if isinstance(reuse, dict) else None
+    cells = reuse.get("cells")
     if not isinstance(cells, list):
         raise ConfigError(
             "the matrix given to reuse has no 'cells' list: give a matrix.json that "

@@ -81,15 +81,16 @@ def product_norm_polynomials(updates: Sequence[WeightedUpdate], reference: Param
     pairs = product_pairs(reference, setting="measure")
     factors = {name for pair in pairs for name in pair}
     out = torch.zeros((len(updates), 3), dtype=torch.float64)
-    for i, update in enumerate(updates):
-        for a_name, b_name in pairs:
-            a, b = reference[a_name].double(), reference[b_name].double()
+    for a_name, b_name in pairs:
+        a, b = reference[a_name].double(), reference[b_name].double()
+        a_a, b_b = a @ a.T, b.T @ b  # the broadcast's Grams, common to every update
+        for i, update in enumerate(updates):
             da, db = update.delta[a_name].double(), update.delta[b_name].double()
-            db_db, da_da = db.T @ db, da @ da.T
-            l_l = (db_db * (a @ a.T)).sum() + ((b.T @ b) * da_da).sum()
-            l_l += 2 * ((db.T @ b) * (a @ da.T)).sum()
-            l_q = (db_db * (a @ da.T)).sum() + ((b.T @ db) * da_da).sum()
+            db_db, da_da, a_da = db.T @ db, da @ da.T, a @ da.T
+            l_l = (db_db * a_a).sum() + (b_b * da_da).sum() + 2 * ((db.T @ b) * a_da).sum()
+            l_q = (db_db * a_da).sum() + ((b.T @ db) * da_da).sum()
             out[i] += torch.stack([l_l, 2 * l_q, (db_db * da_da).sum()])
+    for i, update in enumerate(updates):
         for name in reference:
             if name not in factors:
                 out[i, 0] += update.delta[name].double().pow(2).sum()
